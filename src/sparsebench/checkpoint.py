@@ -1,0 +1,54 @@
+"""Model files: safetensors, no pickle anywhere.
+
+A model file holds the plain ``state_dict`` (masks folded in) and, in its metadata, the
+architecture name and arguments, so `load_model` rebuilds the model by itself. The compressed
+sparse encoding of DESIGN.md ("Compressed checkpoint") builds on this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from sparsebench.errors import UsageError
+from sparsebench.models import build_model
+
+FORMAT = "sparsebench-model/1"
+
+
+def save_model(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> None:
+    """Write the model's weights and architecture; the file appears complete or not at all.
+
+    The model must carry no masks (see `sparsity.make_permanent`).
+    """
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if any(k.endswith("_mask") or k.endswith("_orig") for k in state):
+        raise ValueError("save_model: fold the masks in first (sparsity.make_permanent)")
+    metadata = {"format": FORMAT, "arch": json.dumps(model.arch), "meta": json.dumps(meta or {})}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model written by `save_model`; return it with the saved ``meta``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise UsageError(f"model file: {str(path)!r} is not a {FORMAT} file")
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise UsageError(f"model file: {str(path)!r} cannot be read ({exc})") from None
+    arch = json.loads(metadata["arch"])
+    model = build_model(arch["name"], **arch["args"])
+    model.load_state_dict(state)
+    return model.to(device), json.loads(metadata["meta"])

@@ -1,0 +1,72 @@
+"""``sparsebench <stage>``: the one entry point dvc.yaml calls.
+
+Every user error (a bad name, value, path or file) is printed as one line and exits with code
+2, before any output is written; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sparsebench.errors import UsageError
+
+STAGES = ("prepare", "pretrain", "prune", "retrain", "evaluate", "report", "check-params")
+PER_METHOD = ("prune", "retrain", "evaluate")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        raise UsageError(f"arguments: {message}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sparsebench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="stage", required=True, parser_class=_Parser)
+    for stage in STAGES:
+        s = sub.add_parser(stage)
+        s.add_argument("--params", default="params.yaml", help="the params file (params.yaml)")
+        if stage in PER_METHOD:
+            s.add_argument("--method", required=True, help="a key under methods: in params")
+    return p
+
+
+def run(argv: list[str]) -> None:
+    args = parser().parse_args(argv)
+    from sparsebench import stages
+    from sparsebench.config import load_params
+
+    params, methods = load_params(args.params)
+    if args.stage in PER_METHOD and args.method not in methods:
+        raise UsageError(f"--method: unknown method key {args.method!r}; allowed: "
+                         f"{', '.join(methods)}")
+    if args.stage == "check-params":
+        print(f"{args.params}: valid ({len(methods)} methods, {len(params.seeds)} seeds)")
+    elif args.stage == "prepare":
+        stages.prepare(params)
+    elif args.stage == "pretrain":
+        stages.pretrain(params)
+    elif args.stage == "prune":
+        stages.prune(params, methods, args.method)
+    elif args.stage == "retrain":
+        stages.retrain(params, methods, args.method)
+    elif args.stage == "evaluate":
+        stages.evaluate_stage(params, methods, args.method)
+    elif args.stage == "report":
+        stages.report(params, methods)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"sparsebench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsebench: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

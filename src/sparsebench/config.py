@@ -1,0 +1,154 @@
+"""params.yaml: its schema, and validation that fails in one line naming the key.
+
+Every stage validates the whole file before it starts, so a typo stops the pipeline before any
+output is touched. Methods declare their own parameter models (see `sparsebench.methods`);
+this module holds the sections every suite shares.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sparsebench.errors import UsageError, unknown_name
+from sparsebench.train import OptimConfig, Phase
+
+
+class Strict(BaseModel):
+    """A params section: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerParams(Strict):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    step_size: int = Field(10, gt=0)
+    gamma: float = Field(0.1, gt=0, le=1)
+
+    def to_config(self) -> OptimConfig:
+        return OptimConfig(**self.model_dump())
+
+
+class PhaseParams(Strict):
+    epochs: int = Field(ge=0)
+    batch_size: int = Field(128, gt=0)
+    optimizer: OptimizerParams = OptimizerParams()
+
+    def to_phase(self, name: str) -> Phase:
+        return Phase(self.epochs, self.batch_size, self.optimizer.to_config(), name)
+
+
+class DataParams(Strict):
+    dataset: str = "mnist"
+    dir: str | None = None
+    val_size: int = Field(5000, gt=0)
+    split_seed: int = 0
+    limit: int | None = Field(None, gt=0)
+
+
+class ModelParams(Strict):
+    name: str = "mlp"
+    args: dict[str, Any] = {}
+
+
+class TrackingParams(Strict):
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str | None = None
+
+
+class Params(Strict):
+    suite: str = "default"
+    seeds: list[int] = Field(min_length=1)
+    device: str = "auto"
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    pretrain: PhaseParams
+    retrain: PhaseParams
+    methods: dict[str, dict[str, Any]] = Field(min_length=1)
+    tracking: TrackingParams = TrackingParams()
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        return seeds
+
+
+def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict[str, Any]]:
+    """Read and validate params.yaml; return the shared sections and each method's params.
+
+    Raises:
+        UsageError: one line naming the key, the value and what is allowed.
+    """
+    from sparsebench.data import DATASETS, SYNTHETIC
+    from sparsebench.methods import method_params
+    from sparsebench.models import MODELS
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"params: {str(path)!r} does not exist; allowed: a params.yaml file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"params: {str(path)!r} cannot be read ({exc})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise UsageError(f"params: {str(path)!r} is not valid YAML{at}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"params: {str(path)!r} must hold a mapping of sections, not {raw!r:.40}")
+    params = validate(Params, raw)
+    if params.data.dataset not in (*DATASETS, SYNTHETIC):
+        raise unknown_name("data.dataset", params.data.dataset, (*DATASETS, SYNTHETIC))
+    if params.model.name not in MODELS:
+        raise unknown_name("model.name", params.model.name, MODELS)
+    methods = {name: method_params(name, cfg or {}) for name, cfg in params.methods.items()}
+    return params, methods
+
+
+def validate(model: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> Any:
+    """``model.model_validate(raw)`` with the first error as a one-line `UsageError`."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise UsageError(_first_error(exc, model, raw, prefix)) from None
+
+
+def _first_error(exc: ValidationError, model: type[BaseModel], raw: Any, prefix: str) -> str:
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    key = (prefix + ".".join(loc)).rstrip(".")
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return f"{key}: unknown key; {hint}allowed: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"{key}: missing; a value is required"
+    msg = err["msg"].removeprefix("Value error, ")
+    msg = msg[0].lower() + msg[1:]
+    if not loc:  # a check across several keys: the message names them
+        return f"{key}: {msg}"
+    return f"{key}: {err.get('input')!r} is not allowed; {msg}"
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

@@ -1,0 +1,20 @@
+"""User-facing errors.
+
+Every error a user can cause by a bad name, value, file or path is a `UsageError`: the CLI
+prints its message as one line and exits with code 2, without a traceback. The message names
+the key, the value and what is allowed, e.g.
+``methods.gmp.target_sparsity: 1.5 is out of range; allowed: a number in [0, 1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class UsageError(ValueError):
+    """A bad input from the user: one line, exit code 2."""
+
+
+def unknown_name(key: str, value: object, known: Iterable[str]) -> UsageError:
+    """The error for a name that is not in a registry."""
+    return UsageError(f"{key}: unknown name {value!r}; allowed: {', '.join(sorted(known))}")

@@ -1,0 +1,83 @@
+"""What every pruning method is: its parameters, its prune phase, its epoch budget.
+
+A method receives the model (pretrained, or freshly initialised when it trains from scratch),
+runs its prune phase and leaves the model with its masks applied in the
+``torch.nn.utils.prune`` form (`sparsebench.sparsity.apply_masks`). Masked retrain, evaluation
+and tracking are shared by all methods and live outside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from sparsebench.config import OptimizerParams, Strict
+
+
+class RetrainOverride(Strict):
+    """A method's changes to the shared ``retrain`` section (any subset of it)."""
+
+    epochs: int | None = Field(None, ge=0)
+    batch_size: int | None = Field(None, gt=0)
+    optimizer: dict[str, Any] | None = None
+
+
+class MethodParams(Strict):
+    """Keys every method accepts.
+
+    ``method`` names the registered method when the key under ``methods:`` is an instance name
+    of the user's (``gmp_90: {method: gmp, target_sparsity: 0.9}``); it defaults to the key.
+    """
+
+    method: str | None = None
+    retrain: RetrainOverride = RetrainOverride()
+
+
+class SparsityParams(MethodParams):
+    """A method pruning to a target sparsity over the prunable weights."""
+
+    target_sparsity: float = Field(0.9, ge=0, lt=1)
+    scope: Literal["layer", "global"] = "layer"
+
+
+@dataclass
+class Context:
+    """What a method's prune phase may use: data, device, seeded generator."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    device: torch.device
+    generator: torch.Generator
+    seed: int
+    progress: bool | None = None
+
+
+class Method:
+    """A pruning method: subclasses set ``name`` and ``Params`` and implement ``prune``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    from_pretrained: ClassVar[bool] = True  # start from the shared dense checkpoint
+
+    def __init__(self, params: MethodParams):
+        self.params = params
+
+    def prune_epochs(self) -> int:
+        """Epochs of training the prune phase costs (0 for one-shot methods)."""
+        return 0
+
+    def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
+        """Prune ``model`` in place, leave its masks applied; return per-epoch curves."""
+        raise NotImplementedError
+
+
+class OptimizerPhaseParams(SparsityParams):
+    """A method that trains while it prunes: its epochs, batch size and optimizer."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(128, gt=0)
+    optimizer: OptimizerParams = OptimizerParams(lr=0.01, momentum=0.9)

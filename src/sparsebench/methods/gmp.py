@@ -1,0 +1,63 @@
+"""Gradual magnitude pruning with the cubic schedule (Zhu & Gupta 2017, "To prune, or not to
+prune"; ALGORITHMS.md section 1).
+
+From the pretrained model, train for ``epochs`` epochs; between ``start_epoch`` and
+``end_epoch`` re-prune by magnitude every ``frequency`` steps to
+s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3, then keep training with the final mask.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from sparsebench.data import Batches
+from sparsebench.methods.base import Context, Method, OptimizerPhaseParams
+from sparsebench.sparsity import agp_sparsity, apply_masks, magnitude_masks
+from sparsebench.train import Phase, fit
+
+
+class GMPParams(OptimizerPhaseParams):
+    initial_sparsity: float = Field(0.0, ge=0, lt=1)
+    start_epoch: float = Field(0.0, ge=0)
+    end_epoch: float = Field(7.0, gt=0)
+    frequency: int = Field(100, gt=0)  # dt: optimizer steps between two re-prunings
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "GMPParams":
+        if not self.start_epoch < self.end_epoch <= self.epochs:
+            raise ValueError(
+                f"need start_epoch < end_epoch <= epochs, got {self.start_epoch}, "
+                f"{self.end_epoch}, {self.epochs}"
+            )
+        return self
+
+
+class GMP(Method):
+    """Gradual magnitude pruning (AGP) while training."""
+
+    name = "gmp"
+    Params = GMPParams
+
+    def prune_epochs(self) -> int:
+        return self.params.epochs
+
+    def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
+        p = self.params
+        steps = len(Batches(*ctx.train, p.batch_size, shuffle=False))
+        t0 = round(p.start_epoch * steps)
+        n = max(1, round((p.end_epoch - p.start_epoch) * steps) // p.frequency)
+
+        def reprune(step: int) -> None:
+            if step < t0 or (step - t0) % p.frequency or step > t0 + n * p.frequency:
+                return
+            s = agp_sparsity(step, p.initial_sparsity, p.target_sparsity, t0, n, p.frequency)
+            apply_masks(model, magnitude_masks(model, s, p.scope))
+
+        if p.initial_sparsity > 0 and t0 == 0:
+            apply_masks(model, magnitude_masks(model, p.initial_sparsity, p.scope))
+        phase = Phase(p.epochs, p.batch_size, p.optimizer.to_config(), "gmp")
+        curves = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
+                     device=ctx.device, after_step=reprune, progress=ctx.progress)
+        apply_masks(model, magnitude_masks(model, p.target_sparsity, p.scope))
+        return curves

@@ -1,0 +1,162 @@
+"""The comparison report: one row per method (mean and spread over seeds), plots, MLflow.
+
+Blalock et al. (2020) ask every table for: the epoch budget of each method, several seeds with
+mean and spread, compression ratio and theoretical speedup together, and the dense, magnitude
+and random baselines beside the method.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+REPORT_DIR = Path("reports")
+PLOTS = REPORT_DIR / "plots"
+
+COLUMNS = [  # (key in the metrics file, header, format)
+    ("test_accuracy", "test acc (%)", "pct"),
+    ("sparsity", "sparsity (%)", "pct"),
+    ("density", "density (%)", "pct"),
+    ("compression_ratio", "compression (weights)", "x"),
+    ("compression_ratio_all", "compression (all params)", "x"),
+    ("theoretical_speedup", "FLOP speedup", "x"),
+]
+
+
+def _cell(mean: float, std: float, fmt: str) -> str:
+    if fmt == "pct":
+        return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{mean:.1f}x ± {std:.1f}"
+
+
+def summary_rows(results: dict[str, dict]) -> list[dict]:
+    """Flat rows for the CSV: method key, method, seeds, epochs, means and stds."""
+    rows = []
+    for key, r in results.items():
+        row = {"key": key, "method": r["method"], "seeds": len(r["seeds"]),
+               **{f"epochs_{k}": v for k, v in r["epochs"].items()}}
+        for metric, _, _ in COLUMNS + [("test_loss", "", ""), ("flops_nonzero", "", "")]:
+            row[metric] = r["mean"][metric]
+            row[f"{metric}_std"] = r["std"][metric]
+        rows.append(row)
+    return rows
+
+
+def markdown_table(results: dict[str, dict], suite: str) -> str:
+    seeds = sorted({len(r["seeds"]) for r in results.values()})
+    head = ["method", "epochs (pretrain+prune+retrain)"] + [h for _, h, _ in COLUMNS]
+    lines = [
+        f"# sparsebench: suite `{suite}`",
+        "",
+        f"Mean ± standard deviation over {', '.join(map(str, seeds))} seeds; test set. "
+        "Compression = numel / nonzeros; FLOP speedup = dense / nonzero multiply-adds.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for key, r in results.items():
+        e = r["epochs"]
+        budget = f"{e['total']} ({e['pretrain']}+{e['prune']}+{e['retrain']})"
+        name = key if key == r["method"] else f"{key} ({r['method']})"
+        cells = [_cell(r["mean"][m], r["std"][m], f) for m, _, f in COLUMNS]
+        lines.append("| " + " | ".join([name, budget, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def plot_accuracy_vs_sparsity(results: dict[str, dict], path: Path) -> None:
+    """Each method's points (one per seed) and the dense line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, r in results.items():
+        xs = [100 * s["sparsity"] for s in r["seeds"].values()]
+        ys = [100 * s["test_accuracy"] for s in r["seeds"].values()]
+        if r["method"] == "dense":
+            ax.axhline(r["mean"]["test_accuracy"] * 100, ls="--", c="k", lw=1, label=key)
+        else:
+            ax.scatter(xs, ys, label=key, s=20)
+    ax.set_xlabel("sparsity of prunable weights (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(curves: dict[str, list[dict]], path: Path, metric: str) -> None:
+    """``metric`` per epoch of each method's stages, seed 0, stages one after the other."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, rows in curves.items():
+        if rows:
+            ax.plot(range(1, len(rows) + 1), [row[metric] for row in rows], label=key)
+    ax.set_xlabel("epoch (prune, then retrain)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_layer_sparsity(results: dict[str, dict], path: Path) -> None:
+    """Per-layer sparsity of each method (first seed)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = list(results)
+    layers = list(next(iter(results[keys[0]]["layers"].values())))
+    width = 0.8 / max(1, len(keys))
+    for i, key in enumerate(keys):
+        per_layer = next(iter(results[key]["layers"].values()))
+        ax.bar([j + i * width for j in range(len(layers))],
+               [100 * per_layer[name]["sparsity"] for name in layers], width, label=key)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))], layers, fontsize=8)
+    ax.set_ylabel("sparsity (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def curve_table(curves: dict[str, list[dict]]) -> list[dict]:
+    """Long-form rows (method, step, metrics) for `dvc plots`."""
+    return [{"method": key, "step": i, **{k: row[k] for k in ("val_accuracy", "sparsity",
+                                                                 "train_loss")}}
+            for key, rows in curves.items() for i, row in enumerate(rows, 1)]
+
+
+def write_report(results: dict[str, dict], curves: dict[str, list[dict]], suite: str) -> list[Path]:
+    """Write the table (markdown, CSV) and the plots; return the files written."""
+    from sparsebench.paths import atomic_write_text
+
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    files = {
+        REPORT_DIR / "summary.md": markdown_table(results, suite),
+        REPORT_DIR / "summary.csv": to_csv(summary_rows(results)),
+        PLOTS / "accuracy_vs_sparsity.csv": to_csv(
+            [{"method": k, "seed": s, "sparsity": v["sparsity"],
+              "test_accuracy": v["test_accuracy"]}
+             for k, r in results.items() for s, v in r["seeds"].items()]),
+        PLOTS / "curves.json": json.dumps(curve_table(curves), indent=1),
+    }
+    for path, text in files.items():
+        atomic_write_text(path, text)
+    plot_accuracy_vs_sparsity(results, PLOTS / "accuracy_vs_sparsity.png")
+    plot_curves(curves, PLOTS / "val_accuracy.png", "val_accuracy")
+    plot_curves(curves, PLOTS / "sparsity.png", "sparsity")
+    plot_layer_sparsity(results, PLOTS / "layer_sparsity.png")
+    return [*files, *(PLOTS / f"{n}.png" for n in ("accuracy_vs_sparsity", "val_accuracy",
+                                                    "sparsity", "layer_sparsity"))]

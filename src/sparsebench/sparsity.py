@@ -1,0 +1,179 @@
+"""Masks: computing them, applying them, and keeping them on disk.
+
+Computing a mask is kept apart from applying it (as in PyTorch's ``torch/nn/utils/prune.py``).
+Masks are applied with the ``torch.nn.utils.prune`` convention: the parameter ``weight`` is
+re-registered as ``weight_orig`` (the same Parameter object, so optimizers keep their references)
+and a ``weight_mask`` buffer multiplies it before every forward pass. A user's own tooling that
+knows ``torch.nn.utils.prune`` therefore understands a sparsebench model, and
+``make_permanent`` turns it back into a plain model before export.
+
+Definitions follow ALGORITHMS.md section 0: the prunable parameters are the ``weight`` of every
+``nn.Linear`` and ``nn.Conv*`` module. The gradual schedule is Zhu & Gupta (2017), "To prune, or
+not to prune" (AGP).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from sparsebench.errors import UsageError
+from sparsebench.metrics import prunable_modules
+
+Masks = dict[str, torch.Tensor]  # prunable module name -> bool tensor shaped like its weight
+
+SCOPES = ("layer", "global")
+
+
+def check_sparsity(key: str, value: float) -> float:
+    """Validate a target sparsity: a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise UsageError(f"{key}: {value!r} is out of range; allowed: a number in [0, 1)")
+    return float(value)
+
+
+def keep_count(numel: int, sparsity: float) -> int:
+    """Number of entries a tensor of ``numel`` entries keeps at ``sparsity`` (at least one)."""
+    return max(1, numel - round(sparsity * numel))
+
+
+def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the ``k`` largest ``scores``; ties go to the lower flat index.
+
+    A stable sort makes the choice deterministic, so a projection P_k keeps exactly k entries
+    even when many scores are equal (e.g. all zero).
+    """
+    flat = scores.detach().flatten()
+    order = torch.argsort(flat, descending=True, stable=True)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    mask[order[:k]] = True
+    return mask.view_as(scores)
+
+
+def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weight each prunable module uses in its forward pass (masked where masked)."""
+    return {name: module.weight.detach() for name, module in prunable_modules(model)}
+
+
+def masks_from_scores(
+    scores: dict[str, torch.Tensor], sparsity: float, scope: str = "layer"
+) -> Masks:
+    """Keep the highest-scoring entries: per layer, or over all layers together."""
+    if scope not in SCOPES:
+        raise UsageError(f"scope: unknown value {scope!r}; allowed: {', '.join(SCOPES)}")
+    if scope == "layer":
+        return {n: topk_mask(s, keep_count(s.numel(), sparsity)) for n, s in scores.items()}
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    keep = topk_mask(flat, keep_count(flat.numel(), sparsity))
+    masks, start = {}, 0
+    for name, s in scores.items():
+        masks[name] = keep[start : start + s.numel()].view_as(s)
+        start += s.numel()
+    return masks
+
+
+def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "layer") -> Masks:
+    """Masks keeping the largest |W| (Han et al. 2015), per layer or globally."""
+    scores = {n: w.abs() for n, w in effective_weights(model).items()}
+    return masks_from_scores(scores, sparsity, scope)
+
+
+def random_masks(
+    model: nn.Module, sparsity: float, generator: torch.Generator, scope: str = "layer"
+) -> Masks:
+    """Uniformly random masks at the target sparsity: the floor every method must beat."""
+    scores = {
+        n: torch.rand(w.shape, generator=generator).to(w.device)
+        for n, w in effective_weights(model).items()
+    }
+    return masks_from_scores(scores, sparsity, scope)
+
+
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    """Apply (or update) masks in the ``torch.nn.utils.prune`` form.
+
+    The pruned entries of ``weight_orig`` are set to zero too, so that momentum and weight decay
+    have nothing to move there and the masked entries stay exactly zero.
+    """
+    modules = dict(prunable_modules(model))
+    unknown = set(masks) - set(modules)
+    if unknown:
+        raise KeyError(f"masks name layers the model does not have: {sorted(unknown)}")
+    for name, mask in masks.items():
+        module = modules[name]
+        mask = mask.to(device=module.weight.device, dtype=module.weight.dtype)
+        if prune.is_pruned(module) and hasattr(module, "weight_mask"):
+            module.weight_mask.copy_(mask)
+        else:
+            prune.custom_from_mask(module, "weight", mask)
+        with torch.no_grad():
+            module.weight_orig.mul_(mask)
+            module.weight = module.weight_orig * module.weight_mask
+
+
+def get_masks(model: nn.Module) -> Masks:
+    """The masks currently applied, as bool tensors (layers without a mask are left out)."""
+    return {
+        name: module.weight_mask.detach().bool().clone()
+        for name, module in prunable_modules(model)
+        if hasattr(module, "weight_mask")
+    }
+
+
+def make_permanent(model: nn.Module) -> None:
+    """Fold every mask into its weight (``prune.remove``): a plain model with exact zeros."""
+    for _, module in prunable_modules(model):
+        if hasattr(module, "weight_mask"):
+            prune.remove(module, "weight")
+
+
+def agp_sparsity(step: int, s_i: float, s_f: float, t0: int, n: int, dt: int) -> float:
+    """Zhu & Gupta's cubic schedule s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3.
+
+    Before ``t0`` the sparsity is ``s_i``; after ``t0 + n * dt`` it is ``s_f``. The schedule
+    changes only every ``dt`` steps (the pruning frequency), so ``t`` is rounded down to it.
+    """
+    if step < t0:
+        return s_i
+    t = min(((step - t0) // dt) * dt, n * dt)
+    return s_f + (s_i - s_f) * (1 - t / (n * dt)) ** 3
+
+
+def save_masks(masks: Masks, path: str | Path) -> None:
+    """Write masks as packed bits (one bit an entry) in a pickle-free safetensors file."""
+    from safetensors.torch import save_file
+
+    tensors, shapes = {}, {}
+    for name, mask in masks.items():
+        bits = np.packbits(mask.detach().cpu().numpy().astype(bool).ravel())
+        tensors[name] = torch.from_numpy(bits)
+        shapes[name] = list(mask.shape)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp, metadata={"format": "sparsebench-masks/1", "shapes": json.dumps(shapes)})
+    os.replace(tmp, path)
+
+
+def load_masks(path: str | Path) -> Masks:
+    """Read masks written by `save_masks`."""
+    from safetensors import safe_open
+
+    masks = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != "sparsebench-masks/1":
+            raise UsageError(f"masks file: {str(path)!r} is not a sparsebench masks file")
+        shapes = json.loads(meta["shapes"])
+        for name in f.keys():
+            shape = shapes[name]
+            numel = math.prod(shape)
+            bits = np.unpackbits(f.get_tensor(name).numpy())[:numel]
+            masks[name] = torch.from_numpy(bits.astype(bool)).view(shape)
+    return masks

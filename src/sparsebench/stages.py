@@ -1,0 +1,265 @@
+"""The pipeline stages that dvc.yaml calls through the CLI. Each one is thin: read its section
+of params.yaml, call the library, write exactly the outputs dvc.yaml declares.
+
+    prepare -> pretrain -> prune@method -> retrain@method -> evaluate@method -> report
+
+Seeds loop inside a stage (a process costs seconds of imports). Outputs of a stage appear whole
+or not at all (`paths.atomic_dir`), so a failed stage leaves the previous ones as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparsebench.checkpoint import load_model, save_model
+from sparsebench.config import Params, PhaseParams
+from sparsebench.data import (
+    SYNTHETIC, build_splits, dataset_info, fetch_raw, load_splits, raw_checksums, save_splits,
+    synthetic_splits,
+)
+from sparsebench.errors import UsageError
+from sparsebench.methods import Context, MethodParams, build_method
+from sparsebench.methods.retrain import masked_retrain
+from sparsebench.metrics import evaluate_model_metrics
+from sparsebench.models import build_model
+from sparsebench.paths import atomic_dir, atomic_write_text, repo_root, run_dir, seed_dir
+from sparsebench.sparsity import apply_masks, get_masks, load_masks, make_permanent, save_masks
+from sparsebench.train import evaluate, fit, resolve_device, seed_everything
+
+DATA_FILE = Path("data", "prepared", "splits.safetensors")
+MODEL, MASKS, CURVES = "model.safetensors", "masks.safetensors", "curves.json"
+
+
+def prepare(params: Params) -> None:
+    """Obtain the raw data (checksums decide, not the source) and write the fixed splits."""
+    d = params.data
+    if d.dataset == SYNTHETIC:  # tests and smoke runs: no files, no network
+        splits, source, checksums = synthetic_splits(n_val=d.val_size, seed=d.split_seed), "", {}
+    else:
+        raw_dir = repo_root() / ".cache" / "sparsebench" / "raw" / d.dataset
+        source = fetch_raw(d.dataset, raw_dir, source_dir=Path(d.dir).expanduser() if d.dir else None,
+                           cache_dir=repo_root() / ".cache" / "sparsebench" / "sources")
+        splits = build_splits(d.dataset, raw_dir, val_size=d.val_size, seed=d.split_seed,
+                              limit=d.limit)
+        checksums = raw_checksums(d.dataset, raw_dir)
+    save_splits(splits, DATA_FILE, dataset=d.dataset, seed=d.split_seed, val_size=d.val_size,
+                limit=d.limit, raw_sha256=checksums)
+    sizes = {k[:-2]: len(v) for k, v in splits.items() if k.endswith("_y")}
+    print(f"prepare: {d.dataset} {sizes} {source}".rstrip())
+
+
+def _fresh_model(params: Params) -> torch.nn.Module:
+    info = dataset_info(DATA_FILE)
+    shape = info["shape"]
+    return build_model(params.model.name, in_channels=shape[0], image_size=shape[1],
+                       num_classes=info["num_classes"], **params.model.args)
+
+
+def _log_epoch(stage: str, seed: int):
+    def show(row: dict) -> None:
+        print(f"{stage} seed {seed} epoch {row['epoch']}: loss {row['train_loss']:.4f} "
+              f"val_acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.4f} "
+              f"({row['seconds']:.1f}s)", flush=True)
+    return show
+
+
+def pretrain(params: Params) -> None:
+    """Dense training from a seeded initialisation, one model per seed."""
+    device = resolve_device(params.device)
+    data = load_splits(DATA_FILE, ("train", "val"))
+    phase = params.pretrain.to_phase("pretrain")
+    with atomic_dir(run_dir("pretrain")) as out:
+        for seed in params.seeds:
+            generator = seed_everything(seed)
+            model = _fresh_model(params).to(device)
+            curves = fit(model, data["train"], data["val"], phase, generator=generator,
+                         device=device, on_epoch=_log_epoch("pretrain", seed))
+            _save(seed_dir(out, seed), model, curves)
+
+
+def _save(path: Path, model: torch.nn.Module, curves: list[dict]) -> None:
+    """Write a seed's model (masks folded in), masks and curves."""
+    path.mkdir(parents=True)
+    save_masks(get_masks(model), path / MASKS)
+    make_permanent(model)
+    save_model(model, path / MODEL)
+    (path / CURVES).write_text(json.dumps(curves, indent=1))
+
+
+def _load(path: Path, device: torch.device, *, masked: bool = True) -> torch.nn.Module:
+    if not (path / MODEL).exists():
+        raise UsageError(f"input: {str(path / MODEL)!r} does not exist; run the stage before "
+                         "this one first (dvc repro)")
+    model, _ = load_model(path / MODEL, device)
+    if masked and (path / MASKS).exists():
+        apply_masks(model, load_masks(path / MASKS))
+    return model
+
+
+def _context(data: dict, device: torch.device, seed: int) -> Context:
+    return Context(train=data["train"], val=data["val"], device=device,
+                   generator=seed_everything(seed), seed=seed)
+
+
+def prune(params: Params, methods: dict[str, MethodParams], key: str) -> None:
+    """The prune phase of ``methods.<key>`` for every seed: the model with its masks."""
+    method = build_method(key, _method_params(methods, key))
+    device = resolve_device(params.device)
+    data = load_splits(DATA_FILE, ("train", "val"))
+    with atomic_dir(run_dir(key, "prune")) as out:
+        for seed in params.seeds:
+            ctx = _context(data, device, seed)
+            if method.from_pretrained:
+                model = _load(seed_dir(run_dir("pretrain"), seed), device, masked=False)
+            else:
+                model = _fresh_model(params).to(device)
+            curves = method.prune(model, ctx)
+            print(f"prune {key} seed {seed}: done", flush=True)
+            _save(seed_dir(out, seed), model, curves)
+
+
+def retrain_phase(params: Params, method: MethodParams) -> PhaseParams:
+    """The shared ``retrain`` section with the method's own overrides applied."""
+    merged = params.retrain.model_dump()
+    override = method.retrain.model_dump(exclude_none=True)
+    merged["optimizer"].update(override.pop("optimizer", {}))
+    merged.update(override)
+    from sparsebench.config import validate
+
+    return validate(PhaseParams, merged, prefix="retrain.")
+
+
+def retrain(params: Params, methods: dict[str, MethodParams], key: str) -> None:
+    """Masked fine-tune of ``methods.<key>``'s pruned models (epochs may be 0)."""
+    phase = retrain_phase(params, _method_params(methods, key)).to_phase(f"retrain {key}")
+    device = resolve_device(params.device)
+    data = load_splits(DATA_FILE, ("train", "val"))
+    with atomic_dir(run_dir(key, "retrain")) as out:
+        for seed in params.seeds:
+            model = _load(seed_dir(run_dir(key, "prune"), seed), device)
+            curves = masked_retrain(model, phase, _context(data, device, seed))
+            _save(seed_dir(out, seed), model, curves)
+
+
+def _method_params(methods: dict[str, MethodParams], key: str) -> MethodParams:
+    if key not in methods:
+        raise UsageError(f"--method: {key!r} is not configured under methods in params.yaml; "
+                         f"allowed: {', '.join(methods)}")
+    return methods[key]
+
+
+def epoch_budget(params: Params, methods: dict[str, MethodParams], key: str) -> dict[str, int]:
+    """Epochs each part of ``methods.<key>`` costs: pretrain share, prune, retrain, total."""
+    method = build_method(key, _method_params(methods, key))
+    budget = {
+        "pretrain": params.pretrain.epochs if method.from_pretrained else 0,
+        "prune": method.prune_epochs(),
+        "retrain": retrain_phase(params, methods[key]).epochs,
+    }
+    return {**budget, "total": sum(budget.values())}
+
+
+def evaluate_stage(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
+    """Test-set metrics of every seed, their mean and spread; one MLflow run per seed."""
+    device = resolve_device(params.device)
+    test_x, test_y = load_splits(DATA_FILE, ("test",))["test"]
+    shape = tuple(dataset_info(DATA_FILE)["shape"])
+    budget = epoch_budget(params, methods, key)
+    per_seed, layers = {}, {}
+    for seed in params.seeds:
+        model = _load(seed_dir(run_dir(key, "retrain"), seed), device, masked=False)
+        loss, acc = evaluate(model, test_x, test_y, device=device)
+        figures = evaluate_model_metrics(model, shape)
+        layers[seed] = figures.pop("layers")
+        per_seed[seed] = {"test_accuracy": acc, "test_loss": loss, **figures}
+    result = {
+        "method": build_method(key, methods[key]).name,
+        "epochs": budget,
+        "mean": {k: statistics.fmean(s[k] for s in per_seed.values()) for k in per_seed[seed]},
+        "std": {k: _std([s[k] for s in per_seed.values()]) for k in per_seed[seed]},
+        "seeds": {str(s): v for s, v in per_seed.items()},
+        "layers": {str(s): v for s, v in layers.items()},
+    }
+    atomic_write_text(Path("metrics", f"{key}.json"), json.dumps(result, indent=1))
+    if params.tracking.enabled:
+        _track(params, methods, key, per_seed, layers, budget)
+    return result
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _track(params: Params, methods: dict[str, MethodParams], key: str,
+           per_seed: dict[int, dict], layers: dict[int, dict], budget: dict) -> None:
+    from sparsebench.tracking import flatten, log_run, tracking_uri
+
+    uri = tracking_uri(params.tracking.uri)
+    experiment = params.tracking.experiment or f"sparsebench-{params.suite}"
+    method = build_method(key, methods[key])
+    for seed, metrics in per_seed.items():
+        curves = {stage: _curves(stage, key, seed) for stage in ("prune", "retrain")}
+        if method.from_pretrained:
+            curves = {"pretrain": _curves("pretrain", None, seed), **curves}
+        layer_metrics = {f"layer_sparsity/{name}": v["sparsity"]
+                         for name, v in layers[seed].items()}
+        run_params = {
+            **flatten("method", methods[key].model_dump()),
+            **flatten("retrain", retrain_phase(params, methods[key]).model_dump()),
+            **flatten("model", params.model.model_dump()),
+            **flatten("data", params.data.model_dump()),
+            **flatten("epochs", budget),
+            "seed": seed,
+        }
+        tags = {"method": method.name, "method_key": key, "suite": params.suite,
+                "seed": str(seed), "dvc_stage": f"evaluate@{key}"}
+        masks = seed_dir(run_dir(key, "retrain"), seed) / MASKS
+        run_id = log_run(uri, experiment, run_name=f"{key}-seed{seed}", tags=tags,
+                         params=run_params, metrics={**metrics, **layer_metrics},
+                         curves=curves, artifacts=[(masks, "masks")])
+        print(f"evaluate {key} seed {seed}: test_acc {metrics['test_accuracy']:.4f} "
+              f"sparsity {metrics['sparsity']:.4f} (mlflow run {run_id})", flush=True)
+
+
+def _curves(stage: str, key: str | None, seed: int) -> list[dict]:
+    base = run_dir("pretrain") if stage == "pretrain" else run_dir(key, stage)
+    path = seed_dir(base, seed) / CURVES
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def load_results(methods: dict[str, Any]) -> dict[str, dict]:
+    """The metrics files of the configured methods, by method key."""
+    results = {}
+    for key in methods:
+        path = Path("metrics", f"{key}.json")
+        if not path.exists():
+            raise UsageError(f"input: {str(path)!r} does not exist; run evaluate@{key} first")
+        results[key] = json.loads(path.read_text())
+    return results
+
+
+def report(params: Params, methods: dict[str, MethodParams]) -> None:
+    """The comparison table and plots of every configured method; logged to MLflow too."""
+    from sparsebench.report import write_report
+
+    results = load_results(methods)
+    first = params.seeds[0]
+    curves = {key: _curves("prune", key, first) + _curves("retrain", key, first)
+              for key in methods}
+    files = write_report(results, curves, params.suite)
+    print(Path("reports/summary.md").read_text())
+    if params.tracking.enabled:
+        from sparsebench.tracking import log_run, tracking_uri
+
+        experiment = params.tracking.experiment or f"sparsebench-{params.suite}"
+        log_run(tracking_uri(params.tracking.uri), experiment, run_name="report",
+                tags={"suite": params.suite, "dvc_stage": "report", "method": "report"},
+                params={"methods": ",".join(methods), "seeds": params.seeds},
+                metrics={f"{key}/test_accuracy": r["mean"]["test_accuracy"]
+                         for key, r in results.items()},
+                curves={}, artifacts=[(path, "report") for path in files])

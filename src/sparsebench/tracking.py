@@ -1,0 +1,146 @@
+"""MLflow at the edge: one experiment per suite, one run per method and seed.
+
+The training stages write their curves locally; the evaluate stage creates the run of each
+(method, seed) and logs into it, in batches, the curves of every stage the method went through
+(pretrain, prune, retrain), its parameters, its final metrics as columns, the masks as an
+artifact and the tags (method, suite, seed, git commit, DVC stage). So a failed or unreachable
+tracker never costs training, and a run is whole or failed, never half-logged and running.
+
+The store is SQLite under ``<repo>/mlruns/`` unless ``tracking.uri`` or ``MLFLOW_TRACKING_URI``
+says otherwise (MLflow 3 refuses the old file store). A fresh SQLite database raced by two
+processes crashes (alembic migrations), so it is created under a file lock before first use.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sparsebench.errors import UsageError
+from sparsebench.paths import repo_root
+
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite under ``<repo>/mlruns``."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{repo_root() / 'mlruns' / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    return (repo_root() / "mlruns" / "artifacts").as_uri()
+
+
+@contextmanager
+def _store_lock():
+    lock_dir = repo_root() / "mlruns"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def client_for(uri: str, experiment: str):
+    """An `MlflowClient` and the id of ``experiment``, both created once, under a lock."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _store_lock():
+            client = MlflowClient(tracking_uri=uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is not None:
+                return client, found.experiment_id
+            location = artifact_root() if uri.startswith("sqlite:") else None
+            return client, client.create_experiment(experiment, artifact_location=location)
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(
+            f"tracking.uri: {uri!r} cannot be used ({first}); set tracking.enabled: false to "
+            "run without tracking"
+        ) from None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, cwd=repo_root())
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def curve_metrics(curves: dict[str, list[dict]], start_ms: int) -> list[Any]:
+    """Per-epoch curves of each stage as MLflow metrics ``<stage>/<name>`` with step = epoch."""
+    from mlflow.entities import Metric
+
+    metrics = []
+    for stage, rows in curves.items():
+        for row in rows:
+            for key, value in row.items():
+                if key != "epoch":
+                    metrics.append(Metric(f"{stage}/{key}", float(value), start_ms, row["epoch"]))
+    return metrics
+
+
+def log_run(
+    uri: str,
+    experiment: str,
+    *,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    curves: dict[str, list[dict]],
+    artifacts: Iterable[tuple[Path, str]] = (),
+) -> str:
+    """Create one finished run with everything in it; return its id.
+
+    Curves and metrics go in batches (one ``log_metric`` call costs ~30 ms on SQLite).
+    A failure after the run exists marks it FAILED and re-raises.
+    """
+    from mlflow.entities import Metric, Param
+
+    client, experiment_id = client_for(uri, experiment)
+    now = int(time.time() * 1000)
+    all_tags = {**tags, "git_commit": git_commit()}
+    run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+    run_id = run.info.run_id
+    try:
+        finals = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        series = curve_metrics(curves, now) + finals
+        for i in range(0, len(series), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=series[i : i + MAX_METRICS_PER_BATCH])
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
+        for path, artifact_path in artifacts:
+            client.log_artifact(run_id, str(path), artifact_path)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested params as MLflow params."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    return {prefix: value}

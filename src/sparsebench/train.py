@@ -1,0 +1,212 @@
+"""The one training and evaluation loop every stage and method uses.
+
+Seeded and deterministic on the CPU (same seed, same numbers), ``device: auto`` picks CUDA when
+present. Batches are slices of in-memory tensors (`sparsebench.data.Batches`). Curves are
+returned per epoch (train loss, val accuracy, sparsity, ...) and optionally handed to a
+callback; this module knows nothing of MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsebench.data import Batches
+from sparsebench.errors import UsageError
+from sparsebench.metrics import sparsity_summary
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device: {name!r} is not available here; allowed: auto, cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"device: {name!r} is not a device; allowed: auto, cpu, cuda") from None
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, torch (CPU and CUDA); return a CPU generator for shuffling."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and LR schedule of one training phase (a section of params.yaml)."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"
+    step_size: int = 10  # epochs, for schedule "step"
+    gamma: float = 0.1  # factor, for schedule "step"
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Build the optimizer named in the config."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    raise UsageError(f"optimizer.name: unknown name {cfg.name!r}; allowed: {', '.join(OPTIMIZERS)}")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step LR schedule: constant, cosine to zero over the phase, or step decay by epoch."""
+    total = max(1, epochs * steps_per_epoch)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+        )
+    if cfg.schedule == "step":
+        every = cfg.step_size * steps_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: cfg.gamma ** (t // every))
+    raise UsageError(f"optimizer.schedule: unknown name {cfg.schedule!r}; allowed: "
+                     f"{', '.join(SCHEDULES)}")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024,
+    device: torch.device | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on (x, y)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for xb, yb in Batches(x, y, batch_size, shuffle=False):
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        logits = model(xb)
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = max(1, len(y))
+    return loss_sum.item() / n, correct.item() / n
+
+
+StepHook = Callable[[int], None]  # called after every optimizer step with the global step index
+
+
+@dataclass
+class Phase:
+    """One training phase: what to train, on what, for how long, and how."""
+
+    epochs: int
+    batch_size: int
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    name: str = "train"
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    phase: Phase,
+    *,
+    generator: torch.Generator,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
+    after_step: StepHook | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: bool | None = None,
+) -> list[dict]:
+    """Train ``model`` for ``phase.epochs`` epochs; return one dict of figures per epoch.
+
+    Args:
+        model: the network, already on ``device``.
+        train: (images, labels) of the training split, float and normalised (any device).
+        val: (images, labels) of the validation split.
+        phase: epochs, batch size, optimizer and schedule.
+        generator: the seeded CPU generator that orders the batches.
+        device: where to train.
+        optimizer: a ready optimizer (a method's own); built from ``phase.optim`` when None.
+        after_step: called after every optimizer step with the global step index (gradual
+            pruning updates its masks here).
+        on_epoch: called with each epoch's figures as soon as they exist.
+        progress: show a progress bar; by default only when stderr is a terminal.
+
+    Returns:
+        Per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy, sparsity, lr,
+        seconds.
+    """
+    x, y = train[0].to(device), train[1].to(device)
+    batches = Batches(x, y, phase.batch_size, shuffle=True, generator=generator)
+    optimizer = optimizer or make_optimizer(model.parameters(), phase.optim)
+    scheduler = make_scheduler(optimizer, phase.optim, phase.epochs, len(batches))
+    show = sys.stderr.isatty() if progress is None else progress
+    curves, step = [], 0
+    for epoch in range(1, phase.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for xb, yb in _progress(batches, show, f"{phase.name} {epoch}/{phase.epochs}"):
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if after_step is not None:
+                after_step(step)
+            with torch.no_grad():
+                loss_sum += loss.detach() * len(yb)
+                correct += (logits.argmax(1) == yb).sum()
+        seconds = time.perf_counter() - start
+        val_loss, val_acc = evaluate(model, val[0], val[1], device=device)
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / len(y),
+            "train_accuracy": correct.item() / len(y),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "sparsity": sparsity_summary(model)["sparsity"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+        }
+        if not math.isfinite(row["train_loss"]):
+            raise FloatingPointError(
+                f"{phase.name}: the training loss is {row['train_loss']} at epoch {epoch}; "
+                f"lower the learning rate ({phase.optim.lr})"
+            )
+        curves.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return curves
+
+
+def _progress(batches: Batches, show: bool, desc: str):
+    if not show:
+        return batches
+    from tqdm import tqdm
+
+    return tqdm(batches, desc=desc, leave=False, file=sys.stderr)

@@ -1,0 +1,118 @@
+import pytest
+import torch
+from torch import nn
+
+from sparsebench.errors import UsageError
+from sparsebench.metrics import sparsity_summary
+from sparsebench.methods import METHODS, Context, build_method, method_params
+from sparsebench.methods.retrain import masked_retrain
+from sparsebench.sparsity import get_masks, keep_count
+from sparsebench.train import OptimConfig, Phase, seed_everything
+
+SMALL = {"gmp": {"epochs": 2, "end_epoch": 1, "frequency": 2, "batch_size": 32}}
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def _ctx(tiny_data, seed=0):
+    return Context(train=tiny_data["train"], val=tiny_data["val"], device=torch.device("cpu"),
+                   generator=seed_everything(seed), seed=seed, progress=False)
+
+
+def _pruned(name, tiny_data, **cfg):
+    params = method_params(name, {**SMALL.get(name, {}), **cfg})
+    model = _model()
+    curves = build_method(name, params).prune(model, _ctx(tiny_data))
+    return model, curves
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_prunes_to_its_target(name, tiny_data):
+    params = method_params(name, SMALL.get(name, {}))
+    model, _ = _pruned(name, tiny_data)
+    target = getattr(params, "target_sparsity", 0.0)
+    for layer, mask in get_masks(model).items():
+        assert mask.sum().item() == keep_count(mask.numel(), target)
+    assert sparsity_summary(model)["sparsity"] == pytest.approx(target, abs=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_masked_retrain_keeps_masked_entries_zero(name, tiny_data):
+    model, _ = _pruned(name, tiny_data, **({} if name == "dense" else {"target_sparsity": 0.8}))
+    masks = get_masks(model)
+    phase = Phase(2, 32, OptimConfig(lr=0.05, momentum=0.9, weight_decay=1e-3))
+    curves = masked_retrain(model, phase, _ctx(tiny_data, seed=1))
+    assert len(curves) == 2
+    assert get_masks(model).keys() == masks.keys()
+    for layer, mask in masks.items():
+        assert (model.get_submodule(layer).weight[~mask] == 0).all()
+
+
+def test_retrain_with_zero_epochs_changes_nothing(tiny_data):
+    model, _ = _pruned("magnitude", tiny_data, target_sparsity=0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert masked_retrain(model, Phase(0, 32), _ctx(tiny_data)) == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_dense_leaves_the_model_untouched(tiny_data):
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    build_method("dense", method_params("dense", {})).prune(model, _ctx(tiny_data))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_gmp_raises_sparsity_gradually_then_holds(tiny_data):
+    _, curves = _pruned("gmp", tiny_data, target_sparsity=0.9, epochs=4, end_epoch=3,
+                        frequency=1)
+    sparsities = [row["sparsity"] for row in curves]
+    assert sparsities == sorted(sparsities)
+    assert 0 < sparsities[0] < 0.9
+    assert sparsities[-1] == pytest.approx(0.9, abs=0.01)
+
+
+def test_gmp_keeps_accuracy_on_an_easy_problem(tiny_data):
+    _, curves = _pruned("gmp", tiny_data, target_sparsity=0.5, epochs=3, end_epoch=2,
+                        optimizer={"lr": 0.1, "momentum": 0.9})
+    assert curves[-1]["val_accuracy"] > 0.9
+
+
+def test_random_differs_from_magnitude(tiny_data):
+    a, _ = _pruned("random", tiny_data, target_sparsity=0.5)
+    b, _ = _pruned("magnitude", tiny_data, target_sparsity=0.5)
+    assert not torch.equal(get_masks(a)["1"], get_masks(b)["1"])
+
+
+def test_instance_name_refers_to_a_registered_method():
+    params = method_params("gmp_90", {"method": "gmp", "target_sparsity": 0.9})
+    assert build_method("gmp_90", params).name == "gmp"
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(UsageError, match="methods.lottery: unknown name 'lottery'; allowed: "):
+        method_params("lottery", {})
+
+
+def test_unknown_method_under_an_instance_name_is_refused():
+    with pytest.raises(UsageError, match="methods.foo.method: unknown name 'bar'"):
+        method_params("foo", {"method": "bar"})
+
+
+@pytest.mark.parametrize("value", [1.0, -0.5, 2])
+def test_target_sparsity_out_of_range_is_refused(value):
+    with pytest.raises(UsageError, match=rf"methods.magnitude.target_sparsity: {value!r} is not"):
+        method_params("magnitude", {"target_sparsity": value})
+
+
+def test_unknown_key_gets_a_suggestion():
+    with pytest.raises(UsageError, match="methods.gmp.target_sparsty: unknown key; did you mean "
+                                         "target_sparsity?"):
+        method_params("gmp", {"target_sparsty": 0.9})
+
+
+def test_gmp_schedule_must_fit_in_its_epochs():
+    with pytest.raises(UsageError, match="start_epoch < end_epoch <= epochs"):
+        method_params("gmp", {"epochs": 3, "end_epoch": 5})

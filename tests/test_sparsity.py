@@ -1,0 +1,147 @@
+import pytest
+import torch
+from torch import nn
+
+from sparsebench.errors import UsageError
+from sparsebench.sparsity import (
+    agp_sparsity, apply_masks, check_sparsity, get_masks, keep_count, load_masks,
+    magnitude_masks, make_permanent, masks_from_scores, random_masks, save_masks, topk_mask,
+)
+
+
+def test_topk_mask_keeps_exactly_k_with_ties():
+    scores = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+    mask = topk_mask(scores, 3)
+    assert mask.sum() == 3
+    assert mask.flatten().tolist() == [True, True, True, False, False, False]  # lower index wins
+
+
+def test_topk_mask_selects_largest():
+    scores = torch.tensor([0.1, 5.0, -3.0, 2.0])
+    assert topk_mask(scores, 2).tolist() == [False, True, False, True]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95, 0.999])
+def test_layer_masks_hit_target_in_every_layer(tiny_mlp, sparsity):
+    masks = magnitude_masks(tiny_mlp, sparsity, "layer")
+    for name, mask in masks.items():
+        assert mask.sum().item() == keep_count(mask.numel(), sparsity)
+
+
+def test_magnitude_masks_keep_largest_weights(tiny_mlp):
+    masks = magnitude_masks(tiny_mlp, 0.5, "layer")
+    weight = tiny_mlp[1].weight.detach().abs()
+    assert weight[masks["1"]].min() >= weight[~masks["1"]].max()
+
+
+def test_global_masks_rank_across_layers():
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[10.0, 9.0], [8.0, 7.0]]))
+        model[1].weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    masks = magnitude_masks(model, 0.5, "global")
+    assert masks["0"].all() and not masks["1"].any()
+    layer = magnitude_masks(model, 0.5, "layer")
+    assert layer["0"].sum() == 2 and layer["1"].sum() == 2
+
+
+def test_unknown_scope_is_refused():
+    with pytest.raises(UsageError, match="scope: unknown value 'net'; allowed: layer, global"):
+        masks_from_scores({"a": torch.ones(3)}, 0.5, "net")
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "0.5", True])
+def test_check_sparsity_refuses_out_of_range(bad):
+    with pytest.raises(UsageError, match=r"x: .* allowed: a number in \[0, 1\)"):
+        check_sparsity("x", bad)
+
+
+def test_random_masks_depend_on_generator_only(tiny_mlp):
+    a = random_masks(tiny_mlp, 0.7, torch.Generator().manual_seed(1))
+    b = random_masks(tiny_mlp, 0.7, torch.Generator().manual_seed(1))
+    c = random_masks(tiny_mlp, 0.7, torch.Generator().manual_seed(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_apply_masks_keeps_parameter_identity(tiny_mlp):
+    before = [id(p) for p in tiny_mlp.parameters()]
+    apply_masks(tiny_mlp, magnitude_masks(tiny_mlp, 0.5))
+    assert sorted(id(p) for p in tiny_mlp.parameters()) == sorted(before)
+    assert hasattr(tiny_mlp[1], "weight_orig") and hasattr(tiny_mlp[1], "weight_mask")
+
+
+def test_masked_entries_stay_zero_under_momentum_and_weight_decay(tiny_mlp):
+    masks = magnitude_masks(tiny_mlp, 0.8)
+    apply_masks(tiny_mlp, masks)
+    opt = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    for _ in range(5):
+        loss = tiny_mlp(torch.randn(8, 16)).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for name, mask in masks.items():
+            module = tiny_mlp.get_submodule(name)
+            assert (module.weight_orig[~mask] == 0).all()
+            assert (module.weight[~mask] == 0).all()
+
+
+def test_reapplying_masks_updates_in_place(tiny_mlp):
+    apply_masks(tiny_mlp, magnitude_masks(tiny_mlp, 0.5))
+    buffer = tiny_mlp[1].weight_mask
+    apply_masks(tiny_mlp, magnitude_masks(tiny_mlp, 0.9))
+    assert tiny_mlp[1].weight_mask is buffer
+    assert get_masks(tiny_mlp)["1"].sum() == keep_count(16 * 12, 0.9)
+
+
+def test_make_permanent_gives_plain_model_with_zeros(tiny_mlp):
+    masks = magnitude_masks(tiny_mlp, 0.75)
+    apply_masks(tiny_mlp, masks)
+    make_permanent(tiny_mlp)
+    assert set(dict(tiny_mlp.named_parameters())) == {"1.weight", "1.bias", "3.weight", "3.bias"}
+    assert (tiny_mlp[1].weight[~masks["1"]] == 0).all()
+    assert get_masks(tiny_mlp) == {}
+
+
+def test_apply_masks_refuses_unknown_layer(tiny_mlp):
+    with pytest.raises(KeyError, match="nope"):
+        apply_masks(tiny_mlp, {"nope": torch.ones(2, dtype=torch.bool)})
+
+
+def test_masks_file_round_trip_is_packed(tmp_path, tiny_mlp):
+    masks = random_masks(tiny_mlp, 0.6, torch.Generator().manual_seed(0))
+    save_masks(masks, tmp_path / "m.safetensors")
+    back = load_masks(tmp_path / "m.safetensors")
+    assert set(back) == set(masks) and all(torch.equal(back[k], masks[k]) for k in masks)
+    numel = sum(m.numel() for m in masks.values())
+    assert (tmp_path / "m.safetensors").stat().st_size < numel / 8 + 1024
+
+
+def test_empty_masks_round_trip(tmp_path):
+    save_masks({}, tmp_path / "m.safetensors")
+    assert load_masks(tmp_path / "m.safetensors") == {}
+
+
+def test_load_masks_refuses_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(2)}, tmp_path / "x.safetensors")
+    with pytest.raises(UsageError, match="not a sparsebench masks file"):
+        load_masks(tmp_path / "x.safetensors")
+
+
+def test_agp_schedule_follows_the_cubic_formula():
+    s_i, s_f, t0, n, dt = 0.0, 0.9, 10, 5, 4
+    assert agp_sparsity(0, s_i, s_f, t0, n, dt) == s_i
+    assert agp_sparsity(t0, s_i, s_f, t0, n, dt) == pytest.approx(s_i)
+    for k in range(n + 1):
+        expected = s_f + (s_i - s_f) * (1 - k * dt / (n * dt)) ** 3
+        assert agp_sparsity(t0 + k * dt, s_i, s_f, t0, n, dt) == pytest.approx(expected)
+        assert agp_sparsity(t0 + k * dt + 1, s_i, s_f, t0, n, dt) == pytest.approx(
+            expected if k < n else s_f)
+    assert agp_sparsity(10_000, s_i, s_f, t0, n, dt) == pytest.approx(s_f)
+
+
+def test_agp_schedule_is_monotone():
+    values = [agp_sparsity(t, 0.1, 0.95, 0, 20, 3) for t in range(100)]
+    assert all(b >= a for a, b in zip(values, values[1:]))

@@ -1,0 +1,122 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sparsebench.errors import UsageError
+from sparsebench.train import (
+    OptimConfig, Phase, evaluate, fit, make_optimizer, make_scheduler, resolve_device,
+    seed_everything,
+)
+
+
+def _model():
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def _train(tiny_data, seed=0, epochs=3, **optim):
+    generator = seed_everything(seed)
+    model = _model()
+    phase = Phase(epochs, 32, OptimConfig(**{"lr": 0.1, "momentum": 0.9, **optim}))
+    curves = fit(model, tiny_data["train"], tiny_data["val"], phase, generator=generator,
+                 device=torch.device("cpu"), progress=False)
+    return model, curves
+
+
+def test_training_learns_the_tiny_problem(tiny_data):
+    model, curves = _train(tiny_data, epochs=5)
+    assert curves[-1]["train_loss"] < curves[0]["train_loss"]
+    assert curves[-1]["val_accuracy"] > 0.9
+
+
+def test_same_seed_gives_identical_numbers(tiny_data):
+    a, ca = _train(tiny_data, seed=3)
+    b, cb = _train(tiny_data, seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    strip = lambda c: [{k: v for k, v in r.items() if k != "seconds"} for r in c]  # noqa: E731
+    assert strip(ca) == strip(cb)
+
+
+def test_different_seed_gives_different_weights(tiny_data):
+    a, _ = _train(tiny_data, seed=1)
+    b, _ = _train(tiny_data, seed=2)
+    assert not torch.equal(a[1].weight, b[1].weight)
+
+
+def test_curves_have_one_row_per_epoch_with_all_figures(tiny_data):
+    _, curves = _train(tiny_data, epochs=2)
+    assert [r["epoch"] for r in curves] == [1, 2]
+    assert set(curves[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss",
+                              "val_accuracy", "sparsity", "lr", "seconds"}
+    assert curves[0]["sparsity"] == 0.0
+
+
+def test_evaluate_matches_a_hand_count(tiny_data):
+    model = _model()
+    x, y = tiny_data["val"]
+    loss, acc = evaluate(model, x, y, batch_size=7)
+    logits = model(x)
+    assert acc == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert loss == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def test_cosine_schedule_decays_to_zero():
+    opt = make_optimizer([nn.Parameter(torch.zeros(1))], OptimConfig(lr=1.0))
+    sched = make_scheduler(opt, OptimConfig(lr=1.0, schedule="cosine"), epochs=2,
+                           steps_per_epoch=5)
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 10)))
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_step_schedule_multiplies_by_gamma_each_step_size():
+    cfg = OptimConfig(lr=1.0, schedule="step", step_size=1, gamma=0.5)
+    opt = make_optimizer([nn.Parameter(torch.zeros(1))], cfg)
+    sched = make_scheduler(opt, cfg, epochs=3, steps_per_epoch=2)
+    lrs = []
+    for _ in range(6):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1.0, 0.5, 0.5, 0.25, 0.25, 0.125])
+
+
+def test_adam_is_available():
+    opt = make_optimizer([nn.Parameter(torch.zeros(1))], OptimConfig(name="adam", lr=1e-3))
+    assert isinstance(opt, torch.optim.Adam)
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(UsageError, match="optimizer.name: unknown name 'lion'"):
+        make_optimizer([nn.Parameter(torch.zeros(1))], OptimConfig(name="lion"))
+
+
+def test_device_auto_is_cpu_without_cuda():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_refused():
+    with pytest.raises(UsageError, match="device: 'cuda' is not available"):
+        resolve_device("cuda")
+
+
+def test_diverging_loss_stops_with_a_message(tiny_data):
+    x, y = tiny_data["train"]
+    with pytest.raises(FloatingPointError, match="training loss is nan at epoch 1"):
+        fit(_model(), (x * float("nan"), y), tiny_data["val"], Phase(1, 32, OptimConfig()),
+            generator=seed_everything(0), device=torch.device("cpu"), progress=False)
+
+
+def test_after_step_hook_sees_every_step(tiny_data):
+    seen = []
+    fit(_model(), tiny_data["train"], tiny_data["val"], Phase(2, 64, OptimConfig()),
+        generator=seed_everything(0), device=torch.device("cpu"), after_step=seen.append,
+        progress=False)
+    assert seen == list(range(1, 2 * 256 // 64 + 1))
