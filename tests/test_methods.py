@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 from sparsebench.errors import UsageError
-from sparsebench.metrics import sparsity_summary
 from sparsebench.methods import METHODS, Context, build_method, method_params
 from sparsebench.methods.retrain import masked_retrain
+from sparsebench.metrics import sparsity_summary
 from sparsebench.sparsity import get_masks, keep_count
 from sparsebench.train import OptimConfig, Phase, seed_everything
 
@@ -34,7 +34,7 @@ def test_every_method_prunes_to_its_target(name, tiny_data):
     params = method_params(name, SMALL.get(name, {}))
     model, _ = _pruned(name, tiny_data)
     target = getattr(params, "target_sparsity", 0.0)
-    for layer, mask in get_masks(model).items():
+    for mask in get_masks(model).values():
         assert mask.sum().item() == keep_count(mask.numel(), target)
     assert sparsity_summary(model)["sparsity"] == pytest.approx(target, abs=0.01)
 
@@ -92,12 +92,12 @@ def test_instance_name_refers_to_a_registered_method():
 
 
 def test_unknown_method_is_refused():
-    with pytest.raises(UsageError, match="methods.lottery: unknown name 'lottery'; allowed: "):
+    with pytest.raises(UsageError, match=r"methods\.lottery: unknown name 'lottery'; allowed: "):
         method_params("lottery", {})
 
 
 def test_unknown_method_under_an_instance_name_is_refused():
-    with pytest.raises(UsageError, match="methods.foo.method: unknown name 'bar'"):
+    with pytest.raises(UsageError, match=r"methods\.foo\.method: unknown name 'bar'"):
         method_params("foo", {"method": "bar"})
 
 
@@ -108,7 +108,7 @@ def test_target_sparsity_out_of_range_is_refused(value):
 
 
 def test_unknown_key_gets_a_suggestion():
-    with pytest.raises(UsageError, match="methods.gmp.target_sparsty: unknown key; did you mean "
+    with pytest.raises(UsageError, match=r"methods\.gmp\.target_sparsty: unknown key; did you mean "
                                          "target_sparsity?"):
         method_params("gmp", {"target_sparsty": 0.9})
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import small_params
+
 from sparsebench.cli import main
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,11 @@ def test_stages_run_end_to_end_and_track_in_mlflow(workspace):
     params = small_params(workspace)
     _run_all(params)
 
-    results = {m: json.loads((workspace / "metrics" / f"{m}.json").read_text()) for m in METHODS}
+    results = {m: {**json.loads((workspace / "metrics" / f"{m}.json").read_text()),
+                   **json.loads((workspace / "evaluation" / f"{m}.json").read_text())}
+               for m in METHODS}
+    assert set(json.loads((workspace / "metrics" / "gmp.json").read_text())) == {
+        "method", "epochs", "mean", "std"}
     assert results["dense"]["mean"]["sparsity"] == 0.0
     for m in ("magnitude", "gmp", "random"):
         assert results[m]["mean"]["sparsity"] == pytest.approx(0.95, abs=0.005)
@@ -170,3 +174,43 @@ def test_failed_stage_keeps_previous_outputs(workspace):
         main(["pretrain", "--params", str(path)])
     assert (workspace / "runs/pretrain/seed0/model.safetensors").read_bytes() == before
     assert sorted(p.name for p in (workspace / "runs").iterdir()) == ["pretrain"]
+
+
+def test_wrong_checksum_in_data_dir_is_refused_and_earlier_output_kept(workspace):
+    path = small_params(workspace)
+    assert main(["prepare", "--params", str(path)]) == 0
+    before = (workspace / "data/prepared/splits.safetensors").read_bytes()
+    source = workspace / "mnist-files"
+    source.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (source / name).write_bytes(b"not the real file")
+    params = yaml.safe_load(path.read_text())
+    params["data"].update(dataset="mnist", dir=str(source))
+    path.write_text(yaml.safe_dump(params))
+    result = _cli("prepare", "--params", str(path), cwd=workspace)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "data.dir:" in result.stderr and "sha256" in result.stderr.lower()
+    assert (workspace / "data/prepared/splits.safetensors").read_bytes() == before
+    assert not list((workspace / ".cache").rglob("*-ubyte"))
+
+
+def test_parallel_writers_on_a_fresh_mlflow_store(workspace):
+    """Two processes creating the SQLite store at once both succeed (the store is locked)."""
+    code = ("from sparsebench.tracking import log_run, tracking_uri; import sys; "
+            "log_run(tracking_uri(), 'race', run_name=sys.argv[1], tags={}, params={}, "
+            "metrics={'x': 1.0}, curves={'s': [{'epoch': 1, 'v': 0.5}]})")
+    env = {**os.environ, "SPARSEBENCH_ROOT": str(workspace)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"w{i}"], cwd=workspace, env=env,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("race")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["w0", "w1"]
+    assert all(r.info.status == "FINISHED" for r in runs)

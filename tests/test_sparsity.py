@@ -1,11 +1,23 @@
+import itertools
+
 import pytest
 import torch
 from torch import nn
 
 from sparsebench.errors import UsageError
 from sparsebench.sparsity import (
-    agp_sparsity, apply_masks, check_sparsity, get_masks, keep_count, load_masks,
-    magnitude_masks, make_permanent, masks_from_scores, random_masks, save_masks, topk_mask,
+    agp_sparsity,
+    apply_masks,
+    check_sparsity,
+    get_masks,
+    keep_count,
+    load_masks,
+    magnitude_masks,
+    make_permanent,
+    masks_from_scores,
+    random_masks,
+    save_masks,
+    topk_mask,
 )
 
 
@@ -24,7 +36,7 @@ def test_topk_mask_selects_largest():
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95, 0.999])
 def test_layer_masks_hit_target_in_every_layer(tiny_mlp, sparsity):
     masks = magnitude_masks(tiny_mlp, sparsity, "layer")
-    for name, mask in masks.items():
+    for mask in masks.values():
         assert mask.sum().item() == keep_count(mask.numel(), sparsity)
 
 
@@ -144,4 +156,4 @@ def test_agp_schedule_follows_the_cubic_formula():
 
 def test_agp_schedule_is_monotone():
     values = [agp_sparsity(t, 0.1, 0.95, 0, 20, 3) for t in range(100)]
-    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(values))

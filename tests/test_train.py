@@ -6,7 +6,13 @@ from torch import nn
 
 from sparsebench.errors import UsageError
 from sparsebench.train import (
-    OptimConfig, Phase, evaluate, fit, make_optimizer, make_scheduler, resolve_device,
+    OptimConfig,
+    Phase,
+    evaluate,
+    fit,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
     seed_everything,
 )
 
@@ -25,7 +31,7 @@ def _train(tiny_data, seed=0, epochs=3, **optim):
 
 
 def test_training_learns_the_tiny_problem(tiny_data):
-    model, curves = _train(tiny_data, epochs=5)
+    _, curves = _train(tiny_data, epochs=5)
     assert curves[-1]["train_loss"] < curves[0]["train_loss"]
     assert curves[-1]["val_accuracy"] > 0.9
 
@@ -33,7 +39,8 @@ def test_training_learns_the_tiny_problem(tiny_data):
 def test_same_seed_gives_identical_numbers(tiny_data):
     a, ca = _train(tiny_data, seed=3)
     b, cb = _train(tiny_data, seed=3)
-    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
     strip = lambda c: [{k: v for k, v in r.items() if k != "seconds"} for r in c]  # noqa: E731
     assert strip(ca) == strip(cb)
 
@@ -92,7 +99,7 @@ def test_adam_is_available():
 
 
 def test_unknown_optimizer_is_refused():
-    with pytest.raises(UsageError, match="optimizer.name: unknown name 'lion'"):
+    with pytest.raises(UsageError, match=r"optimizer\.name: unknown name 'lion'"):
         make_optimizer([nn.Parameter(torch.zeros(1))], OptimConfig(name="lion"))
 
 

@@ -45,7 +45,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
             metadata = f.metadata() or {}
             if metadata.get("format") != FORMAT:
                 raise UsageError(f"model file: {str(path)!r} is not a {FORMAT} file")
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError) as exc:
         raise UsageError(f"model file: {str(path)!r} cannot be read ({exc})") from None
     arch = json.loads(metadata["arch"])

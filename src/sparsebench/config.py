@@ -100,7 +100,7 @@ def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict[str, Any
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"params: {str(path)!r} does not exist; allowed: a params.yaml file") from None
+        raise UsageError(f"params: {str(path)!r} does not exist; allowed: a params file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"params: {str(path)!r} cannot be read ({exc})") from None
     except yaml.YAMLError as exc:

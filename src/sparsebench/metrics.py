@@ -41,11 +41,11 @@ from torch import nn
 
 __all__ = [
     "PRUNABLE_TYPES",
-    "prunable_modules",
-    "layer_sparsity",
-    "sparsity_summary",
     "count_flops",
     "evaluate_model_metrics",
+    "layer_sparsity",
+    "prunable_modules",
+    "sparsity_summary",
 ]
 
 #: Module types whose ``weight`` is prunable.

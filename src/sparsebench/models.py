@@ -40,11 +40,11 @@ from torch import nn
 from sparsebench.errors import UsageError, unknown_name
 
 __all__ = [
+    "MLP",
     "MODELS",
     "BasicBlock",
     "ConvNet",
     "LeNet5",
-    "MLP",
     "ResNet",
     "ShortcutA",
     "build_model",

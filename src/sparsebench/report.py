@@ -37,7 +37,7 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
     for key, r in results.items():
         row = {"key": key, "method": r["method"], "seeds": len(r["seeds"]),
                **{f"epochs_{k}": v for k, v in r["epochs"].items()}}
-        for metric, _, _ in COLUMNS + [("test_loss", "", ""), ("flops_nonzero", "", "")]:
+        for metric in [*(c[0] for c in COLUMNS), "test_loss", "flops_nonzero"]:
             row[metric] = r["mean"][metric]
             row[f"{metric}_std"] = r["std"][metric]
         rows.append(row)

@@ -157,7 +157,8 @@ def save_masks(masks: Masks, path: str | Path) -> None:
         shapes[name] = list(mask.shape)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata={"format": "sparsebench-masks/1", "shapes": json.dumps(shapes)})
+    metadata = {"format": "sparsebench-masks/1", "shapes": json.dumps(shapes)}
+    save_file(tensors, tmp, metadata=metadata)
     os.replace(tmp, path)
 
 
@@ -171,7 +172,7 @@ def load_masks(path: str | Path) -> Masks:
         if meta.get("format") != "sparsebench-masks/1":
             raise UsageError(f"masks file: {str(path)!r} is not a sparsebench masks file")
         shapes = json.loads(meta["shapes"])
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 (not a dict)
             shape = shapes[name]
             numel = math.prod(shape)
             bits = np.unpackbits(f.get_tensor(name).numpy())[:numel]

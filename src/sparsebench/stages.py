@@ -19,7 +19,13 @@ import torch
 from sparsebench.checkpoint import load_model, save_model
 from sparsebench.config import Params, PhaseParams
 from sparsebench.data import (
-    SYNTHETIC, build_splits, dataset_info, fetch_raw, load_splits, raw_checksums, save_splits,
+    SYNTHETIC,
+    build_splits,
+    dataset_info,
+    fetch_raw,
+    load_splits,
+    raw_checksums,
+    save_splits,
     synthetic_splits,
 )
 from sparsebench.errors import UsageError
@@ -42,7 +48,8 @@ def prepare(params: Params) -> None:
         splits, source, checksums = synthetic_splits(n_val=d.val_size, seed=d.split_seed), "", {}
     else:
         raw_dir = repo_root() / ".cache" / "sparsebench" / "raw" / d.dataset
-        source = fetch_raw(d.dataset, raw_dir, source_dir=Path(d.dir).expanduser() if d.dir else None,
+        source_dir = Path(d.dir).expanduser() if d.dir else None
+        source = fetch_raw(d.dataset, raw_dir, source_dir=source_dir,
                            cache_dir=repo_root() / ".cache" / "sparsebench" / "sources")
         splits = build_splits(d.dataset, raw_dir, val_size=d.val_size, seed=d.split_seed,
                               limit=d.limit)
@@ -177,18 +184,20 @@ def evaluate_stage(params: Params, methods: dict[str, MethodParams], key: str) -
         figures = evaluate_model_metrics(model, shape)
         layers[seed] = figures.pop("layers")
         per_seed[seed] = {"test_accuracy": acc, "test_loss": loss, **figures}
-    result = {
+    first = next(iter(per_seed.values()))
+    summary = {
         "method": build_method(key, methods[key]).name,
         "epochs": budget,
-        "mean": {k: statistics.fmean(s[k] for s in per_seed.values()) for k in per_seed[seed]},
-        "std": {k: _std([s[k] for s in per_seed.values()]) for k in per_seed[seed]},
-        "seeds": {str(s): v for s, v in per_seed.items()},
-        "layers": {str(s): v for s, v in layers.items()},
+        "mean": {k: statistics.fmean(s[k] for s in per_seed.values()) for k in first},
+        "std": {k: _std([s[k] for s in per_seed.values()]) for k in first},
     }
-    atomic_write_text(Path("metrics", f"{key}.json"), json.dumps(result, indent=1))
+    details = {"seeds": {str(s): v for s, v in per_seed.items()},
+               "layers": {str(s): v for s, v in layers.items()}}
+    atomic_write_text(Path("evaluation", f"{key}.json"), json.dumps(details, indent=1))
+    atomic_write_text(Path("metrics", f"{key}.json"), json.dumps(summary, indent=1))
     if params.tracking.enabled:
         _track(params, methods, key, per_seed, layers, budget)
-    return result
+    return {**summary, **details}
 
 
 def _std(values: list[float]) -> float:
@@ -233,13 +242,14 @@ def _curves(stage: str, key: str | None, seed: int) -> list[dict]:
 
 
 def load_results(methods: dict[str, Any]) -> dict[str, dict]:
-    """The metrics files of the configured methods, by method key."""
+    """Summary and details of every configured method's evaluation, by method key."""
     results = {}
     for key in methods:
-        path = Path("metrics", f"{key}.json")
-        if not path.exists():
-            raise UsageError(f"input: {str(path)!r} does not exist; run evaluate@{key} first")
-        results[key] = json.loads(path.read_text())
+        paths = [Path("metrics", f"{key}.json"), Path("evaluation", f"{key}.json")]
+        for path in paths:
+            if not path.exists():
+                raise UsageError(f"input: {str(path)!r} does not exist; run evaluate@{key} first")
+        results[key] = {**json.loads(paths[0].read_text()), **json.loads(paths[1].read_text())}
     return results
 
 

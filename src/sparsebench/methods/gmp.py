@@ -24,7 +24,7 @@ class GMPParams(OptimizerPhaseParams):
     frequency: int = Field(100, gt=0)  # dt: optimizer steps between two re-prunings
 
     @model_validator(mode="after")
-    def _ordered(self) -> "GMPParams":
+    def _ordered(self) -> GMPParams:
         if not self.start_epoch < self.end_epoch <= self.epochs:
             raise ValueError(
                 f"need start_epoch < end_epoch <= epochs, got {self.start_epoch}, "
