@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from sparsebench.paths import atomic_dir, atomic_write_text, repo_root
+
+
+def test_repo_root_is_the_workspace(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARSEBENCH_ROOT", raising=False)
+    assert repo_root(tmp_path) == tmp_path.resolve()
+
+
+def test_repo_root_leaves_a_dvc_queue_copy(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARSEBENCH_ROOT", raising=False)
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12" / "sub"
+    copy.mkdir(parents=True)
+    assert repo_root(copy) == tmp_path.resolve()
+
+
+def test_repo_root_honours_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path / "x"))
+    assert repo_root(Path("/elsewhere")) == (tmp_path / "x").resolve()
+
+
+def test_atomic_dir_replaces_the_old_output_on_success(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert (target / "old.txt").exists()  # untouched while the stage runs
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_dir_keeps_the_old_output_on_failure(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("stage failed")
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_write_text_leaves_no_temporary(tmp_path):
+    atomic_write_text(tmp_path / "a" / "b.json", "{}")
+    assert (tmp_path / "a" / "b.json").read_text() == "{}"
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]

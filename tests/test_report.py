@@ -1,0 +1,49 @@
+import csv
+import io
+
+from sparsebench.report import markdown_table, summary_rows, to_csv, write_report
+
+
+def _result(method, acc, sparsity, seeds=(0.1, -0.1)):
+    per_seed = {str(i): {"test_accuracy": acc + d / 100, "sparsity": sparsity,
+                         "test_loss": 0.1, "density": 1 - sparsity,
+                         "compression_ratio": 1 / (1 - sparsity),
+                         "compression_ratio_all": 0.9 / (1 - sparsity),
+                         "theoretical_speedup": 1 / (1 - sparsity), "flops_nonzero": 10.0}
+                for i, d in enumerate(seeds)}
+    keys = per_seed["0"]
+    mean = {k: sum(s[k] for s in per_seed.values()) / len(per_seed) for k in keys}
+    std = {k: 0.0 for k in keys} | {"test_accuracy": 0.0014}
+    return {"method": method, "epochs": {"pretrain": 12, "prune": 10, "retrain": 5, "total": 27},
+            "mean": mean, "std": std, "seeds": per_seed,
+            "layers": {"0": {"fc1": {"sparsity": sparsity}, "fc2": {"sparsity": sparsity / 2}}}}
+
+
+RESULTS = {"dense": _result("dense", 0.984, 0.0), "gmp_90": _result("gmp", 0.98, 0.9)}
+
+
+def test_table_shows_budget_mean_and_spread():
+    table = markdown_table(RESULTS, "default")
+    assert "| gmp_90 (gmp) | 27 (12+10+5) | 98.00 ± 0.14 | 90.00 ± 0.00 | 10.00 ± 0.00 | " \
+           "10.0x ± 0.0 | 9.0x ± 0.0 | 10.0x ± 0.0 |" in table
+    assert "| dense | 27 (12+10+5) | 98.40 ± 0.14 |" in table
+    assert "over 2 seeds" in table
+
+
+def test_csv_has_one_row_per_method_with_means_and_stds():
+    rows = list(csv.DictReader(io.StringIO(to_csv(summary_rows(RESULTS)))))
+    assert [r["key"] for r in rows] == ["dense", "gmp_90"]
+    assert float(rows[1]["test_accuracy"]) == 0.98
+    assert float(rows[1]["test_accuracy_std"]) == 0.0014
+    assert rows[1]["epochs_total"] == "27"
+
+
+def test_write_report_writes_every_declared_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    curves = {"gmp_90": [{"val_accuracy": 0.9, "sparsity": 0.5, "train_loss": 0.3}],
+              "dense": []}
+    files = write_report(RESULTS, curves, "default")
+    assert {p.name for p in files} == {
+        "summary.md", "summary.csv", "accuracy_vs_sparsity.csv", "curves.json",
+        "accuracy_vs_sparsity.png", "val_accuracy.png", "sparsity.png", "layer_sparsity.png"}
+    assert all((tmp_path / p).stat().st_size > 0 for p in files)
