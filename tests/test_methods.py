@@ -9,7 +9,11 @@ from sparsebench.metrics import sparsity_summary
 from sparsebench.sparsity import get_masks, keep_count
 from sparsebench.train import OptimConfig, Phase, seed_everything
 
-SMALL = {"gmp": {"epochs": 2, "end_epoch": 1, "frequency": 2, "batch_size": 32}}
+SMALL = {  # settings that keep each method's test to a second on the tiny problem
+    "gmp": {"epochs": 2, "end_epoch": 1, "frequency": 2, "batch_size": 32},
+    "admm": {"iterations": 2, "batch_size": 32},
+    "admm_l1": {"iterations": 2, "batch_size": 32},
+}
 
 
 def _model():

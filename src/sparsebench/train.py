@@ -135,6 +135,7 @@ def fit(
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
     after_step: StepHook | None = None,
+    regularizer: Callable[[], torch.Tensor] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool | None = None,
 ) -> list[dict]:
@@ -150,6 +151,8 @@ def fit(
         optimizer: a ready optimizer (a method's own); built from ``phase.optim`` when None.
         after_step: called after every optimizer step with the global step index (gradual
             pruning updates its masks here).
+        regularizer: a penalty added to every minibatch loss (ADMM's augmented term); the
+            recorded train loss stays the data loss.
         on_epoch: called with each epoch's figures as soon as they exist.
         progress: show a progress bar; by default only when stderr is a terminal.
 
@@ -172,7 +175,7 @@ def fit(
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if regularizer is None else loss + regularizer()).backward()
             optimizer.step()
             scheduler.step()
             step += 1

@@ -10,13 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from sparsebench.errors import unknown_name
+from sparsebench.methods.admm import ADMM, ADMML1Pruning, ADMMPruning
 from sparsebench.methods.base import Context, Method, MethodParams
 from sparsebench.methods.baselines import Dense, Magnitude, Random
 from sparsebench.methods.gmp import GMP
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Dense, Magnitude, GMP, Random)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (Dense, Magnitude, GMP, Random, ADMMPruning, ADMML1Pruning)
+}
 
-__all__ = ["METHODS", "Context", "Method", "MethodParams", "build_method", "method_params"]
+__all__ = ["ADMM", "METHODS", "Context", "Method", "MethodParams", "build_method", "method_params"]
 
 
 def method_class(key: str, cfg: dict[str, Any]) -> type[Method]:

@@ -1,0 +1,230 @@
+"""ADMM weight pruning (Zhang et al., "A Systematic DNN Weight Pruning Framework using
+Alternating Direction Method of Multipliers", ECCV 2018) and its l1 variant
+(ALGORITHMS.md sections 2 and 3).
+
+Problem: min f(W) s.t. card(W_i) <= k_i per layer (or + lambda ||Z||_1 with W = Z). Scaled-dual
+ADMM over W = Z, repeated for K iterations:
+
+1. W-step: minibatch training on f(W) + sum_i (rho_i / 2) ||W_i - Z_i + U_i||_F^2 (squared norm).
+2. Z-step: Z_i = P_{k_i}(W_i + U_i) (keep the k_i largest |.|), or S_{lambda / rho}(W_i + U_i).
+3. U-step: U_i = U_i + W_i - Z_i.
+
+Start: W pretrained, Z = P_k(W) (or S(W)), U = 0. Then hard-prune W to the mask of P_k(W) and
+retrain with the mask fixed. `ADMM` is the library part, usable in any training loop::
+
+    admm = ADMM.for_model(model, rho=1e-3, sparsity=0.9)
+    for k in range(K):
+        for x, y in batches:                     # W-step
+            loss = F.cross_entropy(model(x), y) + admm.penalty()
+            ...
+        admm.step()                              # Z- and U-steps, rho schedule
+    apply_masks(model, admm.masks())
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from sparsebench.config import OptimizerParams
+from sparsebench.methods.base import Context, Method, SparsityParams
+from sparsebench.metrics import prunable_modules
+from sparsebench.sparsity import apply_masks, keep_count, masks_from_scores, topk_mask
+from sparsebench.train import Phase, fit, make_optimizer
+
+
+class ADMM:
+    """Z, U and rho of ADMM pruning for a set of weight tensors.
+
+    Args:
+        weights: name -> the Parameter W_i (the same objects the optimizer trains).
+        rho: penalty rho (the same for every layer at the start).
+        keep: name -> k_i, the nonzeros Z_i may keep (cardinality Z-step); None for l1.
+        lam: lambda of the l1 Z-step (used when ``keep`` is None).
+        rho_growth: rho_{k+1} = rho_growth * rho_k after every Z/U update (1 = constant).
+        rho_max: cap of the growing rho.
+    """
+
+    def __init__(self, weights: dict[str, torch.Tensor], *, rho: float,
+                 keep: dict[str, int] | None = None, lam: float = 0.0,
+                 rho_growth: float = 1.0, rho_max: float = math.inf):
+        if rho < 0:
+            raise ValueError(f"Invalid rho: {rho} (must be >= 0)")
+        if rho_growth < 1:
+            raise ValueError(f"Invalid rho_growth: {rho_growth} (must be >= 1)")
+        if keep is None and lam < 0:
+            raise ValueError(f"Invalid lam: {lam} (must be >= 0)")
+        self.weights, self.keep, self.lam = weights, keep, lam
+        self.rho, self.rho_growth, self.rho_max = rho, rho_growth, rho_max
+        self.iteration = 0
+        with torch.no_grad():
+            self.U = {n: torch.zeros_like(w) for n, w in weights.items()}
+            self.Z = {n: self._project(n, w.detach().clone()) for n, w in weights.items()}
+
+    @classmethod
+    def for_model(cls, model: nn.Module, *, sparsity: float | dict[str, float] | None = None,
+                  **kwargs) -> ADMM:
+        """ADMM over the prunable weights of ``model``.
+
+        ``sparsity`` is one target for every layer or a per-layer dict (layer name -> target);
+        None selects the l1 Z-step (pass ``lam``).
+        """
+        weights = {name: m.weight for name, m in prunable_modules(model)}
+        keep = None
+        if sparsity is not None:
+            per_layer = sparsity if isinstance(sparsity, dict) else dict.fromkeys(weights,
+                                                                                  sparsity)
+            keep = {n: keep_count(w.numel(), per_layer.get(n, 0.0)) for n, w in weights.items()}
+        return cls(weights, keep=keep, **kwargs)
+
+    def _project(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The Z-step's operator: P_k (cardinality) or S_{lam / rho} (l1)."""
+        if self.keep is not None:
+            return x * topk_mask(x.abs(), self.keep[name])
+        if self.rho == 0:
+            return x
+        return torch.nn.functional.softshrink(x, self.lam / self.rho)
+
+    def penalty(self) -> torch.Tensor:
+        """sum_i (rho / 2) ||W_i - Z_i + U_i||_F^2: add it to the minibatch loss (W-step)."""
+        total = sum(((w - self.Z[n] + self.U[n]) ** 2).sum() for n, w in self.weights.items())
+        return 0.5 * self.rho * total
+
+    @torch.no_grad()
+    def step(self) -> dict[str, float]:
+        """Z-step, U-step and rho schedule; return the residuals of this iteration.
+
+        Returns:
+            primal_residual ||W - Z|| / ||W||, dual_residual rho ||Z - Z_prev|| / ||W||, the rho
+            used, and z_sparsity (the sparsity Z gives).
+        """
+        rho = self.rho
+        dual_sq = primal_sq = w_sq = 0.0
+        zeros = numel = 0
+        for n, w in self.weights.items():
+            z_prev = self.Z[n]
+            self.Z[n] = self._project(n, w + self.U[n])
+            self.U[n] += w - self.Z[n]
+            primal_sq += (w - self.Z[n]).pow(2).sum().item()
+            dual_sq += (self.Z[n] - z_prev).pow(2).sum().item()
+            w_sq += w.pow(2).sum().item()
+            zeros += (self.Z[n] == 0).sum().item()
+            numel += w.numel()
+        self.iteration += 1
+        self.rho = min(self.rho * self.rho_growth, self.rho_max)
+        norm = math.sqrt(w_sq) or 1.0
+        return {"primal_residual": math.sqrt(primal_sq) / norm,
+                "dual_residual": rho * math.sqrt(dual_sq) / norm, "rho": rho,
+                "z_sparsity": zeros / numel}
+
+    @torch.no_grad()
+    def masks(self, sparsity: float | None = None) -> dict[str, torch.Tensor]:
+        """The final masks: P_k(W) per layer; for l1, the support of Z, or the |W| magnitude
+        mask at ``sparsity`` when given."""
+        if self.keep is not None:
+            return {n: topk_mask(w.abs(), self.keep[n]) for n, w in self.weights.items()}
+        if sparsity is not None:
+            return masks_from_scores({n: w.abs() for n, w in self.weights.items()}, sparsity)
+        return {n: z != 0 for n, z in self.Z.items()}
+
+    def state_dict(self) -> dict:
+        """Z, U, rho and the iteration count: what an interrupted run needs to resume."""
+        return {"Z": {n: z.clone() for n, z in self.Z.items()},
+                "U": {n: u.clone() for n, u in self.U.items()},
+                "rho": self.rho, "iteration": self.iteration}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["Z"]) != set(self.weights):
+            raise KeyError(f"ADMM state is for layers {sorted(state['Z'])}, "
+                           f"not {sorted(self.weights)}")
+        self.Z = {n: z.clone().to(self.weights[n].device) for n, z in state["Z"].items()}
+        self.U = {n: u.clone().to(self.weights[n].device) for n, u in state["U"].items()}
+        self.rho, self.iteration = state["rho"], state["iteration"]
+
+
+class ADMMParams(SparsityParams):
+    """``target_sparsity`` for every layer, or ``layer_sparsity`` per layer name."""
+
+    rho: float = Field(1e-3, ge=0)
+    rho_growth: float = Field(1.0, ge=1)
+    rho_max: float = Field(1.0, gt=0)
+    iterations: int = Field(10, ge=1)  # K
+    epochs_per_iteration: int = Field(1, ge=1)  # the W-step's length
+    batch_size: int = Field(128, gt=0)
+    optimizer: OptimizerParams = OptimizerParams(name="adam", lr=1e-3, schedule="constant")
+    layer_sparsity: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _layer_range(self) -> ADMMParams:
+        for name, value in (self.layer_sparsity or {}).items():
+            if not 0 <= value < 1:
+                raise ValueError(f"layer_sparsity.{name}: {value} is out of range; allowed: a "
+                                 "number in [0, 1)")
+        return self
+
+
+class ADMML1Params(ADMMParams):
+    """The l1 Z-step: ``lam``; the final mask is |W| at ``target_sparsity`` (or Z's support
+    when ``final_mask: support``)."""
+
+    lam: float = Field(1e-4, ge=0)
+    final_mask: Literal["magnitude", "support"] = "magnitude"
+
+
+class ADMMPruning(Method):
+    """ADMM pruning with a hard cardinality constraint per layer (Zhang et al. 2018)."""
+
+    name = "admm"
+    Params = ADMMParams
+
+    def prune_epochs(self) -> int:
+        return self.params.iterations * self.params.epochs_per_iteration
+
+    def _admm(self, model: nn.Module) -> ADMM:
+        p = self.params
+        sparsity = p.layer_sparsity or p.target_sparsity
+        return ADMM.for_model(model, sparsity=sparsity, rho=p.rho, rho_growth=p.rho_growth,
+                              rho_max=p.rho_max)
+
+    def _final_masks(self, admm: ADMM) -> dict[str, torch.Tensor]:
+        return admm.masks()
+
+    def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
+        p = self.params
+        admm = self._admm(model)
+        optimizer = make_optimizer(model.parameters(), p.optimizer.to_config())
+        phase = Phase(p.epochs_per_iteration, p.batch_size, p.optimizer.to_config(), self.name)
+        curves = []
+        for k in range(1, p.iterations + 1):
+            rows = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
+                       device=ctx.device, optimizer=optimizer, regularizer=admm.penalty,
+                       progress=ctx.progress)
+            residuals = admm.step()
+            last = rows[-1]
+            curves.append({"epoch": k, **{key: last[key] for key in (
+                "train_loss", "train_accuracy", "val_loss", "val_accuracy", "sparsity")},
+                **residuals, "seconds": sum(r["seconds"] for r in rows)})
+        apply_masks(model, self._final_masks(admm))
+        return curves
+
+
+class ADMML1Pruning(ADMMPruning):
+    """ADMM with the l1 proximal Z-step Z = S_{lambda / rho}(W + U) (ALGORITHMS.md section 3)."""
+
+    name = "admm_l1"
+    Params = ADMML1Params
+
+    def _admm(self, model: nn.Module) -> ADMM:
+        p = self.params
+        return ADMM.for_model(model, sparsity=None, lam=p.lam, rho=p.rho,
+                              rho_growth=p.rho_growth, rho_max=p.rho_max)
+
+    def _final_masks(self, admm: ADMM) -> dict[str, torch.Tensor]:
+        p = self.params
+        if p.final_mask == "support":
+            return admm.masks()
+        return admm.masks(sparsity=p.target_sparsity)
