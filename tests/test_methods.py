@@ -13,6 +13,7 @@ SMALL = {  # settings that keep each method's test to a second on the tiny probl
     "gmp": {"epochs": 2, "end_epoch": 1, "frequency": 2, "batch_size": 32},
     "admm": {"iterations": 2, "batch_size": 32},
     "admm_l1": {"iterations": 2, "batch_size": 32},
+    "sas_admm": {"iterations": 3, "M": 4, "k0": 2, "last": 1, "batch_size": 32},
 }
 
 

@@ -14,9 +14,11 @@ from sparsebench.methods.admm import ADMM, ADMML1Pruning, ADMMPruning
 from sparsebench.methods.base import Context, Method, MethodParams
 from sparsebench.methods.baselines import Dense, Magnitude, Random
 from sparsebench.methods.gmp import GMP
+from sparsebench.methods.sas_admm import SASADMMPruning
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Dense, Magnitude, GMP, Random, ADMMPruning, ADMML1Pruning)
+    m.name: m
+    for m in (Dense, Magnitude, GMP, Random, ADMMPruning, ADMML1Pruning, SASADMMPruning)
 }
 
 __all__ = ["ADMM", "METHODS", "Context", "Method", "MethodParams", "build_method", "method_params"]

@@ -1,0 +1,243 @@
+"""SAS-ADMM: symmetric accelerated stochastic ADMM pruning (Yuan, Bai, Jiang, Du,
+Neurocomputing 575:127327, 2024; ALGORITHMS.md section 4).
+
+min f(W) + lambda ||Z||_1 s.t. W = Z, with the augmented Lagrangian
+L = f(W) + lambda ||Z||_1 - <U, W - Z> + (beta / 2) ||W - Z||^2. Outer iteration k:
+
+1. Linearised W-step solved by accelerated stochastic approximation, with
+   h = rho W^k + U^k - beta (W^k - Z^k) and rho = beta; for t = 1..M_k, a fresh minibatch each:
+   b_t = 2 / (t + 1), g_t = 2 / (eta_k t), W_md = b_t Wb + (1 - b_t) W, d = grad f(W_md),
+   Wb = (g_t Wb + h - d) / (g_t + rho), W = b_t Wb + (1 - b_t) W  (Wb persists across k).
+2. Symmetric dual updates around the Z-step:
+   U_half = U - r beta (W - Z); Z = S_{lambda / beta}(W - U_half / beta);
+   U = U_half - s beta (W - Z).
+3. Schedules: M_k = M for k < k0, else ceil(c k^q) with c = M / k0^q; eta_k = 1 / v for k < k0,
+   else M (M + 1) / (v M_k (M_k + 1)).
+4. The ergodic average of W over the iterations k > ``last`` is written into the network.
+
+Parameters outside the l1 coupling (biases, normalisation) take the same accelerated steps on
+f alone: their h is rho W^k, a proximal anchor at the current point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from sparsebench.data import Batches
+from sparsebench.methods.base import Context, Method, SparsityParams
+from sparsebench.metrics import prunable_modules
+from sparsebench.sparsity import apply_masks, keep_count, topk_mask
+from sparsebench.train import evaluate
+
+GOLDEN = (1 + math.sqrt(5)) / 2
+REGION = "r in (-1, 1), s in (0, (1 + sqrt 5) / 2), r + s > 0 and |r| < 1 + s - s^2"
+
+
+def check_region(r: float, s: float) -> None:
+    """Refuse (r, s) outside the convergence region of symmetric ADMM."""
+    if not (-1 < r < 1 and 0 < s < GOLDEN and r + s > 0 and abs(r) < 1 + s - s * s):
+        raise ValueError(f"(r, s) = ({r}, {s}) is outside the convergence region of symmetric "
+                         f"ADMM; allowed: {REGION}")
+
+
+def inner_steps(k: int, M: int, k0: int, q: float) -> int:
+    """M_k: M before k0, then growing as ceil(c k^q) with c = M / k0^q."""
+    return M if k < k0 else math.ceil(M / k0**q * k**q)
+
+
+def step_size(k: int, M: int, k0: int, q: float, v: float) -> float:
+    """eta_k: 1 / v before k0, then M (M + 1) / (v M_k (M_k + 1))."""
+    if k < k0:
+        return 1 / v
+    Mk = inner_steps(k, M, k0, q)
+    return M * (M + 1) / (v * Mk * (Mk + 1))
+
+
+class SASADMM:
+    """The SAS-ADMM state for a model: W, Wb, Z, U per coupled weight; W, Wb for the rest.
+
+    Args:
+        coupled: parameters in the l1-constrained problem (the prunable weights).
+        free: the other trained parameters (biases, normalisation).
+        beta: penalty beta (= rho of the linearisation).
+        lam: lambda of the l1 term.
+        r, s: the symmetric dual step factors.
+    """
+
+    def __init__(self, coupled: list[nn.Parameter], free: list[nn.Parameter], *, beta: float,
+                 lam: float, r: float, s: float):
+        if beta <= 0:
+            raise ValueError(f"Invalid beta: {beta} (must be > 0)")
+        if lam < 0:
+            raise ValueError(f"Invalid lam: {lam} (must be >= 0)")
+        check_region(r, s)
+        self.coupled, self.free = coupled, free
+        self.beta, self.lam, self.r, self.s = beta, lam, r, s
+        with torch.no_grad():
+            self.W = [p.detach().clone() for p in coupled + free]
+            self.Wb = [w.clone() for w in self.W]
+            self.Z = [F.softshrink(p.detach(), lam / beta) for p in coupled]
+            self.U = [torch.zeros_like(p) for p in coupled]
+        self.sums: list[torch.Tensor] | None = None
+        self.averaged = 0
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return self.coupled + self.free
+
+    @torch.no_grad()
+    def begin(self) -> list[torch.Tensor]:
+        """h = rho W^k + U^k - beta (W^k - Z^k) (rho = beta) for each parameter."""
+        beta, n = self.beta, len(self.coupled)
+        return [beta * self.Z[i] + self.U[i] if i < n else beta * w
+                for i, w in enumerate(self.W)]
+
+    @torch.no_grad()
+    def set_md(self, t: int) -> None:
+        """Put W_md = b_t Wb + (1 - b_t) W into the network for the gradient of step t."""
+        b = 2 / (t + 1)
+        for p, w, wb in zip(self.params, self.W, self.Wb, strict=True):
+            p.copy_(wb).mul_(b).add_(w, alpha=1 - b)
+
+    @torch.no_grad()
+    def inner_step(self, t: int, eta: float, h: list[torch.Tensor]) -> None:
+        """Wb = (g_t Wb + h - d) / (g_t + rho); W = b_t Wb + (1 - b_t) W, d at W_md."""
+        b, g, rho = 2 / (t + 1), 2 / (eta * t), self.beta
+        for p, w, wb, hi in zip(self.params, self.W, self.Wb, h, strict=True):
+            d = p.grad if p.grad is not None else torch.zeros_like(p)
+            wb.mul_(g).add_(hi).sub_(d).div_(g + rho)
+            w.mul_(1 - b).add_(wb, alpha=b)
+
+    @torch.no_grad()
+    def dual_step(self) -> dict[str, float]:
+        """The symmetric updates U_half, Z, U; W goes back into the network."""
+        beta, r, s = self.beta, self.r, self.s
+        primal_sq = dual_sq = w_sq = 0.0
+        zeros = numel = 0
+        for i, w in enumerate(self.W[: len(self.coupled)]):
+            u_half = self.U[i] - r * beta * (w - self.Z[i])
+            z_prev = self.Z[i]
+            self.Z[i] = F.softshrink(w - u_half / beta, self.lam / beta)
+            self.U[i] = u_half - s * beta * (w - self.Z[i])
+            primal_sq += (w - self.Z[i]).pow(2).sum().item()
+            dual_sq += (self.Z[i] - z_prev).pow(2).sum().item()
+            w_sq += w.pow(2).sum().item()
+            zeros += (self.Z[i] == 0).sum().item()
+            numel += w.numel()
+        for p, w in zip(self.params, self.W, strict=True):
+            p.copy_(w)
+        norm = math.sqrt(w_sq) or 1.0
+        return {"primal_residual": math.sqrt(primal_sq) / norm,
+                "dual_residual": beta * math.sqrt(dual_sq) / norm,
+                "z_sparsity": zeros / max(1, numel)}
+
+    @torch.no_grad()
+    def accumulate(self) -> None:
+        """Add the current W to the ergodic average."""
+        if self.sums is None:
+            self.sums = [torch.zeros_like(w) for w in self.W]
+        for acc, w in zip(self.sums, self.W, strict=True):
+            acc.add_(w)
+        self.averaged += 1
+
+    @torch.no_grad()
+    def write_average(self) -> None:
+        """Write the ergodic average of W into the network (the last W if none was kept)."""
+        source = self.W if self.sums is None else [a / self.averaged for a in self.sums]
+        for p, w in zip(self.params, source, strict=True):
+            p.copy_(w)
+
+
+class SASADMMParams(SparsityParams):
+    """The released defaults (ResNet-32 CIFAR-10) unless stated otherwise."""
+
+    beta: float = Field(0.04, gt=0)
+    lam: float = Field(1e-4, ge=0)
+    M: int = Field(50, ge=1)
+    k0: int = Field(50, ge=1)
+    q: float = Field(1.1, gt=0)
+    v: float = Field(25.0, gt=0)
+    iterations: int = Field(190, ge=1)  # maxIter
+    last: int = Field(170, ge=0)  # average W over iterations k > last
+    r: float = 0.9
+    s: float = 1.09
+    batch_size: int = Field(256, gt=0)
+    layer_types: Literal["all", "conv", "linear"] = "all"  # which layers the prune hits
+
+    @model_validator(mode="after")
+    def _region(self) -> SASADMMParams:
+        check_region(self.r, self.s)
+        return self
+
+
+def _minibatches(ctx: Context, batch_size: int, device: torch.device) -> Iterator:
+    x, y = ctx.train[0].to(device), ctx.train[1].to(device)
+    while True:
+        yield from Batches(x, y, batch_size, shuffle=True, generator=ctx.generator)
+
+
+class SASADMMPruning(Method):
+    """SAS-ADMM, then a per-layer magnitude prune to the target (Yuan et al. 2024)."""
+
+    name = "sas_admm"
+    Params = SASADMMParams
+
+    def total_steps(self) -> int:
+        p = self.params
+        return sum(inner_steps(k, p.M, p.k0, p.q) for k in range(1, p.iterations + 1))
+
+    def prune_epochs(self) -> int:
+        """Epochs' worth of minibatches, rounded up (for the budget; exact steps in curves)."""
+        return max(1, math.ceil(self.total_steps() * self.params.batch_size / 55000))
+
+    def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
+        p = self.params
+        coupled = [m.weight for _, m in prunable_modules(model)]
+        ids = {id(w) for w in coupled}
+        free = [q for q in model.parameters() if id(q) not in ids and q.requires_grad]
+        sas = SASADMM(coupled, free, beta=p.beta, lam=p.lam, r=p.r, s=p.s)
+        batches = _minibatches(ctx, p.batch_size, ctx.device)
+        curves = []
+        for k in range(1, p.iterations + 1):
+            Mk, eta = inner_steps(k, p.M, p.k0, p.q), step_size(k, p.M, p.k0, p.q, p.v)
+            h, loss_sum = sas.begin(), 0.0
+            model.train()
+            for t in range(1, Mk + 1):
+                x, y = next(batches)
+                sas.set_md(t)
+                model.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                sas.inner_step(t, eta, h)
+                loss_sum += loss.item()
+            row = {"epoch": k, "train_loss": loss_sum / Mk, "inner_steps": Mk, "eta": eta,
+                   **sas.dual_step()}
+            if not math.isfinite(row["train_loss"]):
+                raise FloatingPointError(f"sas_admm: the training loss is {row['train_loss']} "
+                                         f"at iteration {k}; lower beta or raise v ({p.v})")
+            if k > p.last:
+                sas.accumulate()
+            row["val_loss"], row["val_accuracy"] = evaluate(model, *ctx.val, device=ctx.device)
+            row["sparsity"] = row["z_sparsity"]
+            curves.append(row)
+        sas.write_average()
+        apply_masks(model, self._masks(model))
+        return curves
+
+    def _masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Per-layer magnitude masks at the target for the chosen layer types, dense elsewhere."""
+        p, masks = self.params, {}
+        for name, module in prunable_modules(model):
+            is_conv = isinstance(module, nn.modules.conv._ConvNd)
+            hit = p.layer_types == "all" or (p.layer_types == "conv") == is_conv
+            w = module.weight.detach()
+            k = keep_count(w.numel(), p.target_sparsity) if hit else w.numel()
+            masks[name] = topk_mask(w.abs(), k)
+        return masks

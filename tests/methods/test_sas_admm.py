@@ -1,0 +1,125 @@
+"""SAS-ADMM (ALGORITHMS.md section 4): schedules, symmetric dual updates, convergence region,
+and a convex problem."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsebench.errors import UsageError
+from sparsebench.methods import Context, build_method, method_params
+from sparsebench.methods.sas_admm import SASADMM, check_region, inner_steps, step_size
+from sparsebench.sparsity import get_masks, keep_count
+from sparsebench.train import seed_everything
+
+
+def test_inner_steps_follow_the_schedule():
+    M, k0, q = 50, 50, 1.1
+    assert [inner_steps(k, M, k0, q) for k in (1, 49)] == [50, 50]
+    assert inner_steps(50, M, k0, q) == 50
+    assert inner_steps(190, M, k0, q) == math.ceil(50 / 50**1.1 * 190**1.1)
+
+
+def test_step_size_follows_the_schedule():
+    assert step_size(3, 50, 50, 1.1, 25) == 1 / 25
+    Mk = inner_steps(120, 50, 50, 1.1)
+    assert step_size(120, 50, 50, 1.1, 25) == pytest.approx(50 * 51 / (25 * Mk * (Mk + 1)))
+
+
+@pytest.mark.parametrize("r, s", [(0.9, 1.09), (0.0, 1.0), (-0.5, 1.0), (0.2, 1.5)])
+def test_convergence_region_accepts(r, s):
+    check_region(r, s)
+
+
+@pytest.mark.parametrize("r, s", [(1.0, 1.0), (0.9, 1.2), (-0.9, 0.5), (0.0, 1.7), (0.5, 0.0)])
+def test_convergence_region_refuses_with_the_region_stated(r, s):
+    with pytest.raises(ValueError, match=r"outside the convergence region .* allowed: r in "
+                                         r"\(-1, 1\), s in \(0, \(1 \+ sqrt 5\) / 2\)"):
+        check_region(r, s)
+
+
+def test_params_outside_the_region_are_a_usage_error():
+    with pytest.raises(UsageError, match=r"methods\.sas_admm: \(r, s\) = \(0\.9, 1\.5\) is "
+                                         r"outside the convergence region"):
+        method_params("sas_admm", {"r": 0.9, "s": 1.5})
+
+
+def test_dual_step_is_the_symmetric_update():
+    w = nn.Parameter(torch.tensor([1.0, -0.3, 0.02]))
+    sas = SASADMM([w], [], beta=2.0, lam=0.4, r=0.5, s=1.2)
+    Z0 = sas.Z[0].clone()
+    U0 = torch.tensor([0.1, -0.2, 0.0])
+    sas.U[0] = U0.clone()
+    sas.W[0] = torch.tensor([0.8, -0.1, 0.05])
+    sas.dual_step()
+    W = torch.tensor([0.8, -0.1, 0.05])
+    u_half = U0 - 0.5 * 2.0 * (W - Z0)
+    x = W - u_half / 2.0
+    Z = torch.sign(x) * torch.clamp(x.abs() - 0.4 / 2.0, min=0)
+    torch.testing.assert_close(sas.Z[0], Z)
+    torch.testing.assert_close(sas.U[0], u_half - 1.2 * 2.0 * (W - Z))
+    torch.testing.assert_close(w.detach(), W)  # W goes back into the network
+
+
+def test_sparse_least_squares_residual_falls():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(100, 10, generator=g)
+    x_star = torch.zeros(10)
+    x_star[[1, 6]] = torch.tensor([2.0, -1.5])
+    b = A @ x_star
+    w = nn.Parameter(torch.randn(10, generator=g))
+    sas = SASADMM([w], [], beta=1.0, lam=0.01, r=0.9, s=1.09)
+    residuals = []
+    for k in range(1, 41):
+        h, eta = sas.begin(), step_size(k, 20, 10, 1.1, 10)
+        for t in range(1, inner_steps(k, 20, 10, 1.1) + 1):
+            sas.set_md(t)
+            w.grad = None
+            (0.5 * ((A @ w - b) ** 2).mean()).backward()
+            sas.inner_step(t, eta, h)
+        residuals.append(sas.dual_step()["primal_residual"])
+    assert residuals[-1] < 0.01 < residuals[0]
+    assert (sas.Z[0].abs() > 0.1).nonzero().flatten().tolist() == [1, 6]
+    torch.testing.assert_close(sas.Z[0], x_star, atol=0.05, rtol=0)
+
+
+def test_ergodic_average_is_written_into_the_network():
+    w = nn.Parameter(torch.zeros(2))
+    sas = SASADMM([w], [], beta=1.0, lam=0.0, r=0.9, s=1.09)
+    for value in (1.0, 3.0):
+        sas.W[0] = torch.full((2,), value)
+        sas.accumulate()
+    sas.write_average()
+    torch.testing.assert_close(w.detach(), torch.full((2,), 2.0))
+
+
+def test_method_prunes_only_conv_layers_when_asked(tiny_data):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64, 4))
+    params = method_params("sas_admm", {"target_sparsity": 0.75, "layer_types": "conv",
+                                        "iterations": 3, "M": 3, "k0": 2, "last": 1,
+                                        "batch_size": 32})
+    ctx = Context(train=tiny_data["train"], val=tiny_data["val"], device=torch.device("cpu"),
+                  generator=seed_everything(0), seed=0, progress=False)
+    curves = build_method("sas_admm", params).prune(model, ctx)
+    masks = get_masks(model)
+    assert int(masks["0"].sum()) == keep_count(36, 0.75)
+    assert bool(masks["3"].all())
+    assert [r["inner_steps"] for r in curves] == [3, 3, inner_steps(3, 3, 2, 1.1)]
+    assert {"primal_residual", "dual_residual", "z_sparsity", "val_accuracy"} <= set(curves[0])
+
+
+def test_training_with_sas_admm_lowers_the_loss(tiny_data):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    x, y = tiny_data["train"]
+    before = F.cross_entropy(model(x), y).item()
+    params = method_params("sas_admm", {"target_sparsity": 0.0, "iterations": 4, "M": 8,
+                                        "k0": 2, "last": 2, "batch_size": 32, "v": 2.0,
+                                        "beta": 0.01})
+    ctx = Context(train=tiny_data["train"], val=tiny_data["val"], device=torch.device("cpu"),
+                  generator=seed_everything(0), seed=0, progress=False)
+    build_method("sas_admm", params).prune(model, ctx)
+    assert F.cross_entropy(model(x), y).item() < 0.5 * before
