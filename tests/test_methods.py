@@ -121,3 +121,27 @@ def test_unknown_key_gets_a_suggestion():
 def test_gmp_schedule_must_fit_in_its_epochs():
     with pytest.raises(UsageError, match="start_epoch < end_epoch <= epochs"):
         method_params("gmp", {"epochs": 3, "end_epoch": 5})
+
+
+@pytest.mark.parametrize("name", ["magnitude", "random", "gmp", "admm", "sas_admm"])
+def test_layer_sparsity_overrides_the_target_per_layer(name, tiny_data):
+    model, _ = _pruned(name, tiny_data, target_sparsity=0.5, layer_sparsity={"1": 0.9})
+    masks = get_masks(model)
+    assert int(masks["1"].sum()) == keep_count(16 * 32, 0.9)
+    assert int(masks["3"].sum()) == keep_count(32 * 4, 0.5)
+
+
+def test_unknown_layer_in_layer_sparsity_is_refused(tiny_data):
+    with pytest.raises(UsageError, match=r"methods\.magnitude\.layer_sparsity\.fc9: unknown "
+                                         r"layer; allowed: 1, 3"):
+        _pruned("magnitude", tiny_data, layer_sparsity={"fc9": 0.9})
+
+
+def test_layer_sparsity_with_global_scope_is_refused():
+    with pytest.raises(UsageError, match="layer_sparsity needs scope: layer"):
+        method_params("magnitude", {"scope": "global", "layer_sparsity": {"1": 0.5}})
+
+
+def test_layer_sparsity_out_of_range_is_refused():
+    with pytest.raises(UsageError, match=r"methods\.gmp\.layer_sparsity\.1: 1\.2 is not allowed"):
+        method_params("gmp", {"layer_sparsity": {"1": 1.2}})

@@ -17,6 +17,14 @@ def test_repo_root_leaves_a_dvc_queue_copy(tmp_path, monkeypatch):
     assert repo_root(copy) == tmp_path.resolve()
 
 
+def test_repo_root_of_a_suite_under_pipelines_is_the_dvc_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARSEBENCH_ROOT", raising=False)
+    (tmp_path / ".dvc").mkdir()
+    suite = tmp_path / "pipelines" / "lenet5-mnist"
+    suite.mkdir(parents=True)
+    assert repo_root(suite) == tmp_path.resolve()
+
+
 def test_repo_root_honours_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path / "x"))
     assert repo_root(Path("/elsewhere")) == (tmp_path / "x").resolve()

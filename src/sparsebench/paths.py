@@ -17,15 +17,18 @@ from pathlib import Path
 
 
 def repo_root(start: Path | None = None) -> Path:
-    """The repository root: ``$SPARSEBENCH_ROOT``, else the workspace, outside any DVC temp copy."""
+    """The repository root: ``$SPARSEBENCH_ROOT``, else the nearest folder holding ``.dvc``
+    above the workspace (a suite under ``pipelines/`` shares the root's stores), outside any
+    DVC temp copy; the workspace itself when there is none."""
     if os.environ.get("SPARSEBENCH_ROOT"):
         return Path(os.environ["SPARSEBENCH_ROOT"]).resolve()
     here = (start or Path.cwd()).resolve()
     parts = here.parts
     for i in range(len(parts) - 2):
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return here
+            here = Path(*parts[:i])
+            break
+    return next((p for p in (here, *here.parents) if (p / ".dvc").is_dir()), here)
 
 
 def run_dir(*parts: str | int) -> Path:

@@ -62,14 +62,19 @@ def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: module.weight.detach() for name, module in prunable_modules(model)}
 
 
+Targets = float | dict[str, float]  # one sparsity for every layer, or one per layer name
+
+
 def masks_from_scores(
-    scores: dict[str, torch.Tensor], sparsity: float, scope: str = "layer"
+    scores: dict[str, torch.Tensor], sparsity: Targets, scope: str = "layer"
 ) -> Masks:
-    """Keep the highest-scoring entries: per layer, or over all layers together."""
+    """Keep the highest-scoring entries: per layer (one target, or one per layer), or over all
+    layers together."""
     if scope not in SCOPES:
         raise UsageError(f"scope: unknown value {scope!r}; allowed: {', '.join(SCOPES)}")
-    if scope == "layer":
-        return {n: topk_mask(s, keep_count(s.numel(), sparsity)) for n, s in scores.items()}
+    if isinstance(sparsity, dict) or scope == "layer":
+        target = sparsity if isinstance(sparsity, dict) else dict.fromkeys(scores, sparsity)
+        return {n: topk_mask(s, keep_count(s.numel(), target[n])) for n, s in scores.items()}
     flat = torch.cat([s.flatten() for s in scores.values()])
     keep = topk_mask(flat, keep_count(flat.numel(), sparsity))
     masks, start = {}, 0
@@ -79,14 +84,14 @@ def masks_from_scores(
     return masks
 
 
-def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "layer") -> Masks:
+def magnitude_masks(model: nn.Module, sparsity: Targets, scope: str = "layer") -> Masks:
     """Masks keeping the largest |W| (Han et al. 2015), per layer or globally."""
     scores = {n: w.abs() for n, w in effective_weights(model).items()}
     return masks_from_scores(scores, sparsity, scope)
 
 
 def random_masks(
-    model: nn.Module, sparsity: float, generator: torch.Generator, scope: str = "layer"
+    model: nn.Module, sparsity: Targets, generator: torch.Generator, scope: str = "layer"
 ) -> Masks:
     """Uniformly random masks at the target sparsity: the floor every method must beat."""
     scores = {

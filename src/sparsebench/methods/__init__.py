@@ -46,4 +46,4 @@ def method_params(key: str, cfg: dict[str, Any]) -> MethodParams:
 
 def build_method(key: str, params: MethodParams) -> Method:
     """An instance of the method configured under ``methods.<key>``."""
-    return method_class(key, params.model_dump())(params)
+    return method_class(key, params.model_dump())(params, key)

@@ -27,7 +27,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
 from sparsebench.config import OptimizerParams
@@ -122,7 +122,7 @@ class ADMM:
                 "z_sparsity": zeros / numel}
 
     @torch.no_grad()
-    def masks(self, sparsity: float | None = None) -> dict[str, torch.Tensor]:
+    def masks(self, sparsity: float | dict[str, float] | None = None) -> dict[str, torch.Tensor]:
         """The final masks: P_k(W) per layer; for l1, the support of Z, or the |W| magnitude
         mask at ``sparsity`` when given."""
         if self.keep is not None:
@@ -156,15 +156,6 @@ class ADMMParams(SparsityParams):
     epochs_per_iteration: int = Field(1, ge=1)  # the W-step's length
     batch_size: int = Field(128, gt=0)
     optimizer: OptimizerParams = OptimizerParams(name="adam", lr=1e-3, schedule="constant")
-    layer_sparsity: dict[str, float] | None = None
-
-    @model_validator(mode="after")
-    def _layer_range(self) -> ADMMParams:
-        for name, value in (self.layer_sparsity or {}).items():
-            if not 0 <= value < 1:
-                raise ValueError(f"layer_sparsity.{name}: {value} is out of range; allowed: a "
-                                 "number in [0, 1)")
-        return self
 
 
 class ADMML1Params(ADMMParams):
@@ -186,11 +177,10 @@ class ADMMPruning(Method):
 
     def _admm(self, model: nn.Module) -> ADMM:
         p = self.params
-        sparsity = p.layer_sparsity or p.target_sparsity
-        return ADMM.for_model(model, sparsity=sparsity, rho=p.rho, rho_growth=p.rho_growth,
-                              rho_max=p.rho_max)
+        return ADMM.for_model(model, sparsity=p.targets(model, self.key), rho=p.rho,
+                              rho_growth=p.rho_growth, rho_max=p.rho_max)
 
-    def _final_masks(self, admm: ADMM) -> dict[str, torch.Tensor]:
+    def _final_masks(self, admm: ADMM, model: nn.Module) -> dict[str, torch.Tensor]:
         return admm.masks()
 
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
@@ -208,7 +198,7 @@ class ADMMPruning(Method):
             curves.append({"epoch": k, **{key: last[key] for key in (
                 "train_loss", "train_accuracy", "val_loss", "val_accuracy", "sparsity")},
                 **residuals, "seconds": sum(r["seconds"] for r in rows)})
-        apply_masks(model, self._final_masks(admm))
+        apply_masks(model, self._final_masks(admm, model))
         return curves
 
 
@@ -223,8 +213,8 @@ class ADMML1Pruning(ADMMPruning):
         return ADMM.for_model(model, sparsity=None, lam=p.lam, rho=p.rho,
                               rho_growth=p.rho_growth, rho_max=p.rho_max)
 
-    def _final_masks(self, admm: ADMM) -> dict[str, torch.Tensor]:
+    def _final_masks(self, admm: ADMM, model: nn.Module) -> dict[str, torch.Tensor]:
         p = self.params
         if p.final_mask == "support":
             return admm.masks()
-        return admm.masks(sparsity=p.target_sparsity)
+        return admm.masks(sparsity=p.targets(model, self.key))

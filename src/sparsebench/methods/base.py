@@ -9,13 +9,15 @@ and tracking are shared by all methods and live outside.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from sparsebench.config import OptimizerParams, Strict
+from sparsebench.errors import UsageError
+from sparsebench.metrics import prunable_modules
 
 
 class RetrainOverride(Strict):
@@ -38,10 +40,32 @@ class MethodParams(Strict):
 
 
 class SparsityParams(MethodParams):
-    """A method pruning to a target sparsity over the prunable weights."""
+    """A method pruning to a target sparsity over the prunable weights.
+
+    ``layer_sparsity`` (layer name -> target) overrides ``target_sparsity`` for the layers it
+    names, e.g. the ADMM paper's LeNet-5 keep ratios; it implies per-layer scope.
+    """
 
     target_sparsity: float = Field(0.9, ge=0, lt=1)
     scope: Literal["layer", "global"] = "layer"
+    layer_sparsity: dict[str, Annotated[float, Field(ge=0, lt=1)]] | None = None
+
+    @model_validator(mode="after")
+    def _layer_scope(self) -> SparsityParams:
+        if self.layer_sparsity and self.scope == "global":
+            raise ValueError("layer_sparsity needs scope: layer (got scope: global)")
+        return self
+
+    def targets(self, model: nn.Module, key: str) -> float | dict[str, float]:
+        """The target of every prunable layer of ``model``; unknown layer names are refused."""
+        if not self.layer_sparsity:
+            return self.target_sparsity
+        names = [name for name, _ in prunable_modules(model)]
+        for name in self.layer_sparsity:
+            if name not in names:
+                raise UsageError(f"methods.{key}.layer_sparsity.{name}: unknown layer; "
+                                 f"allowed: {', '.join(names)}")
+        return {n: self.layer_sparsity.get(n, self.target_sparsity) for n in names}
 
 
 @dataclass
@@ -63,8 +87,9 @@ class Method:
     Params: ClassVar[type[MethodParams]] = MethodParams
     from_pretrained: ClassVar[bool] = True  # start from the shared dense checkpoint
 
-    def __init__(self, params: MethodParams):
+    def __init__(self, params: MethodParams, key: str | None = None):
         self.params = params
+        self.key = key or self.name  # the entry under methods: in params.yaml
 
     def prune_epochs(self) -> int:
         """Epochs of training the prune phase costs (0 for one-shot methods)."""

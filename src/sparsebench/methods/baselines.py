@@ -31,7 +31,7 @@ class Magnitude(Method):
 
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
         p = self.params
-        apply_masks(model, magnitude_masks(model, p.target_sparsity, p.scope))
+        apply_masks(model, magnitude_masks(model, p.targets(model, self.key), p.scope))
         return []
 
 
@@ -43,5 +43,6 @@ class Random(Method):
 
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
         p = self.params
-        apply_masks(model, random_masks(model, p.target_sparsity, ctx.generator, p.scope))
+        targets = p.targets(model, self.key)
+        apply_masks(model, random_masks(model, targets, ctx.generator, p.scope))
         return []

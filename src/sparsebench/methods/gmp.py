@@ -47,17 +47,22 @@ class GMP(Method):
         steps = len(Batches(*ctx.train, p.batch_size, shuffle=False))
         t0 = round(p.start_epoch * steps)
         n = max(1, round((p.end_epoch - p.start_epoch) * steps) // p.frequency)
+        final = p.targets(model, self.key)
+
+        def at(step: int) -> float | dict[str, float]:
+            def s_t(s_f: float) -> float:
+                return agp_sparsity(step, p.initial_sparsity, s_f, t0, n, p.frequency)
+            return {k: s_t(v) for k, v in final.items()} if isinstance(final, dict) else s_t(final)
 
         def reprune(step: int) -> None:
             if step < t0 or (step - t0) % p.frequency or step > t0 + n * p.frequency:
                 return
-            s = agp_sparsity(step, p.initial_sparsity, p.target_sparsity, t0, n, p.frequency)
-            apply_masks(model, magnitude_masks(model, s, p.scope))
+            apply_masks(model, magnitude_masks(model, at(step), p.scope))
 
         if p.initial_sparsity > 0 and t0 == 0:
             apply_masks(model, magnitude_masks(model, p.initial_sparsity, p.scope))
         phase = Phase(p.epochs, p.batch_size, p.optimizer.to_config(), "gmp")
         curves = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
                      device=ctx.device, after_step=reprune, progress=ctx.progress)
-        apply_masks(model, magnitude_masks(model, p.target_sparsity, p.scope))
+        apply_masks(model, magnitude_masks(model, final, p.scope))
         return curves

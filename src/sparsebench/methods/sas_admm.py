@@ -234,10 +234,12 @@ class SASADMMPruning(Method):
     def _masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Per-layer magnitude masks at the target for the chosen layer types, dense elsewhere."""
         p, masks = self.params, {}
+        targets = p.targets(model, self.key)
         for name, module in prunable_modules(model):
             is_conv = isinstance(module, nn.modules.conv._ConvNd)
             hit = p.layer_types == "all" or (p.layer_types == "conv") == is_conv
             w = module.weight.detach()
-            k = keep_count(w.numel(), p.target_sparsity) if hit else w.numel()
+            target = targets[name] if isinstance(targets, dict) else targets
+            k = keep_count(w.numel(), target) if hit else w.numel()
             masks[name] = topk_mask(w.abs(), k)
         return masks
