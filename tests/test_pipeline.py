@@ -51,6 +51,9 @@ def test_stages_run_end_to_end_and_track_in_mlflow(workspace):
         assert results[m]["mean"]["sparsity"] == pytest.approx(0.95, abs=0.005)
         assert results[m]["mean"]["compression_ratio"] == pytest.approx(20, rel=0.05)
         assert results[m]["mean"]["theoretical_speedup"] > 10
+        assert results[m]["mean"]["checkpoint_ratio"] > 3  # the sparse file is really smaller
+        seed0 = workspace / "runs" / m / "eval" / "seed0" / "model.sparse.safetensors"
+        assert seed0.stat().st_size == results[m]["seeds"]["0"]["checkpoint_bytes"]
     assert results["gmp"]["epochs"] == {"pretrain": 2, "prune": 2, "retrain": 1, "total": 5}
     assert results["dense"]["epochs"] == {"pretrain": 2, "prune": 0, "retrain": 0, "total": 2}
     assert set(results["gmp"]["seeds"]) == {"0", "1"}
@@ -78,6 +81,11 @@ def test_stages_run_end_to_end_and_track_in_mlflow(workspace):
     assert len(client.get_metric_history(gmp0.info.run_id, "pretrain/val_accuracy")) == 2
     artifacts = [a.path for a in client.list_artifacts(gmp0.info.run_id, "masks")]
     assert artifacts == ["masks/masks.safetensors"]
+    artifacts = [a.path for a in client.list_artifacts(gmp0.info.run_id, "model")]
+    assert artifacts == ["model/model.sparse.safetensors"]
+    for key in ("checkpoint_bytes", "checkpoint_ratio", "checkpoint_bound_ratio",
+                "latency_b1_ratio", "latency_b256_ratio"):
+        assert key in gmp0.data.metrics
     report_runs = client.search_runs([experiment.experiment_id], "tags.dvc_stage = 'report'")
     assert len(report_runs) == 1
 
@@ -108,7 +116,8 @@ def _cli(*args, cwd):
 
 
 @pytest.mark.parametrize("edit, expected", [
-    ({"methods": {"lottery": {}}}, "methods.lottery: unknown name 'lottery'; allowed: dense"),
+    ({"methods": {"lottery": {}}},
+     "methods.lottery: unknown name 'lottery'; allowed: admm, admm_l1, dense"),
     ({"model": {"name": "vgg"}}, "model.name: unknown name 'vgg'; allowed: "),
     ({"data": {"dataset": "imagenet"}}, "data.dataset: unknown name 'imagenet'; allowed: "),
     ({"methods": {"gmp": {"target_sparsity": 1.0}}},

@@ -157,3 +157,13 @@ def test_agp_schedule_follows_the_cubic_formula():
 def test_agp_schedule_is_monotone():
     values = [agp_sparsity(t, 0.1, 0.95, 0, 20, 3) for t in range(100)]
     assert all(b >= a for a, b in itertools.pairwise(values))
+
+
+def test_pruned_entries_are_positive_zero(tiny_mlp):
+    with torch.no_grad():
+        tiny_mlp[1].weight.fill_(-1.0)
+        tiny_mlp[1].weight[0, 0] = -5.0
+    apply_masks(tiny_mlp, magnitude_masks(tiny_mlp, 0.5))
+    make_permanent(tiny_mlp)
+    zeros = tiny_mlp[1].weight[tiny_mlp[1].weight == 0]
+    assert len(zeros) > 0 and not torch.signbit(zeros).any()

@@ -11,8 +11,11 @@ import sys
 
 from sparsebench.errors import UsageError
 
-STAGES = ("prepare", "pretrain", "prune", "retrain", "evaluate", "report", "check-params")
+STAGES = ("prepare", "pretrain", "prune", "retrain", "evaluate", "report", "check-params",
+          "export", "inspect")
 PER_METHOD = ("prune", "retrain", "evaluate")
+FILE_TOOLS = ("export", "inspect")  # work on model files alone: no params.yaml
+EXPORT_TO = ("compressed", "dense", "prune")  # = sparsebench.checkpoint.EXPORT_FORMATS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,14 +28,33 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="stage", required=True, parser_class=_Parser)
     for stage in STAGES:
         s = sub.add_parser(stage)
-        s.add_argument("--params", default="params.yaml", help="the params file (params.yaml)")
+        if stage == "export":
+            s.add_argument("model_file", help="a model file (dense or compressed checkpoint)")
+            s.add_argument("out", help="the output file, written atomically")
+            s.add_argument("--to", required=True, choices=EXPORT_TO, help="the output form")
+        elif stage == "inspect":
+            s.add_argument("file", help="a compressed checkpoint or a dense model file")
+        else:
+            s.add_argument("--params", default="params.yaml", help="the params file (params.yaml)")
         if stage in PER_METHOD:
             s.add_argument("--method", required=True, help="a key under methods: in params")
     return p
 
 
+def run_file_tool(args: argparse.Namespace) -> None:
+    from sparsebench import checkpoint
+
+    if args.stage == "export":
+        checkpoint.export(args.model_file, args.out, args.to)
+        print(f"{args.out}: written ({args.to})")
+    elif args.stage == "inspect":
+        print(checkpoint.inspect_table(args.file))
+
+
 def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
+    if args.stage in FILE_TOOLS:
+        return run_file_tool(args)
     from sparsebench import stages
     from sparsebench.config import load_params
 

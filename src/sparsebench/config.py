@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -61,6 +61,13 @@ class ModelParams(Strict):
     args: dict[str, Any] = {}
 
 
+class EvaluateParams(Strict):
+    """What evaluate measures beyond the test metrics: CPU latency, dense against sparse."""
+
+    latency_batch_sizes: list[Annotated[int, Field(gt=0)]] = [1, 256]  # [] turns latency off
+    latency_repeats: int = Field(50, gt=0)
+
+
 class TrackingParams(Strict):
     enabled: bool = True
     uri: str | None = None
@@ -76,6 +83,7 @@ class Params(Strict):
     pretrain: PhaseParams
     retrain: PhaseParams
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
+    evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
 
     @field_validator("seeds")

@@ -22,13 +22,26 @@ COLUMNS = [  # (key in the metrics file, header, format)
     ("compression_ratio", "compression (weights)", "x"),
     ("compression_ratio_all", "compression (all params)", "x"),
     ("theoretical_speedup", "FLOP speedup", "x"),
+    ("checkpoint_bytes", "checkpoint (KiB)", "kib"),
+    ("checkpoint_ratio", "checkpoint vs dense file", "x"),
+    ("latency_b1_ratio", "latency sparse/dense, batch 1", "r"),
+    ("latency_b256_ratio", "latency sparse/dense, batch 256", "r"),
 ]
 
 
 def _cell(mean: float, std: float, fmt: str) -> str:
     if fmt == "pct":
         return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    if fmt == "kib":
+        return f"{mean / 1024:.1f} ± {std / 1024:.1f}"
+    if fmt == "r":
+        return f"{mean:.2f} ± {std:.2f}"
     return f"{mean:.1f}x ± {std:.1f}"
+
+
+def _columns(results: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """The columns every result has (latency is optional)."""
+    return [c for c in COLUMNS if all(c[0] in r["mean"] for r in results.values())]
 
 
 def summary_rows(results: dict[str, dict]) -> list[dict]:
@@ -37,7 +50,7 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
     for key, r in results.items():
         row = {"key": key, "method": r["method"], "seeds": len(r["seeds"]),
                **{f"epochs_{k}": v for k, v in r["epochs"].items()}}
-        for metric in [*(c[0] for c in COLUMNS), "test_loss", "flops_nonzero"]:
+        for metric in [*(c[0] for c in _columns(results)), "test_loss", "flops_nonzero"]:
             row[metric] = r["mean"][metric]
             row[f"{metric}_std"] = r["std"][metric]
         rows.append(row)
@@ -46,12 +59,16 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
 
 def markdown_table(results: dict[str, dict], suite: str) -> str:
     seeds = sorted({len(r["seeds"]) for r in results.values()})
-    head = ["method", "epochs (pretrain+prune+retrain)"] + [h for _, h, _ in COLUMNS]
+    columns = _columns(results)
+    head = ["method", "epochs (pretrain+prune+retrain)"] + [h for _, h, _ in columns]
     lines = [
         f"# sparsebench: suite `{suite}`",
         "",
         f"Mean ± standard deviation over {', '.join(map(str, seeds))} seeds; test set. "
-        "Compression = numel / nonzeros; FLOP speedup = dense / nonzero multiply-adds.",
+        "Compression = numel / nonzeros; FLOP speedup = dense / nonzero multiply-adds; "
+        "checkpoint = the compressed sparse file (sparsebench.checkpoint) against the dense one; "
+        "latency = CPU forward time of the CSR-sparse model over the dense one (< 1: sparse "
+        "is faster).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -60,7 +77,7 @@ def markdown_table(results: dict[str, dict], suite: str) -> str:
         e = r["epochs"]
         budget = f"{e['total']} ({e['pretrain']}+{e['prune']}+{e['retrain']})"
         name = key if key == r["method"] else f"{key} ({r['method']})"
-        cells = [_cell(r["mean"][m], r["std"][m], f) for m, _, f in COLUMNS]
+        cells = [_cell(r["mean"][m], r["std"][m], f) for m, _, f in columns]
         lines.append("| " + " | ".join([name, budget, *cells]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -118,8 +118,8 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
             module.weight_mask.copy_(mask)
         else:
             prune.custom_from_mask(module, "weight", mask)
-        with torch.no_grad():
-            module.weight_orig.mul_(mask)
+        with torch.no_grad():  # masked_fill, not mul: a pruned entry is +0.0, never -0.0
+            module.weight_orig.masked_fill_(mask == 0, 0.0)
             module.weight = module.weight_orig * module.weight_mask
 
 

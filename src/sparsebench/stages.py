@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from sparsebench.checkpoint import load_model, save_model
-from sparsebench.config import Params, PhaseParams
+from sparsebench.config import EvaluateParams, Params, PhaseParams
 from sparsebench.data import (
     SYNTHETIC,
     build_splits,
@@ -39,6 +39,7 @@ from sparsebench.train import evaluate, fit, resolve_device, seed_everything
 
 DATA_FILE = Path("data", "prepared", "splits.safetensors")
 MODEL, MASKS, CURVES = "model.safetensors", "masks.safetensors", "curves.json"
+CHECKPOINT = "model.sparse.safetensors"  # the compressed sparse checkpoint (sparsebench.checkpoint)
 
 
 def prepare(params: Params) -> None:
@@ -165,7 +166,7 @@ def epoch_budget(params: Params, methods: dict[str, MethodParams], key: str) -> 
     method = build_method(key, _method_params(methods, key))
     budget = {
         "pretrain": params.pretrain.epochs if method.from_pretrained else 0,
-        "prune": method.prune_epochs(),
+        "prune": method.prune_epochs(dataset_info(DATA_FILE)["sizes"]["train"]),
         "retrain": retrain_phase(params, methods[key]).epochs,
     }
     return {**budget, "total": sum(budget.values())}
@@ -178,12 +179,19 @@ def evaluate_stage(params: Params, methods: dict[str, MethodParams], key: str) -
     shape = tuple(dataset_info(DATA_FILE)["shape"])
     budget = epoch_budget(params, methods, key)
     per_seed, layers = {}, {}
-    for seed in params.seeds:
-        model = _load(seed_dir(run_dir(key, "retrain"), seed), device, masked=False)
-        loss, acc = evaluate(model, test_x, test_y, device=device)
-        figures = evaluate_model_metrics(model, shape)
-        layers[seed] = figures.pop("layers")
-        per_seed[seed] = {"test_accuracy": acc, "test_loss": loss, **figures}
+    with atomic_dir(run_dir(key, "eval")) as out:
+        for seed in params.seeds:
+            source = seed_dir(run_dir(key, "retrain"), seed)
+            model = _load(source, device, masked=False)
+            loss, acc = evaluate(model, test_x, test_y, device=device)
+            figures = evaluate_model_metrics(model, shape)
+            layers[seed] = figures.pop("layers")
+            seed_out = seed_dir(out, seed)
+            seed_out.mkdir()
+            sizes = _checkpoint_sizes(model, source / MODEL, seed_out / CHECKPOINT)
+            speed = _latency(model, shape, params.evaluate)
+            per_seed[seed] = {"test_accuracy": acc, "test_loss": loss, **figures, **sizes,
+                              **speed}
     first = next(iter(per_seed.values()))
     summary = {
         "method": build_method(key, methods[key]).name,
@@ -198,6 +206,32 @@ def evaluate_stage(params: Params, methods: dict[str, MethodParams], key: str) -
     if params.tracking.enabled:
         _track(params, methods, key, per_seed, layers, budget)
     return {**summary, **details}
+
+
+def _checkpoint_sizes(model: torch.nn.Module, dense_file: Path, out: Path) -> dict[str, float]:
+    """Write the compressed checkpoint; its size against the dense file and the bound."""
+    from sparsebench.checkpoint import information_bound, save
+
+    save(model, out)
+    size, dense, bound = out.stat().st_size, dense_file.stat().st_size, information_bound(model)
+    return {"checkpoint_bytes": size, "checkpoint_dense_bytes": dense,
+            "checkpoint_ratio": dense / size, "checkpoint_bound_ratio": size / bound}
+
+
+def _latency(model: torch.nn.Module, shape: tuple, cfg: EvaluateParams) -> dict[str, float]:
+    """CPU latency of the dense and the CSR-sparse model per batch size, and their ratio."""
+    if not cfg.latency_batch_sizes:
+        return {}
+    from sparsebench.latency import compare_latency
+
+    result = compare_latency(model.cpu(), shape, tuple(cfg.latency_batch_sizes),
+                             repeats=cfg.latency_repeats)
+    figures = {}
+    for batch, row in result["batch"].items():
+        figures[f"latency_b{batch}_dense_ms"] = 1000 * row["dense_s"]
+        figures[f"latency_b{batch}_sparse_ms"] = 1000 * row["sparse_s"]
+        figures[f"latency_b{batch}_ratio"] = row["ratio"]
+    return figures
 
 
 def _std(values: list[float]) -> float:
@@ -228,9 +262,10 @@ def _track(params: Params, methods: dict[str, MethodParams], key: str,
         tags = {"method": method.name, "method_key": key, "suite": params.suite,
                 "seed": str(seed), "dvc_stage": f"evaluate@{key}"}
         masks = seed_dir(run_dir(key, "retrain"), seed) / MASKS
+        checkpoint = seed_dir(run_dir(key, "eval"), seed) / CHECKPOINT
         run_id = log_run(uri, experiment, run_name=f"{key}-seed{seed}", tags=tags,
                          params=run_params, metrics={**metrics, **layer_metrics},
-                         curves=curves, artifacts=[(masks, "masks")])
+                         curves=curves, artifacts=[(masks, "masks"), (checkpoint, "model")])
         print(f"evaluate {key} seed {seed}: test_acc {metrics['test_accuracy']:.4f} "
               f"sparsity {metrics['sparsity']:.4f} (mlflow run {run_id})", flush=True)
 

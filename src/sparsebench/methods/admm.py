@@ -172,7 +172,7 @@ class ADMMPruning(Method):
     name = "admm"
     Params = ADMMParams
 
-    def prune_epochs(self) -> int:
+    def prune_epochs(self, n_train: int) -> int:
         return self.params.iterations * self.params.epochs_per_iteration
 
     def _admm(self, model: nn.Module) -> ADMM:

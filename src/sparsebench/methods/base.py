@@ -91,8 +91,9 @@ class Method:
         self.params = params
         self.key = key or self.name  # the entry under methods: in params.yaml
 
-    def prune_epochs(self) -> int:
-        """Epochs of training the prune phase costs (0 for one-shot methods)."""
+    def prune_epochs(self, n_train: int) -> int:
+        """Epochs of training over ``n_train`` samples the prune phase costs (0 for one-shot
+        methods; whole epochs, rounded up)."""
         return 0
 
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:

@@ -39,7 +39,7 @@ class GMP(Method):
     name = "gmp"
     Params = GMPParams
 
-    def prune_epochs(self) -> int:
+    def prune_epochs(self, n_train: int) -> int:
         return self.params.epochs
 
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:

@@ -193,9 +193,9 @@ class SASADMMPruning(Method):
         p = self.params
         return sum(inner_steps(k, p.M, p.k0, p.q) for k in range(1, p.iterations + 1))
 
-    def prune_epochs(self) -> int:
-        """Epochs' worth of minibatches, rounded up (for the budget; exact steps in curves)."""
-        return max(1, math.ceil(self.total_steps() * self.params.batch_size / 55000))
+    def prune_epochs(self, n_train: int) -> int:
+        """Epochs' worth of minibatches, rounded up (the exact steps are in the curves)."""
+        return max(1, math.ceil(self.total_steps() * self.params.batch_size / n_train))
 
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
         p = self.params

@@ -1,8 +1,9 @@
-"""Model files: safetensors, no pickle anywhere.
+"""Dense model files: safetensors, no pickle anywhere.
 
 A model file holds the plain ``state_dict`` (masks folded in) and, in its metadata, the
-architecture name and arguments, so `load_model` rebuilds the model by itself. The compressed
-sparse encoding of DESIGN.md ("Compressed checkpoint") builds on this.
+architecture name and arguments, so `load_model` rebuilds the model by itself. The pipeline's
+stages keep their models in this form; the compressed sparse form of DESIGN.md ("Compressed
+checkpoint") is in `sparsebench.checkpoint.compressed`.
 """
 
 from __future__ import annotations

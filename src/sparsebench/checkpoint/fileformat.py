@@ -1,0 +1,104 @@
+"""The compressed checkpoint file ``sparsebench-ckpt/1`` (DESIGN.md, "Compressed checkpoint").
+
+A safetensors file (no pickle: safe to load from strangers) whose few payload tensors are
+concatenations, so the safetensors header stays small however many tensors the model has:
+
+* ``data.<DT>`` (``DT`` a safetensors dtype: F64, F32, F16, BF16, I64, ...): for every tensor of
+  that dtype in the canonical order, its nonzero values (sparse encodings) or all its elements.
+* ``index.bitmask`` (U8), ``index.delta-u8`` (U8), ``index.delta-u16`` (U16),
+  ``index.delta-u32`` (U32): the index parts of the tensors in that encoding, in the same order.
+
+The canonical order is the ``state_dict`` order of ``build_model(arch)``. Empty payloads are
+left out. The encodings are those of `sparsebench.checkpoint.encoding`. String metadata, each
+value JSON except ``format``:
+
+* ``format``: ``sparsebench-ckpt/1``.
+* ``arch``: ``{"name": ..., "args": {...}}``, from which `load` rebuilds the model.
+* ``tensors``: for each encoded (prunable) tensor,
+  ``name: [shape, dtype, encoding, nonzeros, sparsity]`` (sparsity rounded to 4 places).
+* ``rest``: the other tensors (biases, batch norm, buffers), stored dense as they are:
+  ``{"dtypes": [[dtype, count], ...], "layout": digest}``; their names and shapes are the
+  architecture's, ``dtypes`` gives their dtypes in canonical order as runs, and ``layout`` is the
+  first 16 hex digits of the SHA-256 of ``"name:d0,d1,...\\n"`` over them, so a changed model
+  definition is refused rather than filled wrongly. Naming each of them would cost more than a
+  ResNet-32's whole sparse payload at 99.9% sparsity.
+* ``sha256``: hex SHA-256 over the payload tensors in sorted name order, each contributing its
+  UTF-8 name, a zero byte, its byte length as 8 bytes little-endian, and its raw bytes as stored
+  (little-endian). `load` checks it before decoding anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsebench.errors import UsageError, unknown_name
+from sparsebench.models import MODELS, build_model
+
+FORMAT = "sparsebench-ckpt/1"
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+INDEX_BLOBS: dict[str, torch.dtype] = {
+    "index.bitmask": torch.uint8,
+    "index.delta-u8": torch.uint8,
+    "index.delta-u16": torch.uint16,
+    "index.delta-u32": torch.uint32,
+}
+Layout = dict[str, tuple[int, ...]]
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def index_blob(encoding: str) -> str:
+    return f"index.{encoding}"
+
+
+def rest_digest(layout: Layout, names: list[str]) -> str:
+    """The ``rest.layout`` digest: names and shapes of the dense rest, in order."""
+    text = "".join(f"{n}:{','.join(map(str, layout[n]))}\n" for n in names)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def payload_sha256(blobs: dict[str, torch.Tensor]) -> str:
+    """The ``sha256`` metadata value: see the module docstring for the byte order."""
+    digest = hashlib.sha256()
+    for name in sorted(blobs):
+        raw = blobs[name].contiguous().view(torch.uint8).numpy()
+        digest.update(name.encode() + b"\0" + raw.nbytes.to_bytes(8, "little"))
+        digest.update(memoryview(raw))
+    return digest.hexdigest()
+
+
+def arch_layout(arch: dict[str, Any], where: str) -> tuple[nn.Module, Layout]:
+    """Build ``arch``: the model and its layout (state_dict names and shapes, in order).
+
+    The model is built on the CPU: the registry's models cost milliseconds to initialise, while
+    the meta device would import ``torch._dynamo`` (seconds) for ``kaiming_normal_``.
+
+    Raises:
+        UsageError: For an unknown name or bad arguments; the message starts with ``where``.
+    """
+    name, args = arch.get("name"), arch.get("args")
+    if not isinstance(name, str) or name not in MODELS:
+        raise unknown_name(f"{where}arch.name", name, MODELS)
+    if not isinstance(args, dict):
+        raise UsageError(f"{where}arch.args: {args!r} is not a mapping; allowed: an object")
+    try:
+        model = build_model(name, **args)
+    except UsageError as exc:
+        raise UsageError(f"{where}{exc}") from None
+    except (RuntimeError, MemoryError) as exc:  # arguments too large to allocate
+        name = type(exc).__name__
+        raise UsageError(f"{where}arch.args: {args!r} cannot be built ({name})") from None
+    return model, {k: tuple(v.shape) for k, v in model.state_dict().items()}

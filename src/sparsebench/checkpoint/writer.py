@@ -1,0 +1,162 @@
+"""Writing the compressed checkpoint: `save` (format: `checkpoint.fileformat`, DESIGN.md
+"Compressed checkpoint"), and the information bound the file size is measured against."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from sparsebench.checkpoint.encoding import (
+    SPARSE_DTYPES,
+    encode,
+    encoded_sizes,
+    nonzero_indices,
+)
+from sparsebench.checkpoint.fileformat import (
+    DTYPE_NAMES,
+    FORMAT,
+    Layout,
+    arch_layout,
+    compact_json,
+    index_blob,
+    payload_sha256,
+    rest_digest,
+)
+from sparsebench.errors import UsageError
+from sparsebench.metrics import prunable_modules
+from sparsebench.sparsity import make_permanent
+
+
+def _plain_model(model: nn.Module) -> nn.Module:
+    """The model with its ``torch.nn.utils.prune`` masks folded in (on a copy)."""
+    if any(k.endswith(("_orig", "_mask")) for k in model.state_dict()):
+        model = copy.deepcopy(model)
+        make_permanent(model)
+        left = [k for k in model.state_dict() if k.endswith(("_orig", "_mask"))]
+        if left:
+            raise UsageError(f"model: masked tensor {left[0]!r} is not on a prunable layer; "
+                             "allowed: masks on Linear/Conv weights only")
+    return model
+
+
+def _model_state(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], Layout]:
+    """The model's arch, its CPU state_dict, and the canonical layout it must match."""
+    arch = getattr(model, "arch", None)
+    if not isinstance(arch, dict):
+        raise UsageError("model: it has no .arch; allowed: a model built by build_model")
+    _, layout = arch_layout(arch, "model.")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    for name in [*layout, *sorted(state.keys() - layout.keys())]:
+        shape = tuple(state[name].shape) if name in state else None
+        if shape != layout.get(name):
+            raise UsageError(f"model: tensor {name!r} has shape {shape}; allowed: "
+                             f"{layout.get(name)}, as build_model({arch['name']!r}) makes it")
+        if state[name].dtype not in DTYPE_NAMES:
+            raise UsageError(f"model: tensor {name!r} has dtype {state[name].dtype}; allowed: "
+                             f"{', '.join(map(str, DTYPE_NAMES))}")
+    return arch, state, layout
+
+
+def _prunable_names(model: nn.Module) -> set[str]:
+    return {f"{name}.weight" if name else "weight" for name, _ in prunable_modules(model)}
+
+
+def _runs(items: list[str]) -> list[list[Any]]:
+    runs: list[list[Any]] = []
+    for item in items:
+        if runs and runs[-1][0] == item:
+            runs[-1][1] += 1
+        else:
+            runs.append([item, 1])
+    return runs
+
+
+def encode_state(
+    state: dict[str, torch.Tensor], layout: Layout, prunable: set[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Encode a state_dict into payload tensors and the metadata other than format and arch."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    tensors: dict[str, list[Any]] = {}
+    rest: list[str] = []
+    for name in layout:  # canonical order
+        t = state[name].contiguous()
+        dtype = DTYPE_NAMES[t.dtype]
+        if name in prunable and t.dtype in SPARSE_DTYPES:
+            enc = encode(t)
+            sparsity = round(1 - enc.nonzeros / t.numel(), 4) if t.numel() else 0.0
+            tensors[name] = [list(t.shape), dtype, enc.encoding, enc.nonzeros, sparsity]
+            parts.setdefault(f"data.{dtype}", []).append(enc.values)
+            if enc.index.size:
+                parts.setdefault(index_blob(enc.encoding), []).append(torch.from_numpy(enc.index))
+        else:
+            rest.append(name)
+            parts.setdefault(f"data.{dtype}", []).append(t.reshape(-1))
+    blobs = {k: torch.cat(v) for k, v in parts.items() if sum(p.numel() for p in v)}
+    dtypes = [DTYPE_NAMES[state[n].dtype] for n in rest]
+    metadata = {
+        "tensors": compact_json(tensors),
+        "rest": compact_json({"dtypes": _runs(dtypes), "layout": rest_digest(layout, rest)}),
+        "sha256": payload_sha256(blobs),
+    }
+    return blobs, metadata
+
+
+def write_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> None:
+    """Write a safetensors file under a temporary name, then rename: complete or absent."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"output: {str(path)!r} cannot be written ({exc.strerror})") from None
+
+
+def save(model: nn.Module, path: str | Path) -> None:
+    """Write ``model`` as a compressed sparse checkpoint (DESIGN.md, "Compressed checkpoint").
+
+    Every prunable weight (of ``nn.Linear`` / ``nn.Conv*``) takes the smallest of the encodings
+    dense, bitmask and delta index; the other tensors are stored dense. Masks of
+    ``torch.nn.utils.prune`` are folded in on a copy; the model itself is not changed.
+
+    Args:
+        model: A model from `build_model` (it carries ``model.arch``), on any device.
+        path: The output file; it appears complete or not at all.
+
+    Raises:
+        UsageError: If the model has no ``arch``, does not match it, or has an unsupported
+            dtype; or if the file cannot be written.
+    """
+    model = _plain_model(model)
+    arch, state, layout = _model_state(model)
+    blobs, metadata = encode_state(state, layout, _prunable_names(model))
+    write_atomic(blobs, path, {"format": FORMAT, "arch": compact_json(arch), **metadata})
+
+
+def information_bound(model: nn.Module) -> int:
+    """The size the encodings can reach at best, header aside (DESIGN.md).
+
+    For each prunable weight the least of dense, ``element_size * nonzeros + numel / 8``
+    (bitmask) and ``element_size * nonzeros +`` its delta-index bytes; the other tensors dense.
+    """
+    model = _plain_model(model)
+    prunable = _prunable_names(model)
+    total = 0.0
+    for name, t in model.state_dict().items():
+        if name not in prunable or t.dtype not in SPARSE_DTYPES:
+            total += t.numel() * t.element_size()
+            continue
+        indices = nonzero_indices(t)
+        sizes: dict[str, float] = dict(encoded_sizes(t, indices))
+        # the bound counts the mask's bits, not whole bytes
+        sizes["bitmask"] = t.element_size() * indices.size + t.numel() / 8
+        total += min(sizes.values())
+    return math.ceil(total)
