@@ -69,10 +69,12 @@ def _fresh_model(params: Params) -> torch.nn.Module:
 
 
 def _log_epoch(stage: str, seed: int):
+    """One line per epoch (or ADMM iteration) on stdout: the figures the row has."""
     def show(row: dict) -> None:
-        print(f"{stage} seed {seed} epoch {row['epoch']}: loss {row['train_loss']:.4f} "
-              f"val_acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.4f} "
-              f"({row['seconds']:.1f}s)", flush=True)
+        figures = " ".join(f"{k} {v:.4g}" for k, v in row.items()
+                           if k not in ("epoch", "seconds") and isinstance(v, float))
+        print(f"{stage} seed {seed} epoch {row['epoch']}: {figures} "
+              f"({row.get('seconds', 0):.1f}s)", flush=True)
     return show
 
 
@@ -109,9 +111,10 @@ def _load(path: Path, device: torch.device, *, masked: bool = True) -> torch.nn.
     return model
 
 
-def _context(data: dict, device: torch.device, seed: int) -> Context:
+def _context(data: dict, device: torch.device, seed: int, stage: str) -> Context:
     return Context(train=data["train"], val=data["val"], device=device,
-                   generator=seed_everything(seed), seed=seed)
+                   generator=seed_everything(seed), seed=seed,
+                   on_epoch=_log_epoch(stage, seed))
 
 
 def prune(params: Params, methods: dict[str, MethodParams], key: str) -> None:
@@ -121,7 +124,7 @@ def prune(params: Params, methods: dict[str, MethodParams], key: str) -> None:
     data = load_splits(DATA_FILE, ("train", "val"))
     with atomic_dir(run_dir(key, "prune")) as out:
         for seed in params.seeds:
-            ctx = _context(data, device, seed)
+            ctx = _context(data, device, seed, f"prune {key}")
             if method.from_pretrained:
                 model = _load(seed_dir(run_dir("pretrain"), seed), device, masked=False)
             else:
@@ -150,7 +153,7 @@ def retrain(params: Params, methods: dict[str, MethodParams], key: str) -> None:
     with atomic_dir(run_dir(key, "retrain")) as out:
         for seed in params.seeds:
             model = _load(seed_dir(run_dir(key, "prune"), seed), device)
-            curves = masked_retrain(model, phase, _context(data, device, seed))
+            curves = masked_retrain(model, phase, _context(data, device, seed, f"retrain {key}"))
             _save(seed_dir(out, seed), model, curves)
 
 

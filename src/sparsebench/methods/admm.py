@@ -198,6 +198,8 @@ class ADMMPruning(Method):
             curves.append({"epoch": k, **{key: last[key] for key in (
                 "train_loss", "train_accuracy", "val_loss", "val_accuracy", "sparsity")},
                 **residuals, "seconds": sum(r["seconds"] for r in rows)})
+            if ctx.on_epoch is not None:
+                ctx.on_epoch(curves[-1])
         apply_masks(model, self._final_masks(admm, model))
         return curves
 

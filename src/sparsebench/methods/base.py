@@ -8,6 +8,7 @@ and tracking are shared by all methods and live outside.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -78,6 +79,7 @@ class Context:
     generator: torch.Generator
     seed: int
     progress: bool | None = None
+    on_epoch: Callable[[dict], None] | None = None  # sees each epoch's (or iteration's) row
 
 
 class Method:

@@ -63,6 +63,7 @@ class GMP(Method):
             apply_masks(model, magnitude_masks(model, p.initial_sparsity, p.scope))
         phase = Phase(p.epochs, p.batch_size, p.optimizer.to_config(), "gmp")
         curves = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
-                     device=ctx.device, after_step=reprune, progress=ctx.progress)
+                     device=ctx.device, after_step=reprune, progress=ctx.progress,
+                     on_epoch=ctx.on_epoch)
         apply_masks(model, magnitude_masks(model, final, p.scope))
         return curves

@@ -227,6 +227,8 @@ class SASADMMPruning(Method):
             row["val_loss"], row["val_accuracy"] = evaluate(model, *ctx.val, device=ctx.device)
             row["sparsity"] = row["z_sparsity"]
             curves.append(row)
+            if ctx.on_epoch is not None:
+                ctx.on_epoch(row)
         sas.write_average()
         apply_masks(model, self._masks(model))
         return curves
