@@ -54,6 +54,9 @@ class DataParams(Strict):
     val_size: int = Field(5000, gt=0)
     split_seed: int = 0
     limit: int | None = Field(None, gt=0)
+    # dataset: synthetic only (tests and smoke runs of the GPU suites): image shape and classes
+    synthetic_shape: tuple[Annotated[int, Field(gt=0)], ...] = (1, 8, 8)
+    synthetic_classes: int = Field(4, ge=2)
 
 
 class ModelParams(Strict):

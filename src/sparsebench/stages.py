@@ -46,7 +46,10 @@ def prepare(params: Params) -> None:
     """Obtain the raw data (checksums decide, not the source) and write the fixed splits."""
     d = params.data
     if d.dataset == SYNTHETIC:  # tests and smoke runs: no files, no network
-        splits, source, checksums = synthetic_splits(n_val=d.val_size, seed=d.split_seed), "", {}
+        splits = synthetic_splits(n_train=d.limit or 256, n_val=d.val_size, n_test=d.limit or 64,
+                                  shape=d.synthetic_shape, num_classes=d.synthetic_classes,
+                                  seed=d.split_seed)
+        source, checksums = "", {}
     else:
         raw_dir = repo_root() / ".cache" / "sparsebench" / "raw" / d.dataset
         source_dir = Path(d.dir).expanduser() if d.dir else None
