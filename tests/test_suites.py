@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from sparsebench.cli import main
 from sparsebench.config import load_params
 from sparsebench.data import DATASETS
@@ -50,7 +50,7 @@ def test_suite_stages_run_in_smoke_mode(suite, tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
     raw = _smoke(yaml.safe_load((suite / "params.yaml").read_text()))
     Path("params.yaml").write_text(yaml.safe_dump(raw))
-    params, methods = load_params("params.yaml")
+    _, methods = load_params("params.yaml")
     for stage in ("prepare", "pretrain"):
         assert main([stage]) == 0
     for key in methods:
