@@ -1,7 +1,9 @@
 import csv
 import io
 
-from sparsebench.report import markdown_table, summary_rows, to_csv, write_report
+from sparsebench.report import (
+    markdown_table, residual_table, summary_rows, to_csv, write_report,
+)
 
 
 def _result(method, acc, sparsity, seeds=(0.1, -0.1)):
@@ -38,6 +40,15 @@ def test_csv_has_one_row_per_method_with_means_and_stds():
     assert rows[1]["epochs_total"] == "27"
 
 
+def test_residual_table_keeps_only_admm_iterations():
+    prune = {"admm": [{"epoch": 1, "val_accuracy": 0.9, "primal_residual": 0.5, "rho": 0.1,
+                       "dual_residual": 0.01, "z_sparsity": 0.9, "train_loss": 1.0}],
+             "gmp": [{"epoch": 1, "val_accuracy": 0.95, "sparsity": 0.5}]}
+    assert residual_table(prune) == [{"method": "admm", "iteration": 1, "val_accuracy": 0.9,
+                                      "primal_residual": 0.5, "dual_residual": 0.01,
+                                      "rho": 0.1, "z_sparsity": 0.9}]
+
+
 def test_write_report_writes_every_declared_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     curves = {"gmp_90": [{"val_accuracy": 0.9, "sparsity": 0.5, "train_loss": 0.3}],
@@ -45,5 +56,6 @@ def test_write_report_writes_every_declared_file(tmp_path, monkeypatch):
     files = write_report(RESULTS, curves, "default")
     assert {p.name for p in files} == {
         "summary.md", "summary.csv", "accuracy_vs_sparsity.csv", "curves.json",
-        "accuracy_vs_sparsity.png", "val_accuracy.png", "sparsity.png", "layer_sparsity.png"}
+        "accuracy_vs_sparsity.png", "val_accuracy.png", "sparsity.png", "layer_sparsity.png",
+        "admm_residuals.json", "admm_residuals.png"}
     assert all((tmp_path / p).stat().st_size > 0 for p in files)

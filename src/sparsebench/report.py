@@ -148,6 +148,35 @@ def plot_layer_sparsity(results: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+RESIDUALS = ("primal_residual", "dual_residual", "rho", "z_sparsity")
+
+
+def residual_table(prune_curves: dict[str, list[dict]]) -> list[dict]:
+    """Per ADMM iteration of each ADMM-type method: residuals, rho, Z's sparsity, val accuracy."""
+    return [{"method": key, "iteration": row["epoch"], "val_accuracy": row["val_accuracy"],
+             **{k: row[k] for k in RESIDUALS if k in row}}
+            for key, rows in prune_curves.items() for row in rows if "primal_residual" in row]
+
+
+def plot_residuals(table: list[dict], path: Path) -> None:
+    """Primal residual ||W - Z|| / ||W|| per ADMM iteration (log scale)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in dict.fromkeys(row["method"] for row in table):
+        rows = [r for r in table if r["method"] == key]
+        ax.plot([r["iteration"] for r in rows], [r["primal_residual"] for r in rows], label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("ADMM iteration")
+    ax.set_ylabel("primal residual ||W - Z|| / ||W||")
+    if table:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def curve_table(curves: dict[str, list[dict]]) -> list[dict]:
     """Long-form rows (method, step, metrics) for `dvc plots`."""
     return [{"method": key, "step": i, **{k: row[k] for k in ("val_accuracy", "sparsity",
@@ -155,8 +184,10 @@ def curve_table(curves: dict[str, list[dict]]) -> list[dict]:
             for key, rows in curves.items() for i, row in enumerate(rows, 1)]
 
 
-def write_report(results: dict[str, dict], curves: dict[str, list[dict]], suite: str) -> list[Path]:
+def write_report(results: dict[str, dict], curves: dict[str, list[dict]], suite: str,
+                 prune_curves: dict[str, list[dict]] | None = None) -> list[Path]:
     """Write the table (markdown, CSV) and the plots; return the files written."""
+    residuals = residual_table(prune_curves or {})
     from sparsebench.paths import atomic_write_text
 
     PLOTS.mkdir(parents=True, exist_ok=True)
@@ -168,6 +199,7 @@ def write_report(results: dict[str, dict], curves: dict[str, list[dict]], suite:
               "test_accuracy": v["test_accuracy"]}
              for k, r in results.items() for s, v in r["seeds"].items()]),
         PLOTS / "curves.json": json.dumps(curve_table(curves), indent=1),
+        PLOTS / "admm_residuals.json": json.dumps(residuals, indent=1),
     }
     for path, text in files.items():
         atomic_write_text(path, text)
@@ -175,5 +207,7 @@ def write_report(results: dict[str, dict], curves: dict[str, list[dict]], suite:
     plot_curves(curves, PLOTS / "val_accuracy.png", "val_accuracy")
     plot_curves(curves, PLOTS / "sparsity.png", "sparsity")
     plot_layer_sparsity(results, PLOTS / "layer_sparsity.png")
+    plot_residuals(residuals, PLOTS / "admm_residuals.png")
     return [*files, *(PLOTS / f"{n}.png" for n in ("accuracy_vs_sparsity", "val_accuracy",
-                                                    "sparsity", "layer_sparsity"))]
+                                                    "sparsity", "layer_sparsity",
+                                                    "admm_residuals"))]

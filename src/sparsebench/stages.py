@@ -302,7 +302,8 @@ def report(params: Params, methods: dict[str, MethodParams]) -> None:
     first = params.seeds[0]
     curves = {key: _curves("prune", key, first) + _curves("retrain", key, first)
               for key in methods}
-    files = write_report(results, curves, params.suite)
+    prune_curves = {key: _curves("prune", key, first) for key in methods}
+    files = write_report(results, curves, params.suite, prune_curves)
     print(Path("reports/summary.md").read_text())
     if params.tracking.enabled:
         from sparsebench.tracking import log_run, tracking_uri
