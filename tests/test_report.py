@@ -2,7 +2,11 @@ import csv
 import io
 
 from sparsebench.report import (
-    markdown_table, residual_table, summary_rows, to_csv, write_report,
+    markdown_table,
+    residual_table,
+    summary_rows,
+    to_csv,
+    write_report,
 )
 
 
