@@ -1,11 +1,16 @@
 """The compressed checkpoint (DESIGN.md, "Compressed checkpoint"): exact round trips, the
-smallest encoding per tensor, the size bound, and refusal of damaged, edited or foreign files."""
+smallest encoding per tensor, the codec stage, the size bound, and refusal of damaged, edited or
+foreign files (decompression bombs included)."""
 
 from __future__ import annotations
 
 import json
+import lzma
 import math
 import pickle
+import re
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
@@ -16,8 +21,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sparsebench import checkpoint
-from sparsebench.checkpoint import ENCODINGS, decode, encode, encoded_sizes
+from sparsebench.checkpoint import ENCODINGS, codec, decode, encode, encoded_sizes
 from sparsebench.checkpoint.encoding import SPARSE_DTYPES
+from sparsebench.checkpoint.fileformat import payload_sha256
+from sparsebench.checkpoint.reader import inspect_all
 from sparsebench.errors import UsageError
 from sparsebench.metrics import prunable_modules
 from sparsebench.models import build_model
@@ -177,8 +184,11 @@ def test_model_that_differs_from_its_arch_is_refused(tmp_path):
 def test_file_size_is_within_two_percent_and_4kib_of_the_bound(tmp_path, name, sparsity):
     model = pruned(name, sparsity)
     checkpoint.save(model, tmp_path / "m.safetensors")
+    checkpoint.save(model, tmp_path / "raw.safetensors", compress=False)
     size, bound = (tmp_path / "m.safetensors").stat().st_size, checkpoint.information_bound(model)
-    assert bound <= size <= 1.02 * bound + 4096
+    raw = (tmp_path / "raw.safetensors").stat().st_size
+    assert bound <= raw <= 1.02 * bound + 4096  # the encodings alone: above the bound, near it
+    assert size < raw  # the codec stage: these random-init weights' exponents repeat
 
 
 def test_dense_model_files_still_round_trip(tmp_path):
@@ -198,6 +208,168 @@ def test_inspect_reports_every_tensor(tmp_path):
     assert fc1["nonzeros"] == int(model.fc1.weight.count_nonzero())
     assert fc1["encoding"] == encode(model.fc1.weight).encoding and fc1["prunable"]
     assert rows["fc1.bias"]["encoding"] == "dense" and not rows["fc1.bias"]["prunable"]
+
+
+# ---------------------------------------------------------------------- the codec stage
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(itemsize=st.sampled_from([1, 2, 4, 8]), data=st.data())
+def test_every_codec_round_trips_bit_for_bit(itemsize, data):
+    elements = data.draw(st.integers(1, 300))
+    raw = data.draw(st.binary(min_size=elements * itemsize, max_size=elements * itemsize)
+                    | st.just(bytes(elements * itemsize)))  # incompressible or constant
+    outputs = codec.candidates(raw, itemsize)
+    assert set(outputs) == ({"zlib", "lzma"} if itemsize == 1 else set(codec.CODECS))
+    for method, stored in outputs.items():
+        assert codec.decompress(method, stored, len(raw), itemsize) == raw, method
+
+
+@pytest.mark.parametrize("method", codec.CODECS)
+def test_codec_output_never_exceeds_the_declared_length(method):
+    huge = bytes(64 << 20)  # 64 MiB of zeros: a few KiB coded
+    if method.startswith("zlib"):
+        bomb = zlib.compress(huge, 1)
+    else:
+        flt = {"id": lzma.FILTER_LZMA2, "preset": 1, "dict_size": codec.dict_size(4096)}
+        bomb = lzma.compress(huge, format=lzma.FORMAT_RAW, filters=[flt])
+    del huge
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=f"{re.escape(method)}: decompresses to more than "
+                                             "the 4096 bytes declared; refused"):
+            codec.decompress(method, bomb, 4096, 4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
+def test_codec_stage_keeps_a_blob_raw_when_compression_does_not_pay(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    model = build_model("mlp", widths=[8], image_size=4)
+    with torch.no_grad():  # random bits (no NaN): nothing for a compressor to find
+        for p in model.parameters():
+            bits = torch.randint(0, 2**23, p.shape, generator=g, dtype=torch.int32)
+            p.copy_((bits | (torch.randint(0, 254, p.shape, generator=g) << 23).int()).view(
+                torch.float32))
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(model, path)
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()["codecs"]) == {}
+        assert f.get_slice("data.F32").get_dtype() == "F32"  # stored as it is
+    assert_same_model(model, checkpoint.load(path))
+
+
+def test_codec_stage_codes_what_repeats_and_the_table_adds_up(tmp_path):
+    model = pruned("resnet20", 0.999)  # batch norm at its init: constant weights and stats
+    checkpoint.save(model, tmp_path / "m.safetensors")
+    checkpoint.save(model, tmp_path / "raw.safetensors", compress=False)
+    rows, payloads = inspect_all(tmp_path / "m.safetensors")
+    coded = {p["name"]: p for p in payloads if p["codec"] != "raw"}
+    assert "data.F32" in coded and coded["data.F32"]["stored_bytes"] < coded["data.F32"][
+        "raw_bytes"] / 4
+    raw_rows, raw_payloads = inspect_all(tmp_path / "raw.safetensors")
+    assert rows == raw_rows  # the tensors and their encodings are the same either way
+    assert all(p["codec"] == "raw" for p in raw_payloads)
+    assert {p["name"]: p["raw_bytes"] for p in payloads} == {
+        p["name"]: p["stored_bytes"] for p in raw_payloads}
+    table = checkpoint.inspect_table(tmp_path / "m.safetensors").splitlines()
+    size = (tmp_path / "m.safetensors").stat().st_size
+    column = [int(line.split()[-1]) for line in table[1:-2]]  # every tensor, codec and header row
+    assert sum(column) == size and any(line.startswith("(codec data.F32)") for line in table)
+    assert_same_model(model, checkpoint.load(tmp_path / "m.safetensors"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_coded_delta_streams_with_escapes_round_trip(tmp_path, dtype):
+    model = build_model("mlp", widths=[64], image_size=28).to(dtype)
+    with torch.no_grad():  # fc1: dense-ish at the start, then one nonzero at the very end
+        w = model.layers[1].weight.view(-1)
+        keep = torch.zeros_like(w, dtype=torch.bool)
+        keep[:2000:4] = True
+        keep[-1] = True
+        w.mul_(keep)
+    assert encode(model.layers[1].weight).encoding == "delta-u8"
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(model, path)
+    with safe_open(str(path), framework="pt") as f:
+        codecs = json.loads(f.metadata()["codecs"])
+    gap = 50176 - 1 - 1996 - 1  # before the last nonzero: 188 escapes of 255 positions
+    assert codecs["index.delta-u8"][1] == 501 + gap // 255  # beyond the 501 the nonzeros give
+    assert_same_model(model, checkpoint.load(path))
+
+
+def test_a_file_without_codecs_reads_as_all_raw(tmp_path):
+    model = pruned("lenet5", 0.9, image_size=16)
+    checkpoint.save(model, tmp_path / "raw.safetensors", compress=False)
+    _rewrite(tmp_path / "raw.safetensors", tmp_path / "old.safetensors",
+             lambda m: m.pop("codecs"))  # as the writer made them before the codec stage
+    assert_same_model(model, checkpoint.load(tmp_path / "old.safetensors"))
+
+
+def _with_payload(src: Path, dst: Path, name: str, stored: bytes, raw_bytes: int | None = None):
+    """Copy a checkpoint with one payload replaced by zlib ``stored`` bytes and a valid checksum:
+    what a hostile writer, who can compute SHA-256 too, would make."""
+    with safe_open(str(src), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    codecs = json.loads(metadata["codecs"])
+    tensors[name] = torch.frombuffer(bytearray(stored), dtype=torch.uint8)
+    codecs[name] = ["zlib", codecs[name][1] if raw_bytes is None else raw_bytes]
+    metadata["codecs"] = json.dumps(codecs)
+    metadata["sha256"] = payload_sha256(tensors)
+    save_file(tensors, dst, metadata=metadata)
+
+
+def test_decompression_bomb_is_refused_in_one_line_without_expanding(good_file):
+    declared = json.loads(safe_open(str(good_file), framework="pt").metadata()["codecs"])
+    raw_bytes = declared["data.F32"][1]
+    # 256 MiB of zeros in about 250 KiB, declared as the payload's few KiB
+    packer = zlib.compressobj(9)
+    chunk = bytes(1 << 20)
+    bomb = b"".join(packer.compress(chunk) for _ in range(256)) + packer.flush()
+    bad = good_file.with_name("bomb.safetensors")
+    _with_payload(good_file, bad, "data.F32", bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UsageError, match=(
+            rf"payload 'data.F32' \(zlib\): zlib: decompresses to more than the {raw_bytes} "
+            r"bytes declared; refused \(a decompression bomb\?\)")) as info:
+            checkpoint.load(bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(info.value) and str(bad) in str(info.value)
+    assert peak < 16 * 2**20  # the 256 MiB were never produced
+
+
+def test_a_stream_just_one_byte_too_long_is_refused(good_file):
+    with safe_open(str(good_file), framework="pt") as f:
+        raw_bytes = json.loads(f.metadata()["codecs"])["data.F32"][1]
+    bad = good_file.with_name("long.safetensors")
+    _with_payload(good_file, bad, "data.F32", zlib.compress(bytes(raw_bytes + 1), 9))
+    with pytest.raises(UsageError, match="zlib: decompresses to more than"):
+        checkpoint.verify(bad)
+    _with_payload(good_file, bad, "data.F32", zlib.compress(bytes(raw_bytes - 4), 9))
+    with pytest.raises(UsageError, match=f"the stream ends after {raw_bytes - 4} of the "
+                                         f"{raw_bytes} bytes declared"):
+        checkpoint.verify(bad)
+    _with_payload(good_file, bad, "data.F32", zlib.compress(bytes(raw_bytes), 9) + b"x")
+    with pytest.raises(UsageError, match=r"stray bytes \(1\) after the end of the stream"):
+        checkpoint.verify(bad)
+    _with_payload(good_file, bad, "data.F32", b"not zlib at all")
+    with pytest.raises(UsageError, match=r"zlib: corrupt stream \(Error -3 "):
+        checkpoint.verify(bad)
+
+
+def test_a_stream_of_the_declared_size_with_wrong_content_is_caught_by_the_decoder(good_file):
+    with safe_open(str(good_file), framework="pt") as f:
+        raw_bytes = json.loads(f.metadata()["codecs"])["data.F32"][1]
+    bad = good_file.with_name("zeros.safetensors")
+    _with_payload(good_file, bad, "data.F32", zlib.compress(bytes(raw_bytes), 9))
+    with pytest.raises(UsageError, match="a stored value is zero"):  # decoded, then checked
+        checkpoint.verify(bad)
 
 
 # ---------------------------------------------------------------------- hostile files
@@ -254,6 +426,11 @@ def _foreign(good: Path, bad: Path) -> None:
     save_file({"weight": torch.zeros(3)}, bad, metadata={"framework": "other"})
 
 
+def _swap_codec(codecs: dict) -> None:
+    entry = codecs["data.F32"]
+    entry[0] = "zlib" if entry[0].startswith("lzma") else "lzma"
+
+
 HOSTILE = {
     "truncated": (_truncated, "not a readable safetensors file .*incomplete metadata"),
     "flipped-payload-byte": (_flipped, r"checksum mismatch \(sha256\)"),
@@ -270,9 +447,34 @@ HOSTILE = {
         lambda g, b: _rewrite(g, b, _edit_json("arch", lambda a: a.update(name="vgg"))),
         "arch.name: unknown name 'vgg'; allowed: convnet, lenet5, mlp",
     ),
-    "nonzeros-edited": (
+    "nonzeros-edited": (  # the coded payload's declared length no longer fits
         lambda g, b: _rewrite(g, b, _edit_json("tensors", _one_more_nonzero)),
-        r"tensor 'fc[12].weight': ",
+        r"payload 'data.F32' \([a-z+]+\): 24520 raw bytes declared; allowed: 24524",
+    ),
+    "codec-size-edited": (
+        lambda g, b: _rewrite(g, b, _edit_json("codecs", lambda c: c["data.F32"].__setitem__(
+            1, c["data.F32"][1] + 4))),
+        r"payload 'data.F32' \([a-z+]+\): 24524 raw bytes declared; allowed: 24520, as the "
+        "tensors metadata implies",  # 6130 nonzero values of 4 bytes
+    ),
+    "codec-swapped": (
+        lambda g, b: _rewrite(g, b, _edit_json("codecs", _swap_codec)),
+        r"payload 'data.F32' \((zlib|lzma)\): (zlib|lzma): corrupt stream",
+    ),
+    "codec-unknown": (
+        lambda g, b: _rewrite(g, b, _edit_json("codecs", lambda c: c["data.F32"].__setitem__(
+            0, "brotli"))),
+        r"codecs\['data.F32'\]: \['brotli', 24520\] is malformed; allowed: \[codec, raw bytes\] "
+        "with codec one of zlib, zlib\\+shuffle, lzma, lzma\\+shuffle",
+    ),
+    "codec-dropped": (
+        lambda g, b: _rewrite(g, b, lambda m: m.update(codecs="{}")),
+        r"payload tensor 'data.F32' \(torch.uint8, 1-D\) is not part of sparsebench-ckpt/1",
+    ),
+    "codec-for-a-missing-payload": (
+        lambda g, b: _rewrite(g, b, _edit_json("codecs", lambda c: c.update(
+            {"index.bitmask": ["zlib", 100]}))),
+        r"codecs\['index.bitmask'\]: the file holds no such payload",
     ),
     "torch-save-pickle": (_torch_pickle, "not a readable safetensors file"),
     "foreign-safetensors": (_foreign, "format None is not supported; allowed: sparsebench-ckpt/1"),
@@ -295,6 +497,14 @@ def test_hostile_file_is_refused_in_one_line(good_file, case):
         with pytest.raises(UsageError, match=message) as info:
             read(bad)
         assert "\n" not in str(info.value) and str(bad) in str(info.value)
+
+
+def test_nonzeros_edited_in_a_raw_file_is_caught_by_the_decoder(tmp_path):
+    good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
+    checkpoint.save(pruned("lenet5", 0.9, image_size=16), good, compress=False)
+    _rewrite(good, bad, _edit_json("tensors", _one_more_nonzero))
+    with pytest.raises(UsageError, match=r"tensor 'fc[12].weight': "):
+        checkpoint.load(bad)
 
 
 def test_pickle_payload_is_never_executed(tmp_path):

@@ -14,7 +14,7 @@ from conftest import small_params
 from sparsebench.cli import main
 
 pytestmark = pytest.mark.slow
-METHODS = ["dense", "magnitude", "gmp", "random"]
+METHODS = ["dense", "magnitude", "gmp", "random", "admm", "admm_l1", "sas_admm"]
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_stages_run_end_to_end_and_track_in_mlflow(workspace):
     assert set(json.loads((workspace / "metrics" / "gmp.json").read_text())) == {
         "method", "epochs", "mean", "std"}
     assert results["dense"]["mean"]["sparsity"] == 0.0
-    for m in ("magnitude", "gmp", "random"):
+    for m in METHODS[1:]:
         assert results[m]["mean"]["sparsity"] == pytest.approx(0.95, abs=0.005)
         assert results[m]["mean"]["compression_ratio"] == pytest.approx(20, rel=0.05)
         assert results[m]["mean"]["theoretical_speedup"] > 10

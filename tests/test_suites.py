@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, shrink_methods
 
 from sparsebench.cli import main
 from sparsebench.config import load_params
 from sparsebench.data import DATASETS
 
 SUITES = [ROOT, *sorted(p for p in (ROOT / "pipelines").iterdir() if (p / "dvc.yaml").exists())]
-SHRINK = {"iterations": 1, "epochs": 1, "end_epoch": 1, "start_epoch": 0, "M": 2, "k0": 1,
-          "last": 0, "epochs_per_iteration": 1, "batch_size": 32}
 
 
 @pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.name)
@@ -34,8 +32,7 @@ def _smoke(params: dict) -> dict:
                       "synthetic_shape": list(spec.shape), "synthetic_classes": 10}
     for phase in ("pretrain", "retrain"):
         params[phase].update(epochs=1, batch_size=32)
-    for cfg in params["methods"].values():
-        cfg.update({k: v for k, v in SHRINK.items() if k in cfg})
+    for cfg in shrink_methods(params["methods"]).values():
         if "retrain" in cfg and cfg["retrain"].get("epochs"):
             cfg["retrain"]["epochs"] = 1
     params["evaluate"] = {"latency_batch_sizes": []}

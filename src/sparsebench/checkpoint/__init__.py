@@ -2,9 +2,11 @@
 
 * `save` / `load` / `verify` / `inspect`: the compressed checkpoint ``sparsebench-ckpt/1``, a
   safetensors file in which each prunable weight takes the smallest of a packed bitmask, a
-  delta index and dense; `load` rebuilds the model by itself, exactly, and refuses damaged,
-  edited or foreign files with a one-line `UsageError`. Format: `checkpoint.fileformat`;
-  tensor encodings: `checkpoint.encoding`.
+  delta index and dense, and each payload blob is then stored raw or through zlib / LZMA2
+  (optionally byte-shuffled), whichever is smallest; `load` rebuilds the model by itself,
+  exactly, and refuses damaged, edited or foreign files (decompression bombs included) with a
+  one-line `UsageError`. Format: `checkpoint.fileformat`; tensor encodings:
+  `checkpoint.encoding`; the codec stage: `checkpoint.codec`.
 * `save_model` / `load_model`: the dense model files the pipeline's stages pass along.
 * `export` / `inspect_table`: what ``sparsebench export`` and ``sparsebench inspect`` do.
 """

@@ -9,8 +9,11 @@ concatenations, so the safetensors header stays small however many tensors the m
   ``index.delta-u32`` (U32): the index parts of the tensors in that encoding, in the same order.
 
 The canonical order is the ``state_dict`` order of ``build_model(arch)``. Empty payloads are
-left out. The encodings are those of `sparsebench.checkpoint.encoding`. String metadata, each
-value JSON except ``format``:
+left out. The encodings are those of `sparsebench.checkpoint.encoding`. Each payload is then
+stored raw as above, or, where that is smaller, coded by a lossless codec of
+`sparsebench.checkpoint.codec` (zlib or LZMA2, optionally after a byte shuffle) as a 1-D U8
+tensor of the same name, recorded in ``codecs``. String metadata, each value JSON except
+``format``:
 
 * ``format``: ``sparsebench-ckpt/1``.
 * ``arch``: ``{"name": ..., "args": {...}}``, from which `load` rebuilds the model.
@@ -22,9 +25,15 @@ value JSON except ``format``:
   first 16 hex digits of the SHA-256 of ``"name:d0,d1,...\\n"`` over them, so a changed model
   definition is refused rather than filled wrongly. Naming each of them would cost more than a
   ResNet-32's whole sparse payload at 99.9% sparsity.
+* ``codecs``: ``{payload: [codec, raw_bytes], ...}`` for the coded payloads only (raw ones
+  are not named). ``raw_bytes`` is the length of the payload before coding; the reader checks
+  it against the length the other metadata implies (exactly for data and bitmask payloads;
+  within the bounds of the escapes for delta streams) and refuses a stream that does not
+  decompress to exactly that length, never producing more. A missing ``codecs`` means none.
 * ``sha256``: hex SHA-256 over the payload tensors in sorted name order, each contributing its
-  UTF-8 name, a zero byte, its byte length as 8 bytes little-endian, and its raw bytes as stored
-  (little-endian). `load` checks it before decoding anything.
+  UTF-8 name, a zero byte, its byte length as 8 bytes little-endian, and its bytes as stored
+  (little-endian; for a coded payload, the codec's output). `load` checks it before decoding
+  or decompressing anything.
 """
 
 from __future__ import annotations
@@ -54,6 +63,13 @@ INDEX_BLOBS: dict[str, torch.dtype] = {
     "index.delta-u32": torch.uint32,
 }
 Layout = dict[str, tuple[int, ...]]
+
+
+def blob_dtype(name: str) -> torch.dtype | None:
+    """The dtype of a raw payload tensor of this name, or None if no payload has this name."""
+    if name.startswith("index."):
+        return INDEX_BLOBS.get(name)
+    return DTYPES.get(name.removeprefix("data.")) if name.startswith("data.") else None
 
 
 def compact_json(value: Any) -> str:

@@ -2,8 +2,10 @@
 `checkpoint.fileformat`, DESIGN.md "Compressed checkpoint").
 
 The file is untrusted: safetensors parses it (no pickle, nothing executed), the checksum is
-checked before anything is decoded, every metadata value is checked against the architecture,
-and every payload tensor must be consumed exactly. Each failure is one `UsageError` line.
+checked before anything is decompressed or decoded, every metadata value is checked against the
+architecture, a coded payload must decompress to exactly the length the metadata implies (and
+never yields more: no decompression bombs), and every payload tensor must be consumed exactly.
+Each failure is one `UsageError` line.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from sparsebench.checkpoint import codec
 from sparsebench.checkpoint.encoding import DELTA_TYPES, ENCODINGS, Encoded, decode
 from sparsebench.checkpoint.fileformat import (
     DTYPE_NAMES,
     DTYPES,
     FORMAT,
-    INDEX_BLOBS,
     Layout,
     arch_layout,
+    blob_dtype,
     index_blob,
     payload_sha256,
     rest_digest,
@@ -68,14 +71,34 @@ def _json(metadata: dict[str, str], key: str, kind: type, where: str) -> Any:
     return value
 
 
-def _check_blobs(blobs: dict[str, torch.Tensor], metadata: dict[str, str], where: str) -> None:
+def _codecs(metadata: dict[str, str], blobs: dict[str, torch.Tensor],
+            where: str) -> dict[str, tuple[str, int]]:
+    """The ``codecs`` entries, checked for form: payload name -> (codec, raw bytes)."""
+    if "codecs" not in metadata:
+        return {}
+    codecs = _json(metadata, "codecs", dict, where)
+    for name, entry in codecs.items():
+        ok = isinstance(entry, list) and len(entry) == 2 and entry[0] in codec.CODECS
+        if not ok or not isinstance(entry[1], int) or isinstance(entry[1], bool):
+            raise UsageError(f"{where}: codecs[{name!r}]: {entry!r} is malformed; allowed: "
+                             f"[codec, raw bytes] with codec one of {', '.join(codec.CODECS)}")
+        if name not in blobs or blob_dtype(name) is None:
+            raise UsageError(f"{where}: codecs[{name!r}]: the file holds no such payload")
+    return {name: (method, raw_bytes) for name, (method, raw_bytes) in codecs.items()}
+
+
+def _check_blobs(blobs: dict[str, torch.Tensor], metadata: dict[str, str],
+                 where: str) -> dict[str, tuple[str, int]]:
+    """Check the payload tensors' names, dtypes and checksum; return the ``codecs`` entries."""
+    codecs = _codecs(metadata, blobs, where)
     for name, blob in blobs.items():
-        dtype = INDEX_BLOBS.get(name) or DTYPES.get(name.removeprefix("data."))
-        if not (name.startswith(("data.", "index.")) and blob.dtype == dtype and blob.dim() == 1):
+        dtype = torch.uint8 if name in codecs else blob_dtype(name)
+        if not (blob.dtype == dtype and blob.dim() == 1):
             raise UsageError(f"{where}: payload tensor {name!r} ({blob.dtype}, "
                              f"{blob.dim()}-D) is not part of {FORMAT}")
     if payload_sha256(blobs) != metadata.get("sha256"):
         raise UsageError(f"{where}: checksum mismatch (sha256); the file is damaged or edited")
+    return codecs
 
 
 class _Payload:
@@ -154,6 +177,56 @@ def _rest_dtypes(runs: Any, count: int, where: str) -> list[torch.dtype]:
     return [DTYPES[d] for d, n in runs for _ in range(n)]
 
 
+def _raw_lengths(
+    checked: dict[str, tuple[torch.dtype, str, int]], rest: dict[str, torch.dtype], layout: Layout
+) -> dict[str, tuple[int, int]]:
+    """Elements each payload must hold by the checked metadata, as (least, most): exact except
+    for delta streams, whose escapes the metadata does not count (at most one per ``M``
+    positions of the gaps, ``M`` the type's maximum)."""
+    lengths: dict[str, list[int]] = {}
+
+    def add(name: str, least: int, most: int) -> None:
+        span = lengths.setdefault(name, [0, 0])
+        span[0] += least
+        span[1] += most
+
+    for name, shape in layout.items():
+        numel = math.prod(shape)
+        dtype, encoding, nonzeros = checked.get(name) or (rest[name], "dense", numel)
+        data = f"data.{DTYPE_NAMES[dtype]}"
+        if encoding == "dense":
+            add(data, numel, numel)
+            continue
+        add(data, nonzeros, nonzeros)
+        if encoding == "bitmask":
+            add(index_blob(encoding), math.ceil(numel / 8), math.ceil(numel / 8))
+        elif nonzeros:
+            top = int(np.iinfo(DELTA_TYPES[encoding]).max)
+            add(index_blob(encoding), nonzeros, nonzeros + (numel - nonzeros) // top)
+    return {name: (least, most) for name, (least, most) in lengths.items()}
+
+
+def _decompress(blobs: dict[str, torch.Tensor], codecs: dict[str, tuple[str, int]],
+                lengths: dict[str, tuple[int, int]], where: str) -> dict[str, torch.Tensor]:
+    """The payload tensors with every coded one decompressed into its dtype."""
+    out = dict(blobs)
+    for name, (method, raw_bytes) in codecs.items():
+        dtype = blob_dtype(name) or torch.uint8  # _codecs checked that the name is known
+        itemsize = dtype.itemsize
+        least, most = (n * itemsize for n in lengths.get(name, (0, 0)))
+        key = f"{where}: payload {name!r} ({method})"
+        if not least <= raw_bytes <= most or raw_bytes % itemsize:
+            allowed = f"{least}" if least == most else f"{least}..{most}, in whole elements"
+            raise UsageError(f"{key}: {raw_bytes} raw bytes declared; allowed: {allowed}, as "
+                             "the tensors metadata implies")
+        try:
+            raw = codec.decompress(method, blobs[name].numpy().tobytes(), raw_bytes, itemsize)
+        except ValueError as exc:
+            raise UsageError(f"{key}: {exc}") from None
+        out[name] = torch.frombuffer(bytearray(raw), dtype=dtype)
+    return out
+
+
 def _take_encoded(payload: _Payload, dtype: torch.dtype, encoding: str, nonzeros: int,
                   numel: int) -> Encoded:
     data = f"data.{DTYPE_NAMES[dtype]}"
@@ -182,21 +255,26 @@ def _decode_one(payload: _Payload, shape: tuple[int, ...], dtype: torch.dtype, e
 
 
 def decode_state(
-    metadata: dict[str, str], blobs: dict[str, torch.Tensor], layout: Layout, where: str
+    metadata: dict[str, str], blobs: dict[str, torch.Tensor], layout: Layout, where: str,
+    codecs: dict[str, tuple[str, int]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Decode every tensor; also return one inspection row per tensor (see `inspect`)."""
+    """Decompress the coded payloads (``codecs``, from `_check_blobs`) and decode every tensor;
+    also return one inspection row per tensor (see `inspect`)."""
     entries = _json(metadata, "tensors", dict, where)
     rest_meta = _json(metadata, "rest", dict, where)
     checked = {n: _entry(n, e, layout, where) for n, e in entries.items()}
     rest = [n for n in layout if n not in checked]
-    rest_dtypes = iter(_rest_dtypes(rest_meta.get("dtypes"), len(rest), where))
+    rest_dtypes = dict(zip(rest, _rest_dtypes(rest_meta.get("dtypes"), len(rest), where),
+                           strict=True))
     if rest_meta.get("layout") != rest_digest(layout, rest):
         raise UsageError(f"{where}: rest.layout: the dense tensors do not match this "
                          "architecture; allowed: a file written for the same model definition")
+    if codecs:
+        blobs = _decompress(blobs, codecs, _raw_lengths(checked, rest_dtypes, layout), where)
     payload, state, rows = _Payload(blobs), {}, []
     for name, shape in layout.items():
         # the dense rest: dtype from the runs; nonzeros are counted, not declared
-        spec = checked.get(name) or (next(rest_dtypes), "dense", None)
+        spec = checked.get(name) or (rest_dtypes[name], "dense", None)
         try:
             state[name], row = _decode_one(payload, shape, *spec)
         except ValueError as exc:
@@ -209,13 +287,20 @@ def decode_state(
     return state, rows
 
 
-def _read(path: str | Path) -> tuple[nn.Module, dict[str, torch.Tensor], list[dict[str, Any]]]:
+def _read(path: str | Path) -> tuple[nn.Module, dict[str, torch.Tensor], list[dict[str, Any]],
+                                     list[dict[str, Any]]]:
     where = f"checkpoint {str(path)!r}"
     metadata, blobs = read_file(path)
-    _check_blobs(blobs, metadata, where)
+    codecs = _check_blobs(blobs, metadata, where)
     model, layout = arch_layout(_json(metadata, "arch", dict, where), f"{where}: ")
-    state, rows = decode_state(metadata, blobs, layout, where)
-    return model, state, rows
+    state, rows = decode_state(metadata, blobs, layout, where, codecs)
+    payloads = [
+        {"name": name, "codec": codecs.get(name, ("raw",))[0],
+         "raw_bytes": codecs[name][1] if name in codecs else blob.numel() * blob.element_size(),
+         "stored_bytes": blob.numel() * blob.element_size()}
+        for name, blob in sorted(blobs.items())
+    ]  # fmt: skip
+    return model, state, rows, payloads
 
 
 def verify(path: str | Path) -> None:
@@ -244,7 +329,7 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     Raises:
         UsageError: One line, for a missing, truncated, damaged, edited or foreign file.
     """
-    model, state, _ = _read(path)
+    model, state, _, _ = _read(path)
     model.load_state_dict(state, assign=True)  # takes the stored tensors and their dtypes
     return model.to(device)
 
@@ -254,6 +339,18 @@ def inspect(path: str | Path) -> list[dict[str, Any]]:
 
     Returns:
         Dicts with ``name``, ``shape``, ``dtype``, ``numel``, ``nonzeros``, ``encoding``,
-        ``bytes`` (its payload in the file), ``dense_bytes`` and ``prunable``.
+        ``bytes`` (its encoded payload, before the codec stage: see `inspect_all`),
+        ``dense_bytes`` and ``prunable``.
     """
     return _read(path)[2]
+
+
+def inspect_all(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of `inspect`, and one row per payload tensor in name order, after verifying.
+
+    Returns:
+        The tensor rows, and the payload rows: dicts with ``name``, ``codec`` (``raw`` or one
+        of `codec.CODECS`), ``raw_bytes`` (before the codec stage) and ``stored_bytes``.
+    """
+    _, _, rows, payloads = _read(path)
+    return rows, payloads

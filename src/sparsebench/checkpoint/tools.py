@@ -90,8 +90,13 @@ def export(model_file: str | Path, out: str | Path, to: str) -> None:
 
 def inspect(path: str | Path) -> list[dict[str, Any]]:
     """One row per tensor (see `reader.inspect`); a dense model file shows all dense."""
+    return _inspect_all(path)[0]
+
+
+def _inspect_all(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`inspect`'s rows and the payload rows of `reader.inspect_all` (none for a dense file)."""
     if file_format(path) == fileformat.FORMAT:
-        return reader.inspect(path)
+        return reader.inspect_all(path)
     model, _ = dense.load_model(path)
     prunable = {f"{n}.weight" for n, _ in prunable_modules(model)}
     names = fileformat.DTYPE_NAMES
@@ -101,16 +106,18 @@ def inspect(path: str | Path) -> list[dict[str, Any]]:
          "bytes": t.numel() * t.element_size(), "dense_bytes": t.numel() * t.element_size(),
          "prunable": k in prunable}
         for k, t in model.state_dict().items()
-    ]  # fmt: skip
+    ], []  # fmt: skip
 
 
 def _fmt_row(name: str, shape: str, nonzeros: str, density: str, enc: str, size: str) -> str:
-    return f"{name:<28} {shape:<16} {nonzeros:>10} {density:>8} {enc:<10} {size:>10}"
+    return f"{name:<28} {shape:<16} {nonzeros:>10} {density:>8} {enc:<12} {size:>10}"
 
 
 def inspect_table(path: str | Path) -> str:
-    """The ``sparsebench inspect`` report: prunable layers, the dense rest, header, totals."""
-    rows = inspect(path)
+    """The ``sparsebench inspect`` report: prunable layers, the dense rest, what the codec stage
+    saves per coded payload (negative bytes), header, totals. The tensors' bytes are their
+    encoded payloads before the codec stage; all the bytes column adds up to the file size."""
+    rows, payloads = _inspect_all(path)
     lines = [_fmt_row("name", "shape", "nonzeros", "density", "encoding", "bytes")]
     for r in (r for r in rows if r["prunable"]):
         density = f"{r['nonzeros'] / r['numel']:.4f}" if r["numel"] else "-"
@@ -121,8 +128,12 @@ def inspect_table(path: str | Path) -> str:
     rest_bytes = sum(r["bytes"] for r in rest)
     lines.append(_fmt_row(f"({len(rest)} other tensors)", "", str(sum(r["nonzeros"] for r in rest)),
                           "", "dense", str(rest_bytes)))
+    for p in (p for p in payloads if p["codec"] != "raw"):
+        lines.append(_fmt_row(f"(codec {p['name']})", "", "", "", p["codec"],
+                              str(p["stored_bytes"] - p["raw_bytes"])))
     file_bytes = Path(path).stat().st_size
-    payload = sum(r["bytes"] for r in rows)
+    payload = sum(r["bytes"] for r in rows) + sum(p["stored_bytes"] - p["raw_bytes"]
+                                                  for p in payloads)
     lines.append(_fmt_row("(header)", "", "", "", "", str(file_bytes - payload)))
     numel, nonzeros = sum(r["numel"] for r in rows), sum(r["nonzeros"] for r in rows)
     density = f"{nonzeros / numel:.4f}" if numel else "-"

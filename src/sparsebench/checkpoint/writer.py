@@ -1,5 +1,6 @@
 """Writing the compressed checkpoint: `save` (format: `checkpoint.fileformat`, DESIGN.md
-"Compressed checkpoint"), and the information bound the file size is measured against."""
+"Compressed checkpoint"), and the information bound of its encodings, which the file size is
+measured against."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from sparsebench.checkpoint import codec
 from sparsebench.checkpoint.encoding import (
     SPARSE_DTYPES,
     encode,
@@ -78,10 +80,38 @@ def _runs(items: list[str]) -> list[list[Any]]:
     return runs
 
 
+def _codec_entry(name: str, entry: list[Any]) -> str:
+    """The text an entry adds to the ``codecs`` value: ``"name":[codec,raw_bytes]`` and a comma."""
+    return compact_json({name: entry})[1:-1] + ","
+
+
+def store_blobs(
+    blobs: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, list[Any]]]:
+    """The codec stage: each payload raw, or as its smallest codec output (`checkpoint.codec`)
+    where that is smaller, counting the bytes of its ``codecs`` entry; and those entries."""
+    stored, codecs = {}, {}
+    for name, blob in blobs.items():
+        raw = blob.contiguous().view(torch.uint8).numpy().tobytes()
+        best: tuple[int, str | None, bytes] = (len(raw), None, raw)
+        for method, data in codec.candidates(raw, blob.element_size()).items():
+            cost = len(data) + len(_codec_entry(name, [method, len(raw)]))
+            if cost < best[0]:  # ties keep the earlier: raw, then zlib (faster to read)
+                best = (cost, method, data)
+        _, chosen, data = best
+        if chosen is None:
+            stored[name] = blob
+        else:
+            stored[name] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            codecs[name] = [chosen, len(raw)]
+    return stored, codecs
+
+
 def encode_state(
-    state: dict[str, torch.Tensor], layout: Layout, prunable: set[str]
+    state: dict[str, torch.Tensor], layout: Layout, prunable: set[str], compress: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Encode a state_dict into payload tensors and the metadata other than format and arch."""
+    """Encode a state_dict into payload tensors and the metadata other than format and arch;
+    ``compress=False`` leaves out the codec stage (every payload raw)."""
     parts: dict[str, list[torch.Tensor]] = {}
     tensors: dict[str, list[Any]] = {}
     rest: list[str] = []
@@ -99,10 +129,12 @@ def encode_state(
             rest.append(name)
             parts.setdefault(f"data.{dtype}", []).append(t.reshape(-1))
     blobs = {k: torch.cat(v) for k, v in parts.items() if sum(p.numel() for p in v)}
+    blobs, codecs = store_blobs(blobs) if compress else (blobs, {})
     dtypes = [DTYPE_NAMES[state[n].dtype] for n in rest]
     metadata = {
         "tensors": compact_json(tensors),
         "rest": compact_json({"dtypes": _runs(dtypes), "layout": rest_digest(layout, rest)}),
+        "codecs": compact_json(codecs),
         "sha256": payload_sha256(blobs),
     }
     return blobs, metadata
@@ -120,16 +152,19 @@ def write_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
         raise UsageError(f"output: {str(path)!r} cannot be written ({exc.strerror})") from None
 
 
-def save(model: nn.Module, path: str | Path) -> None:
+def save(model: nn.Module, path: str | Path, *, compress: bool = True) -> None:
     """Write ``model`` as a compressed sparse checkpoint (DESIGN.md, "Compressed checkpoint").
 
     Every prunable weight (of ``nn.Linear`` / ``nn.Conv*``) takes the smallest of the encodings
-    dense, bitmask and delta index; the other tensors are stored dense. Masks of
+    dense, bitmask and delta index; the other tensors are stored dense. Then each payload is
+    stored raw or, where smaller, through a lossless codec (`checkpoint.codec`). Masks of
     ``torch.nn.utils.prune`` are folded in on a copy; the model itself is not changed.
 
     Args:
         model: A model from `build_model` (it carries ``model.arch``), on any device.
         path: The output file; it appears complete or not at all.
+        compress: False leaves out the codec stage: every payload raw (for comparisons; the
+            file is as valid either way).
 
     Raises:
         UsageError: If the model has no ``arch``, does not match it, or has an unsupported
@@ -137,7 +172,7 @@ def save(model: nn.Module, path: str | Path) -> None:
     """
     model = _plain_model(model)
     arch, state, layout = _model_state(model)
-    blobs, metadata = encode_state(state, layout, _prunable_names(model))
+    blobs, metadata = encode_state(state, layout, _prunable_names(model), compress)
     write_atomic(blobs, path, {"format": FORMAT, "arch": compact_json(arch), **metadata})
 
 
@@ -146,6 +181,9 @@ def information_bound(model: nn.Module) -> int:
 
     For each prunable weight the least of dense, ``element_size * nonzeros + numel / 8``
     (bitmask) and ``element_size * nonzeros +`` its delta-index bytes; the other tensors dense.
+    This is the bound of the encodings alone, which treat the values as incompressible: the
+    codec stage (`checkpoint.codec`) can take a file below it, and does whenever the values'
+    sign and exponent bytes, the index gaps or constant tensors repeat.
     """
     model = _plain_model(model)
     prunable = _prunable_names(model)
