@@ -14,7 +14,9 @@ SMALL = {  # settings that keep each method's test to a second on the tiny probl
     "admm": {"iterations": 2, "batch_size": 32},
     "admm_l1": {"iterations": 2, "batch_size": 32},
     "sas_admm": {"iterations": 3, "M": 4, "k0": 2, "last": 1, "batch_size": 32},
+    **{m: {"epochs": 2, "batch_size": 32} for m in ("grda", "linbreg", "adabreg", "proxsgd")},
 }
+TARGETED = sorted(m for m in METHODS if "target_sparsity" in METHODS[m].Params.model_fields)
 
 
 def _model():
@@ -34,7 +36,7 @@ def _pruned(name, tiny_data, **cfg):
     return model, curves
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", TARGETED)
 def test_every_method_prunes_to_its_target(name, tiny_data):
     params = method_params(name, SMALL.get(name, {}))
     model, _ = _pruned(name, tiny_data)
@@ -46,7 +48,7 @@ def test_every_method_prunes_to_its_target(name, tiny_data):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_masked_retrain_keeps_masked_entries_zero(name, tiny_data):
-    model, _ = _pruned(name, tiny_data, **({} if name == "dense" else {"target_sparsity": 0.8}))
+    model, _ = _pruned(name, tiny_data, **({"target_sparsity": 0.8} if name in TARGETED else {}))
     masks = get_masks(model)
     phase = Phase(2, 32, OptimConfig(lr=0.05, momentum=0.9, weight_decay=1e-3))
     curves = masked_retrain(model, phase, _ctx(tiny_data, seed=1))
@@ -145,3 +147,38 @@ def test_layer_sparsity_with_global_scope_is_refused():
 def test_layer_sparsity_out_of_range_is_refused():
     with pytest.raises(UsageError, match=r"methods\.gmp\.layer_sparsity\.1: 1\.2 is not allowed"):
         method_params("gmp", {"layer_sparsity": {"1": 1.2}})
+
+
+SPARSE_TRAINING = {  # settings that make each optimizer zero out weights on the tiny problem
+    "grda": {"c": 0.5, "mu": 0.6, "lr": 0.1},
+    "linbreg": {"lam": 0.5, "lr": 0.1, "init_density": 0.1},
+    "adabreg": {"lam": 0.5, "lr": 0.01, "init_density": 0.1},
+    "proxsgd": {"lam": 0.05, "lr": 0.1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPARSE_TRAINING))
+def test_sparse_training_mask_is_the_exact_zeros(name, tiny_data):
+    model, curves = _pruned(name, tiny_data, **SPARSE_TRAINING[name])
+    assert curves[-1]["sparsity"] > 0.2
+    for layer, mask in get_masks(model).items():
+        weight = model.get_submodule(layer).weight
+        assert torch.equal(mask, model.get_submodule(layer).weight_orig != 0)
+        assert (weight[~mask] == 0).all()
+    assert sparsity_summary(model)["sparsity"] == pytest.approx(curves[-1]["sparsity"])
+
+
+@pytest.mark.parametrize("name", sorted(SPARSE_TRAINING))
+def test_sparse_training_starts_from_scratch_unless_told(name):
+    assert build_method(name, method_params(name, {})).from_pretrained is False
+    assert build_method(name, method_params(name, {"init": "pretrained"})).from_pretrained
+
+
+def test_bregman_sparse_init_starts_sparse(tiny_data):
+    _, curves = _pruned("linbreg", tiny_data, lam=0.5, lr=0.01, init_density=0.1, epochs=1)
+    assert curves[0]["sparsity"] > 0.7
+
+
+def test_grda_with_c_zero_leaves_weights_dense(tiny_data):
+    _, curves = _pruned("grda", tiny_data, c=0.0)
+    assert curves[-1]["sparsity"] == 0.0

@@ -212,7 +212,7 @@ def test_evaluate_model_metrics_merges_summary_flops_and_layers():
     expected_keys = {
         "sparsity", "density", "nonzeros", "numel", "compression_ratio", "params_total",
         "params_nonzero", "compression_ratio_all", "flops", "flops_nonzero",
-        "theoretical_speedup", "layers",
+        "theoretical_speedup", "linear_density", "layers",
     }
     assert set(metrics) == expected_keys
 
@@ -237,3 +237,16 @@ def test_random_masks_keep_counts_consistent(seed: int, keep: float):
     assert summary["params_total"] == 6 * 5 + 5 + 5 * 3 + 3
     flops = count_flops(model, (6,))
     assert 0 <= flops["flops_nonzero"] <= flops["flops"] == 6 * 5 + 5 * 3
+
+
+def test_kind_density_counts_whole_kernels_and_linear_weights():
+    from sparsebench.metrics import kind_density
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight[0, 0, 1, 1] = 1.0  # one of the two kernels has a nonzero entry
+        model[2].weight.zero_()
+        model[2].weight[0, :4] = 1.0  # 4 of 16 linear weights
+    assert kind_density(model) == {"conv_kernel_density": 0.5, "linear_density": 0.25}
+    assert kind_density(nn.Linear(2, 2)).keys() == {"linear_density"}

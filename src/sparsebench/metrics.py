@@ -287,6 +287,31 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
     }
 
 
+def kind_density(model: nn.Module) -> dict[str, float]:
+    """Density by layer kind, as the Bregman paper reports it (Bungert et al. 2022, table 3).
+
+    ``conv_kernel_density``: the share of conv kernels (``weight[o, i]``, all kh x kw entries)
+    with a nonzero entry; ``linear_density``: the share of nonzero linear weights. A key is
+    left out when the model has no layer of that kind.
+    """
+    kernels = nonzero_kernels = linear = nonzero_linear = 0
+    for _, module in prunable_modules(model):
+        w = module.weight.detach()
+        if isinstance(module, nn.Linear):
+            linear += w.numel()
+            nonzero_linear += int(torch.count_nonzero(w))
+        else:
+            per_kernel = w.flatten(2) if w.dim() > 2 else w.unsqueeze(-1)
+            kernels += per_kernel.shape[0] * per_kernel.shape[1]
+            nonzero_kernels += int((per_kernel != 0).any(-1).sum())
+    out = {}
+    if kernels:
+        out["conv_kernel_density"] = nonzero_kernels / kernels
+    if linear:
+        out["linear_density"] = nonzero_linear / linear
+    return out
+
+
 def evaluate_model_metrics(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """All metrics of this module in one dict.
 
@@ -307,5 +332,6 @@ def evaluate_model_metrics(model: nn.Module, input_shape: tuple[int, ...]) -> di
         "flops": flops["flops"],
         "flops_nonzero": flops["flops_nonzero"],
         "theoretical_speedup": flops["theoretical_speedup"],
+        **kind_density(model),
         "layers": layers,
     }

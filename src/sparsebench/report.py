@@ -22,6 +22,7 @@ COLUMNS = [  # (key in the metrics file, header, format)
     ("compression_ratio", "compression (weights)", "x"),
     ("compression_ratio_all", "compression (all params)", "x"),
     ("theoretical_speedup", "FLOP speedup", "x"),
+    ("conv_kernel_density", "nonzero conv kernels (%)", "pct"),
     ("checkpoint_bytes", "checkpoint (KiB)", "kib"),
     ("checkpoint_ratio", "checkpoint vs dense file", "x"),
     ("latency_b1_ratio", "latency sparse/dense, batch 1", "r"),

@@ -15,10 +15,17 @@ from sparsebench.methods.base import Context, Method, MethodParams
 from sparsebench.methods.baselines import Dense, Magnitude, Random
 from sparsebench.methods.gmp import GMP
 from sparsebench.methods.sas_admm import SASADMMPruning
+from sparsebench.methods.sparse_training import (
+    AdaBregMethod,
+    GRDAMethod,
+    LinBregMethod,
+    ProxSGDMethod,
+)
 
 METHODS: dict[str, type[Method]] = {
     m.name: m
-    for m in (Dense, Magnitude, GMP, Random, ADMMPruning, ADMML1Pruning, SASADMMPruning)
+    for m in (Dense, Magnitude, GMP, Random, ADMMPruning, ADMML1Pruning, SASADMMPruning,
+              GRDAMethod, LinBregMethod, AdaBregMethod, ProxSGDMethod)
 }
 
 __all__ = ["ADMM", "METHODS", "Context", "Method", "MethodParams", "build_method", "method_params"]

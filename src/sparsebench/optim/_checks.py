@@ -1,0 +1,65 @@
+"""Hyperparameter checks shared by the optimizers: one ValueError per bad value, naming it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from sparsebench.optim.prox import REGULARIZERS, group_dims
+
+# name -> (test, allowed range as written in the message)
+_RULES = {
+    "lr": (lambda x: x > 0, "must be > 0"),
+    "c": (lambda x: x >= 0, "must be >= 0"),
+    "mu": (lambda x: 0 < x < 1, "must be in (0, 1)"),
+    "lam": (lambda x: x >= 0, "must be >= 0"),
+    "delta": (lambda x: x > 0, "must be > 0"),
+    "momentum": (lambda x: 0 <= x < 1, "must be in [0, 1)"),
+    "eps": (lambda x: x >= 0, "must be >= 0"),
+}
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check(**hparams: Any) -> None:
+    """Raise ``ValueError("Invalid <name>: <value> (<allowed>)")`` for the first bad value.
+
+    Numbers must be real Python numbers within their range (NaN fails every range);
+    ``betas`` a pair in [0, 1); ``reg`` one of `REGULARIZERS`.
+    """
+    for name, value in hparams.items():
+        if name == "betas":
+            ok = (
+                isinstance(value, (tuple, list))
+                and len(value) == 2
+                and all(_is_real(b) and 0 <= b < 1 for b in value)
+            )
+            if not ok:
+                raise ValueError(f"Invalid betas: {value!r} (must be a pair in [0, 1))")
+        elif name == "reg":
+            if value not in REGULARIZERS:
+                allowed = ", ".join(repr(r) for r in REGULARIZERS)
+                raise ValueError(f"Invalid reg: {value!r} (must be one of {allowed})")
+        else:
+            test, allowed = _RULES[name]
+            if not (_is_real(value) and test(value)):
+                raise ValueError(f"Invalid {name}: {value!r} ({allowed})")
+
+
+def check_group(group: dict[str, Any], names: Iterable[str]) -> None:
+    """Check a parameter group's hyperparameters ``names`` and, for a group ``reg``, its shapes."""
+    check(**{name: group[name] for name in names})
+    reg = group.get("reg")
+    if reg in ("l12_row", "l12_kernel"):
+        for p in group["params"]:
+            group_dims(reg, p.shape)  # raises ValueError for a tensor without such groups
+
+
+def check_grad(p: torch.Tensor) -> torch.Tensor:
+    if p.grad.is_sparse:
+        raise RuntimeError("sparse gradients are not supported")
+    return p.grad

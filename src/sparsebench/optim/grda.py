@@ -1,0 +1,90 @@
+"""gRDA: generalized regularized dual averaging.
+
+Chao, Wang, Xing and Cheng, "Directional pruning of deep neural networks", NeurIPS 2020
+(https://github.com/donlan2710/gRDA-Optimizer, ``grda_pytorch.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from sparsebench.optim._checks import check, check_grad, check_group
+from sparsebench.optim.prox import soft_threshold
+
+__all__ = ["GRDA"]
+
+
+class GRDA(torch.optim.Optimizer):
+    """Generalized regularized dual averaging (gRDA) with the l1 penalty.
+
+    At constant ``lr`` the iterate is ``w_n = S_{g(n)}(w_0 - lr * sum_{i<=n} grad_i)`` with
+    the threshold ``g(n) = c * lr^(1/2) * (n * lr)^mu`` and ``S_t`` the soft threshold. Per
+    parameter, with state ``step`` (n), ``accumulator`` (a, starting at ``w_0``) and ``l1``::
+
+        n  += 1
+        a  -= lr * grad
+        l1 += c * lr^(mu + 1/2) * (n^mu - (n - 1)^mu)
+        w   = S_l1(a)
+
+    The increment form of ``l1`` (the authors' PyTorch code) keeps a learning-rate schedule
+    correct: each step adds its own ``lr``'s share. The threshold acts on the accumulator,
+    not on ``w``, so a pruned weight regrows when ``|a|`` crosses ``l1`` again. No momentum,
+    no weight decay. With ``c = 0`` the update is plain SGD, bit for bit (``S_0(a) = a``).
+    ``l1`` and ``step`` are Python numbers (double precision, no device sync).
+
+    Args:
+        params: Parameters or parameter groups (a group may override ``lr``, ``c``, ``mu``;
+            ``c = 0`` leaves a group unpenalised, e.g. biases).
+        lr: Learning rate, ``> 0``; as for plain SGD without momentum (authors: 0.005 to 0.1).
+        c: Penalty scale, ``>= 0``; authors: 0 < c < 0.005 for large nets, 0.1 on MNIST.
+        mu: Penalty growth exponent in (0, 1); authors recommend 0.5 < mu < 1, typically
+            0.501, 0.51 or 0.55 (their MNIST demo uses 0.5).
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float, c: float, mu: float) -> None:
+        check(lr=lr, c=c, mu=mu)
+        super().__init__(params, dict(lr=lr, c=c, mu=mu))
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        try:
+            check_group(self.param_groups[-1], ("lr", "c", "mu"))
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one gRDA step.
+
+        Args:
+            closure: Optional closure that re-evaluates the model and returns the loss.
+
+        Returns:
+            The closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, c, mu = group["lr"], group["c"], group["mu"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = check_grad(p)
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["accumulator"] = p.detach().clone()  # a_0 = w_0
+                    state["l1"] = 0.0
+                state["step"] += 1
+                n = state["step"]
+                a = state["accumulator"]
+                a.add_(grad, alpha=-lr)
+                state["l1"] += c * lr ** (mu + 0.5) * (n**mu - (n - 1) ** mu)
+                soft_threshold(a, state["l1"], out=p)
+        return loss

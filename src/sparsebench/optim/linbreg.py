@@ -1,0 +1,128 @@
+"""LinBreg: stochastic linearized Bregman iterations, with optional momentum.
+
+Bungert, Roith, Tenbrinck and Burger, "A Bregman learning framework for sparse neural
+networks", JMLR 23(192):1-43, 2022 (https://github.com/TimRoith/BregmanLearning,
+``optimizers.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from sparsebench.optim._checks import check, check_grad, check_group
+from sparsebench.optim.prox import bregman_init, bregman_prox
+
+__all__ = ["LinBreg"]
+
+_HPARAMS = ("lr", "lam", "delta", "momentum", "reg")
+
+
+def regularized(group: dict[str, Any]) -> bool:
+    """Whether a group's J is nonzero (else v = theta / delta and no v is stored)."""
+    return group["reg"] != "none" and group["lam"] != 0
+
+
+class LinBreg(torch.optim.Optimizer):
+    """Linearized Bregman iterations (LinBreg), the sparse-to-dense "inverse scale space" SGD.
+
+    ``v`` is a subgradient of the elastic net ``J_delta(theta) = J(theta) + 1/(2 delta)
+    ||theta||^2`` at ``theta``; it starts at ``v_0 = theta_0 / delta + dJ(theta_0)`` (for l1
+    ``lam * sign(theta_0)``), so the first prox gives back ``theta_0``. Per step::
+
+        LinBreg:           v -= lr * grad
+        with momentum b:   m = b * m + (1 - b) * lr * grad;   v -= m      (m_0 = 0)
+        both:              theta = prox_{delta J}(delta * v)
+
+    For l1, ``theta = delta * S_lam(v)``; for the group norms,
+    ``theta_g = delta * v_g * max(0, 1 - lam * w / ||v_g||)`` (derivation in
+    `sparsebench.optim.prox.bregman_prox`). Entries (groups) with ``|v| <= lam`` are exact
+    zeros and regrow once ``v`` leaves that ball.
+
+    A group with ``J = 0`` (``lam = 0`` or ``reg = "none"``, e.g. biases) has
+    ``v = theta / delta`` at all times, so ``v`` is not stored and the step is
+    ``theta -= delta * lr * grad`` (or ``delta * m``): with ``delta = 1`` this is
+    `torch.optim.SGD` bit for bit. If a group's ``lam`` changes from 0 to positive, ``v`` is
+    initialised from the current ``theta`` at the next step; from positive to 0 it is
+    dropped. That is the reset of the authors' ``lamda_scheduler``; other changes of ``lam``
+    keep ``v``.
+
+    Args:
+        params: Parameters or parameter groups; groups may override every argument below
+            (see `sparsebench.optim.param_groups`).
+        lr: Learning rate ``tau``, ``> 0`` (paper: 1e-3; 0.1 for the MNIST MLP).
+        lam: Regularisation strength ``>= 0`` (paper: 0.5 for the Fashion-MNIST conv net).
+            Default 0.0 (plain SGD), so that groups from `param_groups` carry their own.
+        delta: Elastic-net parameter ``> 0``. Default 1.0.
+        momentum: ``b`` in [0, 1). Default 0.0 (no momentum buffer is kept).
+        reg: ``"l1"`` (default), ``"l12_row"`` (rows of linear weights, weight
+            ``sqrt(n_in)``), ``"l12_kernel"`` (conv kernels ``W[o, i]``, weight
+            ``sqrt(kh * kw)``) or ``"none"``. Keyword-only.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        lam: float = 0.0,
+        delta: float = 1.0,
+        momentum: float = 0.0,
+        *,
+        reg: str = "l1",
+    ) -> None:
+        check(lr=lr, lam=lam, delta=delta, momentum=momentum, reg=reg)
+        defaults = dict(lr=lr, lam=lam, delta=delta, momentum=momentum, reg=reg)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        try:
+            check_group(self.param_groups[-1], _HPARAMS)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one LinBreg step.
+
+        Args:
+            closure: Optional closure that re-evaluates the model and returns the loss.
+
+        Returns:
+            The closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, lam, delta = group["lr"], group["lam"], group["delta"]
+            beta, reg = group["momentum"], group["reg"]
+            has_j = regularized(group)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = check_grad(p)
+                state = self.state[p]
+                # 1. the update of the dual variable: lr * g, or m = b m + (1 - b) lr g
+                if beta > 0:
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    update = state["momentum_buffer"].mul_(beta).add_(grad, alpha=(1 - beta) * lr)
+                    scale = 1.0
+                else:
+                    update, scale = grad, lr
+                if not has_j:
+                    # 2. (J = 0) v = theta / delta, so theta -= delta * update
+                    state.pop("v", None)
+                    p.add_(update, alpha=-scale * delta)
+                    continue
+                # 2. v -= update, then theta = prox_{delta J}(delta v)
+                if "v" not in state:
+                    state["v"] = bregman_init(p, lam, delta, reg)
+                v = state["v"].add_(update, alpha=-scale)
+                bregman_prox(v, lam, delta, reg, out=p)
+        return loss
