@@ -24,7 +24,11 @@ BAD: list[tuple[str, str, object, str]] = [
     ],
     *[("adabreg", "betas", v, "must be a pair") for v in ((1.0, 0.9), (0.9, -0.1), (0.9,), 0.9)],
     ("adabreg", "eps", -1e-8, "must be >= 0"),
-    ("adabreg", "fused", "yes", "must be None, True or False"),
+    *[
+        (n, "fused", v, "must be None, True or False")
+        for n in ("linbreg", "adabreg")
+        for v in ("yes", 1)
+    ],
     *[(n, "reg", "l2", "must be one of") for n in ("linbreg", "adabreg", "proxsgd")],
     ("grda", "lr", "0.1", "must be > 0"),
     ("linbreg", "lam", True, "must be >= 0"),

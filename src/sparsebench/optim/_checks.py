@@ -63,3 +63,31 @@ def check_grad(p: torch.Tensor) -> torch.Tensor:
     if p.grad.is_sparse:
         raise RuntimeError("sparse gradients are not supported")
     return p.grad
+
+
+def _fused_devices() -> tuple[str, ...]:
+    # the devices with PyTorch's fused optimizer kernels in this build (CPU since torch 2.4)
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    except ImportError:  # pragma: no cover - older torch
+        return ("cuda",)
+    return tuple(_get_fused_kernels_supported_devices())
+
+
+#: Devices on which the fused paths (torch._fused_adam_, torch._fused_sgd_) run.
+FUSED_DEVICES = _fused_devices()
+
+
+def fusable(p: torch.Tensor) -> bool:
+    """Whether a parameter can take a fused kernel: floating, real, on a fused device."""
+    return p.device.type in FUSED_DEVICES and p.is_floating_point() and not p.is_complex()
+
+
+def check_fused(fused: Any, params: Iterable[torch.Tensor] = ()) -> None:
+    """``fused`` is None, True or False, and True only for parameters that can take it."""
+    if fused is not None and not isinstance(fused, bool):
+        raise ValueError(f"Invalid fused: {fused!r} (must be None, True or False)")
+    if fused and not all(fusable(p) for p in params):
+        raise ValueError(
+            f"Invalid fused: True (needs floating parameters on {', '.join(FUSED_DEVICES)})"
+        )

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.optim._checks import check, check_grad, check_group
+from sparsebench.optim._checks import check, check_fused, check_grad, check_group, fusable
 from sparsebench.optim.linbreg import regularized
 from sparsebench.optim.prox import bregman_init, bregman_prox
 
@@ -79,8 +79,7 @@ class AdaBreg(torch.optim.Optimizer):
         fused: bool | None = None,
     ) -> None:
         check(lr=lr, lam=lam, delta=delta, betas=betas, eps=eps, reg=reg)
-        if fused not in (None, True, False):
-            raise ValueError(f"Invalid fused: {fused!r} (must be None, True or False)")
+        check_fused(fused)
         defaults = dict(
             lr=lr, lam=lam, delta=delta, betas=tuple(betas), eps=eps, reg=reg, fused=fused
         )
@@ -91,18 +90,14 @@ class AdaBreg(torch.optim.Optimizer):
         group = self.param_groups[-1]
         try:
             check_group(group, _HPARAMS)
-            if group["fused"] and not all(_fusable(p) for p in group["params"]):
-                raise ValueError(
-                    "Invalid fused: True (needs floating parameters on "
-                    f"{', '.join(_FUSED_DEVICES)})"
-                )
+            check_fused(group["fused"], group["params"])
         except ValueError:
             self.param_groups.pop()
             raise
         if group["fused"] is None:
             # like torch.optim.Adam's fused flag, resolved once so load_state_dict puts
             # the step counts where the kernel wants them
-            group["fused"] = all(_fusable(p) for p in group["params"])
+            group["fused"] = all(fusable(p) for p in group["params"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -207,19 +202,3 @@ class AdaBreg(torch.optim.Optimizer):
         if has_j:
             for p in params:
                 bregman_prox(self.state[p]["v"], lam, delta, reg, out=p)
-
-
-def _fused_devices() -> tuple[str, ...]:
-    # the devices with Adam's fused kernel in this torch build (CPU since torch 2.4)
-    try:
-        from torch.optim.optimizer import _get_fused_kernels_supported_devices
-    except ImportError:  # pragma: no cover - older torch
-        return ("cuda",)
-    return tuple(_get_fused_kernels_supported_devices())
-
-
-_FUSED_DEVICES = _fused_devices()
-
-
-def _fusable(p: torch.Tensor) -> bool:
-    return p.device.type in _FUSED_DEVICES and p.is_floating_point() and not p.is_complex()

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.optim._checks import check, check_grad, check_group
+from sparsebench.optim._checks import check, check_fused, check_grad, check_group, fusable
 from sparsebench.optim.prox import bregman_init, bregman_prox
 
 __all__ = ["LinBreg"]
@@ -30,7 +30,9 @@ class LinBreg(torch.optim.Optimizer):
 
     ``v`` is a subgradient of the elastic net ``J_delta(theta) = J(theta) + 1/(2 delta)
     ||theta||^2`` at ``theta``; it starts at ``v_0 = theta_0 / delta + dJ(theta_0)`` (for l1
-    ``lam * sign(theta_0)``), so the first prox gives back ``theta_0``. Per step::
+    ``lam * sign(theta_0)``), so the first prox gives back ``theta_0`` (exactly in real
+    arithmetic and for its zeros; in float32 up to one rounding of ``|theta_0| / delta + lam``,
+    which is exact for e.g. dyadic weights, see the tests). Per step::
 
         LinBreg:           v -= lr * grad
         with momentum b:   m = b * m + (1 - b) * lr * grad;   v -= m      (m_0 = 0)
@@ -38,8 +40,8 @@ class LinBreg(torch.optim.Optimizer):
 
     For l1, ``theta = delta * S_lam(v)``; for the group norms,
     ``theta_g = delta * v_g * max(0, 1 - lam * w / ||v_g||)`` (derivation in
-    `sparsebench.optim.prox.bregman_prox`). Entries (groups) with ``|v| <= lam`` are exact
-    zeros and regrow once ``v`` leaves that ball.
+    `sparsebench.optim.prox.bregman_prox`). Entries with ``|v| <= lam`` (groups with
+    ``||v_g|| <= lam * w``) are exact zeros, and regrow once ``v`` leaves that ball.
 
     A group with ``J = 0`` (``lam = 0`` or ``reg = "none"``, e.g. biases) has
     ``v = theta / delta`` at all times, so ``v`` is not stored and the step is
@@ -48,6 +50,12 @@ class LinBreg(torch.optim.Optimizer):
     initialised from the current ``theta`` at the next step; from positive to 0 it is
     dropped. That is the reset of the authors' ``lamda_scheduler``; other changes of ``lam``
     keep ``v``.
+
+    With momentum, the fused path (``fused``, the default where possible) does the momentum
+    and dual steps in one pass per tensor with SGD's fused kernel (``torch._fused_sgd_``
+    with ``dampening = 1 - (1 - b) * lr`` and kernel lr 1, which is exactly the rule above,
+    schedules included); it differs from the single-tensor path by rounding only (tested)
+    and stores the same state. Without momentum the step is one kernel already.
 
     Args:
         params: Parameters or parameter groups; groups may override every argument below
@@ -60,6 +68,9 @@ class LinBreg(torch.optim.Optimizer):
         reg: ``"l1"`` (default), ``"l12_row"`` (rows of linear weights, weight
             ``sqrt(n_in)``), ``"l12_kernel"`` (conv kernels ``W[o, i]``, weight
             ``sqrt(kh * kw)``) or ``"none"``. Keyword-only.
+        fused: Momentum through the fused kernel: ``True``, ``False``, or ``None``
+            (default) for fused wherever the parameters allow it (floating tensors on CPU
+            since torch 2.4, CUDA, ...). Keyword-only.
     """
 
     def __init__(
@@ -71,18 +82,24 @@ class LinBreg(torch.optim.Optimizer):
         momentum: float = 0.0,
         *,
         reg: str = "l1",
+        fused: bool | None = None,
     ) -> None:
         check(lr=lr, lam=lam, delta=delta, momentum=momentum, reg=reg)
-        defaults = dict(lr=lr, lam=lam, delta=delta, momentum=momentum, reg=reg)
+        check_fused(fused)
+        defaults = dict(lr=lr, lam=lam, delta=delta, momentum=momentum, reg=reg, fused=fused)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
         try:
-            check_group(self.param_groups[-1], _HPARAMS)
+            check_group(group, _HPARAMS)
+            check_fused(group["fused"], group["params"])
         except ValueError:
             self.param_groups.pop()
             raise
+        if group["fused"] is None:
+            group["fused"] = all(fusable(p) for p in group["params"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -99,30 +116,82 @@ class LinBreg(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, lam, delta = group["lr"], group["lam"], group["delta"]
-            beta, reg = group["momentum"], group["reg"]
-            has_j = regularized(group)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = check_grad(p)
-                state = self.state[p]
-                # 1. the update of the dual variable: lr * g, or m = b m + (1 - b) lr g
-                if beta > 0:
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                    update = state["momentum_buffer"].mul_(beta).add_(grad, alpha=(1 - beta) * lr)
-                    scale = 1.0
-                else:
-                    update, scale = grad, lr
-                if not has_j:
-                    # 2. (J = 0) v = theta / delta, so theta -= delta * update
-                    state.pop("v", None)
-                    p.add_(update, alpha=-scale * delta)
-                    continue
-                # 2. v -= update, then theta = prox_{delta J}(delta v)
+            if group["fused"] and group["momentum"] > 0:
+                self._fused_momentum_group(group)
+            else:
+                self._single_tensor_group(group)
+        return loss
+
+    def _single_tensor_group(self, group: dict[str, Any]) -> None:
+        lr, lam, delta = group["lr"], group["lam"], group["delta"]
+        beta, reg = group["momentum"], group["reg"]
+        has_j = regularized(group)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            grad = check_grad(p)
+            state = self.state[p]
+            # 1. the update of the dual variable: lr * g, or m = b m + (1 - b) lr g
+            if beta > 0:
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                update = state["momentum_buffer"].mul_(beta).add_(grad, alpha=(1 - beta) * lr)
+                scale = 1.0
+            else:
+                update, scale = grad, lr
+            if not has_j:
+                # 2. (J = 0) v = theta / delta, so theta -= delta * update
+                state.pop("v", None)
+                p.add_(update, alpha=-scale * delta)
+                continue
+            # 2. v -= update, then theta = prox_{delta J}(delta v)
+            if "v" not in state:
+                state["v"] = bregman_init(p, lam, delta, reg)
+            v = state["v"].add_(update, alpha=-scale)
+            bregman_prox(v, lam, delta, reg, out=p)
+
+    def _fused_momentum_group(self, group: dict[str, Any]) -> None:
+        # The momentum step in one pass per tensor with SGD's fused kernel, which computes
+        # buf = momentum * buf + (1 - dampening) * g and then x -= lr_kernel * buf. With
+        # dampening = 1 - (1 - b) * lr and lr_kernel = 1 (delta for a J = 0 group) this is
+        # m = b m + (1 - b) lr g; v -= m, with m stored as in the single-tensor path.
+        lr, lam, delta = group["lr"], group["lam"], group["delta"]
+        beta, reg = group["momentum"], group["reg"]
+        has_j = regularized(group)
+        lists: dict[tuple[torch.device, torch.dtype], list[list[torch.Tensor]]] = {}
+        params = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            grad = check_grad(p)
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            if has_j:
                 if "v" not in state:
                     state["v"] = bregman_init(p, lam, delta, reg)
-                v = state["v"].add_(update, alpha=-scale)
-                bregman_prox(v, lam, delta, reg, out=p)
-        return loss
+                target = state["v"]
+            else:
+                state.pop("v", None)
+                target = p
+            targets, grads, bufs = lists.setdefault((p.device, p.dtype), [[], [], []])
+            targets.append(target)
+            grads.append(grad)
+            bufs.append(state["momentum_buffer"])
+            params.append(p)
+        for targets, grads, bufs in lists.values():
+            torch._fused_sgd_(
+                targets,
+                grads,
+                bufs,
+                weight_decay=0.0,
+                momentum=beta,
+                lr=1.0 if has_j else delta,
+                dampening=1.0 - (1.0 - beta) * lr,
+                nesterov=False,
+                maximize=False,
+                is_first_step=False,
+            )
+        if has_j:
+            for p in params:
+                bregman_prox(self.state[p]["v"], lam, delta, reg, out=p)
