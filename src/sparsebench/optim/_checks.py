@@ -91,3 +91,35 @@ def check_fused(fused: Any, params: Iterable[torch.Tensor] = ()) -> None:
         raise ValueError(
             f"Invalid fused: True (needs floating parameters on {', '.join(FUSED_DEVICES)})"
         )
+
+
+class CheckedOptimizer(torch.optim.Optimizer):
+    """An optimizer whose every parameter group is validated against ``hparams``.
+
+    A bad group (also one added later with ``add_param_group``) is refused and left out. A
+    ``fused: None`` flag is resolved once per group, as torch.optim.Adam does, so that
+    ``load_state_dict`` puts the step counts where the kernel wants them.
+    """
+
+    hparams: tuple[str, ...] = ()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            check_group(group, self.hparams)
+            if "fused" in group:
+                check_fused(group["fused"], group["params"])
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        if "fused" in group and group["fused"] is None:
+            group["fused"] = all(fusable(p) for p in group["params"])
+
+    @staticmethod
+    def closure_loss(closure: Any) -> Any:
+        """The loss of ``closure`` re-evaluated with gradients on, or None without one."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()

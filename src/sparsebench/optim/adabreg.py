@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.optim._checks import check, check_fused, check_grad, check_group, fusable
+from sparsebench.optim._checks import CheckedOptimizer, check, check_fused, check_grad
 from sparsebench.optim.linbreg import regularized
 from sparsebench.optim.prox import bregman_init, bregman_prox
 
@@ -21,7 +21,7 @@ __all__ = ["AdaBreg"]
 _HPARAMS = ("lr", "lam", "delta", "betas", "eps", "reg")
 
 
-class AdaBreg(torch.optim.Optimizer):
+class AdaBreg(CheckedOptimizer):
     """AdaBreg: the Bregman step of `LinBreg` driven by Adam's update direction.
 
     Per step ``t = 1, 2, ...``, with ``v_0 = theta_0 / delta + dJ(theta_0)`` as in `LinBreg`::
@@ -66,6 +66,8 @@ class AdaBreg(torch.optim.Optimizer):
             group when the group is added. Keyword-only.
     """
 
+    hparams = _HPARAMS
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -85,20 +87,6 @@ class AdaBreg(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:
-            check_group(group, _HPARAMS)
-            check_fused(group["fused"], group["params"])
-        except ValueError:
-            self.param_groups.pop()
-            raise
-        if group["fused"] is None:
-            # like torch.optim.Adam's fused flag, resolved once so load_state_dict puts
-            # the step counts where the kernel wants them
-            group["fused"] = all(fusable(p) for p in group["params"])
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one AdaBreg step.
@@ -109,10 +97,7 @@ class AdaBreg(torch.optim.Optimizer):
         Returns:
             The closure's loss, or ``None``.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self.closure_loss(closure)
         for group in self.param_groups:
             if group["fused"]:
                 self._fused_group(group)

@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 
-from sparsebench.optim._checks import check, check_grad, check_group
+from sparsebench.optim._checks import CheckedOptimizer, check, check_grad
 from sparsebench.optim.prox import soft_threshold
 
 __all__ = ["GRDA"]
 
 
-class GRDA(torch.optim.Optimizer):
+class GRDA(CheckedOptimizer):
     """Generalized regularized dual averaging (gRDA) with the l1 penalty.
 
     At constant ``lr`` the iterate is ``w_n = S_{g(n)}(w_0 - lr * sum_{i<=n} grad_i)`` with
@@ -44,17 +44,11 @@ class GRDA(torch.optim.Optimizer):
             0.501, 0.51 or 0.55 (their MNIST demo uses 0.5).
     """
 
+    hparams = ("lr", "c", "mu")
+
     def __init__(self, params: Iterable[Any], lr: float, c: float, mu: float) -> None:
         check(lr=lr, c=c, mu=mu)
         super().__init__(params, dict(lr=lr, c=c, mu=mu))
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        try:
-            check_group(self.param_groups[-1], ("lr", "c", "mu"))
-        except ValueError:
-            self.param_groups.pop()
-            raise
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -66,10 +60,7 @@ class GRDA(torch.optim.Optimizer):
         Returns:
             The closure's loss, or ``None``.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self.closure_loss(closure)
         for group in self.param_groups:
             lr, c, mu = group["lr"], group["c"], group["mu"]
             for p in group["params"]:

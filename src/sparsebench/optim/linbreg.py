@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.optim._checks import check, check_fused, check_grad, check_group, fusable
+from sparsebench.optim._checks import CheckedOptimizer, check, check_fused, check_grad
 from sparsebench.optim.prox import bregman_init, bregman_prox
 
 __all__ = ["LinBreg"]
@@ -25,7 +25,7 @@ def regularized(group: dict[str, Any]) -> bool:
     return group["reg"] != "none" and group["lam"] != 0
 
 
-class LinBreg(torch.optim.Optimizer):
+class LinBreg(CheckedOptimizer):
     """Linearized Bregman iterations (LinBreg), the sparse-to-dense "inverse scale space" SGD.
 
     ``v`` is a subgradient of the elastic net ``J_delta(theta) = J(theta) + 1/(2 delta)
@@ -73,6 +73,8 @@ class LinBreg(torch.optim.Optimizer):
             since torch 2.4, CUDA, ...). Keyword-only.
     """
 
+    hparams = _HPARAMS
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -89,18 +91,6 @@ class LinBreg(torch.optim.Optimizer):
         defaults = dict(lr=lr, lam=lam, delta=delta, momentum=momentum, reg=reg, fused=fused)
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:
-            check_group(group, _HPARAMS)
-            check_fused(group["fused"], group["params"])
-        except ValueError:
-            self.param_groups.pop()
-            raise
-        if group["fused"] is None:
-            group["fused"] = all(fusable(p) for p in group["params"])
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one LinBreg step.
@@ -111,10 +101,7 @@ class LinBreg(torch.optim.Optimizer):
         Returns:
             The closure's loss, or ``None``.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self.closure_loss(closure)
         for group in self.param_groups:
             if group["fused"] and group["momentum"] > 0:
                 self._fused_momentum_group(group)

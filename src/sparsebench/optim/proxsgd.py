@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.optim._checks import check, check_grad, check_group
+from sparsebench.optim._checks import CheckedOptimizer, check, check_grad
 from sparsebench.optim.prox import group_soft_threshold, group_weight, soft_threshold
 
 __all__ = ["ProxSGD"]
@@ -21,7 +21,7 @@ __all__ = ["ProxSGD"]
 _HPARAMS = ("lr", "lam", "momentum", "reg")
 
 
-class ProxSGD(torch.optim.Optimizer):
+class ProxSGD(CheckedOptimizer):
     """Proximal SGD: an SGD step, then the prox of ``lr * J``::
 
         buf = momentum * buf + grad    (buf_1 = grad; only if momentum > 0)
@@ -45,6 +45,8 @@ class ProxSGD(torch.optim.Optimizer):
             `LinBreg`. Keyword-only.
     """
 
+    hparams = _HPARAMS
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -57,14 +59,6 @@ class ProxSGD(torch.optim.Optimizer):
         check(lr=lr, lam=lam, momentum=momentum, reg=reg)
         super().__init__(params, dict(lr=lr, lam=lam, momentum=momentum, reg=reg))
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        try:
-            check_group(self.param_groups[-1], _HPARAMS)
-        except ValueError:
-            self.param_groups.pop()
-            raise
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one proximal SGD step.
@@ -75,10 +69,7 @@ class ProxSGD(torch.optim.Optimizer):
         Returns:
             The closure's loss, or ``None``.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self.closure_loss(closure)
         for group in self.param_groups:
             lr, lam, momentum, reg = group["lr"], group["lam"], group["momentum"], group["reg"]
             for p in group["params"]:
