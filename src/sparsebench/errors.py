@@ -18,3 +18,8 @@ class UsageError(ValueError):
 def unknown_name(key: str, value: object, known: Iterable[str]) -> UsageError:
     """The error for a name that is not in a registry."""
     return UsageError(f"{key}: unknown name {value!r}; allowed: {', '.join(sorted(known))}")
+
+
+class Diverged(UsageError):
+    """A NaN or infinite training loss: the stage, method, epoch and hyperparameters, one line
+    (exit code 2); under tuning the trial fails and the study goes on."""

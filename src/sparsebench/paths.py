@@ -44,28 +44,97 @@ def seed_dir(base: Path, seed: int) -> Path:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Build a directory beside ``target`` and swap it in only when the block succeeds.
 
-    A stage that fails leaves its previous outputs as they were.
+    A stage that fails leaves its previous outputs as they were, and no partial directory.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    recover(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_in(tmp, target)
+
+
+def swap_in(source: Path, target: Path) -> None:
+    """Replace the directory ``target`` by ``source``: the old one moves aside first and is
+    deleted only once the new one is in place (`recover` undoes a kill in between)."""
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
-    os.replace(tmp, target)
+    os.replace(source, target)
+    fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file that appears complete or not at all."""
+def recover(target: Path) -> None:
+    """Put back the previous outputs of ``target`` if a kill came between the two renames of
+    `swap_in`, and delete the temp directories of `atomic_dir` that a kill left behind."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir():
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, target)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry (a rename) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file that appears complete or not at all: beside it, flushed, then renamed.
+
+    On any failure (a full disk, a read-only directory) nothing is left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_many(files: dict[Path, bytes | str]) -> None:
+    """Write several files that all appear, or none of them: every one is written beside its
+    target first (a full disk stops it there, and the written ones are deleted), then all are
+    renamed in."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            written.append((tmp, path))
+            with open(tmp, "wb") as handle:
+                handle.write(data.encode() if isinstance(data, str) else data)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in written:
+        os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`atomic_write_bytes` of UTF-8 text."""
+    atomic_write_bytes(path, text.encode())

@@ -91,7 +91,7 @@ def to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def plot_accuracy_vs_sparsity(results: dict[str, dict], path: Path) -> None:
+def plot_accuracy_vs_sparsity(results: dict[str, dict]) -> bytes:
     """Each method's points (one per seed) and the dense line."""
     import matplotlib.pyplot as plt
 
@@ -108,11 +108,10 @@ def plot_accuracy_vs_sparsity(results: dict[str, dict], path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _png(fig)
 
 
-def plot_curves(curves: dict[str, list[dict]], path: Path, metric: str) -> None:
+def plot_curves(curves: dict[str, list[dict]], metric: str) -> bytes:
     """``metric`` per epoch of each method's stages, seed 0, stages one after the other."""
     import matplotlib.pyplot as plt
 
@@ -125,11 +124,10 @@ def plot_curves(curves: dict[str, list[dict]], path: Path, metric: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _png(fig)
 
 
-def plot_layer_sparsity(results: dict[str, dict], path: Path) -> None:
+def plot_layer_sparsity(results: dict[str, dict]) -> bytes:
     """Per-layer sparsity of each method (first seed)."""
     import matplotlib.pyplot as plt
 
@@ -145,8 +143,7 @@ def plot_layer_sparsity(results: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("sparsity (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _png(fig)
 
 
 RESIDUALS = ("primal_residual", "dual_residual", "rho", "z_sparsity")
@@ -159,7 +156,7 @@ def residual_table(prune_curves: dict[str, list[dict]]) -> list[dict]:
             for key, rows in prune_curves.items() for row in rows if "primal_residual" in row]
 
 
-def plot_residuals(table: list[dict], path: Path) -> None:
+def plot_residuals(table: list[dict]) -> bytes:
     """Primal residual ||W - Z|| / ||W|| per ADMM iteration (log scale)."""
     import matplotlib.pyplot as plt
 
@@ -174,8 +171,7 @@ def plot_residuals(table: list[dict], path: Path) -> None:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _png(fig)
 
 
 def curve_table(curves: dict[str, list[dict]]) -> list[dict]:
@@ -189,9 +185,8 @@ def write_report(results: dict[str, dict], curves: dict[str, list[dict]], suite:
                  prune_curves: dict[str, list[dict]] | None = None) -> list[Path]:
     """Write the table (markdown, CSV) and the plots; return the files written."""
     residuals = residual_table(prune_curves or {})
-    from sparsebench.paths import atomic_write_text
+    from sparsebench.paths import atomic_write_many
 
-    PLOTS.mkdir(parents=True, exist_ok=True)
     files = {
         REPORT_DIR / "summary.md": markdown_table(results, suite),
         REPORT_DIR / "summary.csv": to_csv(summary_rows(results)),
@@ -202,13 +197,22 @@ def write_report(results: dict[str, dict], curves: dict[str, list[dict]], suite:
         PLOTS / "curves.json": json.dumps(curve_table(curves), indent=1),
         PLOTS / "admm_residuals.json": json.dumps(residuals, indent=1),
     }
-    for path, text in files.items():
-        atomic_write_text(path, text)
-    plot_accuracy_vs_sparsity(results, PLOTS / "accuracy_vs_sparsity.png")
-    plot_curves(curves, PLOTS / "val_accuracy.png", "val_accuracy")
-    plot_curves(curves, PLOTS / "sparsity.png", "sparsity")
-    plot_layer_sparsity(results, PLOTS / "layer_sparsity.png")
-    plot_residuals(residuals, PLOTS / "admm_residuals.png")
-    return [*files, *(PLOTS / f"{n}.png" for n in ("accuracy_vs_sparsity", "val_accuracy",
-                                                    "sparsity", "layer_sparsity",
-                                                    "admm_residuals"))]
+    files.update({
+        PLOTS / "accuracy_vs_sparsity.png": plot_accuracy_vs_sparsity(results),
+        PLOTS / "val_accuracy.png": plot_curves(curves, "val_accuracy"),
+        PLOTS / "sparsity.png": plot_curves(curves, "sparsity"),
+        PLOTS / "layer_sparsity.png": plot_layer_sparsity(results),
+        PLOTS / "admm_residuals.png": plot_residuals(residuals),
+    })
+    atomic_write_many(files)  # all of the report or none of it
+    return list(files)
+
+
+def _png(fig) -> bytes:
+    """The figure as PNG bytes (written with the rest of the report, atomically)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()

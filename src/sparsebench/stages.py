@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import statistics
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from sparsebench.checkpoint import load_model, save_model
 from sparsebench.config import EvaluateParams, Params, PhaseParams
@@ -28,13 +30,15 @@ from sparsebench.data import (
     save_splits,
     synthetic_splits,
 )
-from sparsebench.errors import UsageError
+from sparsebench.errors import Diverged, UsageError
 from sparsebench.methods import Context, MethodParams, build_method
 from sparsebench.methods.retrain import masked_retrain
 from sparsebench.metrics import evaluate_model_metrics
 from sparsebench.models import build_model
-from sparsebench.paths import atomic_dir, atomic_write_text, repo_root, run_dir, seed_dir
+from sparsebench.paths import atomic_dir, atomic_write_many, repo_root, run_dir, seed_dir
+from sparsebench.resume import EpochCheckpoint, Resume, StageWork, fingerprint
 from sparsebench.sparsity import apply_masks, get_masks, load_masks, make_permanent, save_masks
+from sparsebench.tracking import flatten
 from sparsebench.train import evaluate, fit, resolve_device, seed_everything
 
 DATA_FILE = Path("data", "prepared", "splits.safetensors")
@@ -81,18 +85,44 @@ def _log_epoch(stage: str, seed: int):
     return show
 
 
+def _work(target: Path, stage: str, params: Params, inputs: list[Path], **config: Any
+          ) -> StageWork:
+    """The resumable work directory of a training stage (`sparsebench.resume`): its
+    fingerprint covers the shared sections it reads, ``config`` and the input files."""
+    shared = params.model_dump(include={"seeds", "device", "data", "model", "pretrain"})
+    return StageWork(target, fingerprint(stage=stage, config={**shared, **config},
+                                         inputs=[DATA_FILE, *inputs]))
+
+
+@contextmanager
+def _diverged(stage: str, seed: int, hyper: dict[str, BaseModel]):
+    """A NaN or infinite loss becomes one line: the stage, method, epoch and hyperparameters."""
+    try:
+        yield
+    except FloatingPointError as exc:
+        dumped = {k: v.model_dump(exclude={"retrain", "method"}) for k, v in hyper.items()}
+        values = ", ".join(f"{k}={v}" for k, v in flatten("", dumped).items())
+        raise Diverged(f"{stage} seed {seed}: diverged ({exc}); hyperparameters: {values}; "
+                       "lower the learning rate or change them") from None
+
+
 def pretrain(params: Params) -> None:
-    """Dense training from a seeded initialisation, one model per seed."""
+    """Dense training from a seeded initialisation, one model per seed; resumable."""
     device = resolve_device(params.device)
     data = load_splits(DATA_FILE, ("train", "val"))
     phase = params.pretrain.to_phase("pretrain")
-    with atomic_dir(run_dir("pretrain")) as out:
+    with _work(run_dir("pretrain"), "pretrain", params, []) as work:
         for seed in params.seeds:
+            if work.done(f"seed{seed}"):
+                continue
             generator = seed_everything(seed)
             model = _fresh_model(params).to(device)
-            curves = fit(model, data["train"], data["val"], phase, generator=generator,
-                         device=device, on_epoch=_log_epoch("pretrain", seed))
-            _save(seed_dir(out, seed), model, curves)
+            resume = Resume(work.checkpoint(f"seed{seed}"), "pretrain")
+            with _diverged("pretrain", seed, {"pretrain.optimizer": params.pretrain.optimizer}):
+                curves = fit(model, data["train"], data["val"], phase, generator=generator,
+                             device=device, on_epoch=_log_epoch("pretrain", seed),
+                             resume=resume)
+            work.finish(f"seed{seed}", _save, model, curves)
 
 
 def _save(path: Path, model: torch.nn.Module, curves: list[dict]) -> None:
@@ -114,27 +144,34 @@ def _load(path: Path, device: torch.device, *, masked: bool = True) -> torch.nn.
     return model
 
 
-def _context(data: dict, device: torch.device, seed: int, stage: str) -> Context:
+def _context(data: dict, device: torch.device, seed: int, stage: str,
+             checkpoint: EpochCheckpoint | None = None) -> Context:
     return Context(train=data["train"], val=data["val"], device=device,
                    generator=seed_everything(seed), seed=seed,
-                   on_epoch=_log_epoch(stage, seed))
+                   on_epoch=_log_epoch(stage, seed), checkpoint=checkpoint)
 
 
 def prune(params: Params, methods: dict[str, MethodParams], key: str) -> None:
-    """The prune phase of ``methods.<key>`` for every seed: the model with its masks."""
+    """The prune phase of ``methods.<key>`` for every seed: the model with its masks;
+    resumable after a kill, epoch by epoch."""
     method = build_method(key, _method_params(methods, key))
     device = resolve_device(params.device)
     data = load_splits(DATA_FILE, ("train", "val"))
-    with atomic_dir(run_dir(key, "prune")) as out:
+    inputs = [run_dir("pretrain")] if method.from_pretrained else []
+    with _work(run_dir(key, "prune"), "prune", params, inputs,
+               method=methods[key].model_dump()) as work:
         for seed in params.seeds:
-            ctx = _context(data, device, seed, f"prune {key}")
+            if work.done(f"seed{seed}"):
+                continue
+            ctx = _context(data, device, seed, f"prune {key}", work.checkpoint(f"seed{seed}"))
             if method.from_pretrained:
                 model = _load(seed_dir(run_dir("pretrain"), seed), device, masked=False)
             else:
                 model = _fresh_model(params).to(device)
-            curves = method.prune(model, ctx)
+            with _diverged(f"prune {key}", seed, {f"methods.{key}": methods[key]}):
+                curves = method.prune(model, ctx)
             print(f"prune {key} seed {seed}: done", flush=True)
-            _save(seed_dir(out, seed), model, curves)
+            work.finish(f"seed{seed}", _save, model, curves)
 
 
 def retrain_phase(params: Params, method: MethodParams) -> PhaseParams:
@@ -150,14 +187,20 @@ def retrain_phase(params: Params, method: MethodParams) -> PhaseParams:
 
 def retrain(params: Params, methods: dict[str, MethodParams], key: str) -> None:
     """Masked fine-tune of ``methods.<key>``'s pruned models (epochs may be 0)."""
-    phase = retrain_phase(params, _method_params(methods, key)).to_phase(f"retrain {key}")
+    config = retrain_phase(params, _method_params(methods, key))
+    phase = config.to_phase(f"retrain {key}")
     device = resolve_device(params.device)
     data = load_splits(DATA_FILE, ("train", "val"))
-    with atomic_dir(run_dir(key, "retrain")) as out:
+    with _work(run_dir(key, "retrain"), "retrain", params, [run_dir(key, "prune")],
+               retrain=config.model_dump()) as work:
         for seed in params.seeds:
+            if work.done(f"seed{seed}"):
+                continue
             model = _load(seed_dir(run_dir(key, "prune"), seed), device)
-            curves = masked_retrain(model, phase, _context(data, device, seed, f"retrain {key}"))
-            _save(seed_dir(out, seed), model, curves)
+            ctx = _context(data, device, seed, f"retrain {key}", work.checkpoint(f"seed{seed}"))
+            with _diverged(f"retrain {key}", seed, {"retrain.optimizer": config.optimizer}):
+                curves = masked_retrain(model, phase, ctx)
+            work.finish(f"seed{seed}", _save, model, curves)
 
 
 def _method_params(methods: dict[str, MethodParams], key: str) -> MethodParams:
@@ -207,8 +250,8 @@ def evaluate_stage(params: Params, methods: dict[str, MethodParams], key: str) -
     }
     details = {"seeds": {str(s): v for s, v in per_seed.items()},
                "layers": {str(s): v for s, v in layers.items()}}
-    atomic_write_text(Path("evaluation", f"{key}.json"), json.dumps(details, indent=1))
-    atomic_write_text(Path("metrics", f"{key}.json"), json.dumps(summary, indent=1))
+    atomic_write_many({Path("evaluation", f"{key}.json"): json.dumps(details, indent=1),
+                       Path("metrics", f"{key}.json"): json.dumps(summary, indent=1)})
     if params.tracking.enabled:
         _track(params, methods, key, per_seed, layers, budget)
     return {**summary, **details}

@@ -22,6 +22,7 @@ from torch import nn
 from sparsebench.data import Batches
 from sparsebench.errors import UsageError
 from sparsebench.metrics import sparsity_summary
+from sparsebench.resume import Resume, restore_training, training_state
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
@@ -138,6 +139,7 @@ def fit(
     regularizer: Callable[[], torch.Tensor] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool | None = None,
+    resume: Resume | None = None,
 ) -> list[dict]:
     """Train ``model`` for ``phase.epochs`` epochs; return one dict of figures per epoch.
 
@@ -155,6 +157,8 @@ def fit(
             recorded train loss stays the data loss.
         on_epoch: called with each epoch's figures as soon as they exist.
         progress: show a progress bar; by default only when stderr is a terminal.
+        resume: checkpoint every epoch there (`sparsebench.resume`), and start from the
+            checkpoint this fit call saved, if any: the result is bit for bit the same.
 
     Returns:
         Per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy, sparsity, lr,
@@ -165,8 +169,12 @@ def fit(
     optimizer = optimizer or make_optimizer(model.parameters(), phase.optim)
     scheduler = make_scheduler(optimizer, phase.optim, phase.epochs, len(batches))
     show = sys.stderr.isatty() if progress is None else progress
-    curves, step = [], 0
-    for epoch in range(1, phase.epochs + 1):
+    curves, step, start_epoch = [], 0, 1
+    saved = resume.checkpoint.take(resume.tag) if resume is not None else None
+    if saved is not None:
+        restore_training(saved, model, optimizer, scheduler, generator)
+        curves, step, start_epoch = list(saved["curves"]), saved["step"], saved["epoch"] + 1
+    for epoch in range(start_epoch, phase.epochs + 1):
         start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -198,10 +206,14 @@ def fit(
         }
         if not math.isfinite(row["train_loss"]):
             raise FloatingPointError(
-                f"{phase.name}: the training loss is {row['train_loss']} at epoch {epoch}; "
-                f"lower the learning rate ({phase.optim.lr})"
+                f"{phase.name}: the training loss is {row['train_loss']} at epoch {epoch}"
             )
         curves.append(row)
+        if resume is not None:
+            extra = resume.extra() if resume.extra is not None else {}
+            resume.checkpoint.save(training_state(
+                model, optimizer, scheduler, generator, tag=resume.tag, epoch=epoch,
+                step=step, curves=curves, extra=extra))
         if on_epoch is not None:
             on_epoch(row)
     return curves

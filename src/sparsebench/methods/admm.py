@@ -188,11 +188,18 @@ class ADMMPruning(Method):
         admm = self._admm(model)
         optimizer = make_optimizer(model.parameters(), p.optimizer.to_config())
         phase = Phase(p.epochs_per_iteration, p.batch_size, p.optimizer.to_config(), self.name)
-        curves = []
-        for k in range(1, p.iterations + 1):
+        curves, first = [], 1
+        saved = ctx.checkpoint.peek() if ctx.checkpoint is not None else None
+        if saved is not None and "admm" in saved["extra"]:  # resume inside iteration ``first``
+            admm.load_state_dict(saved["extra"]["admm"])
+            curves, first = list(saved["extra"]["curves"]), saved["extra"]["iteration"]
+        for k in range(first, p.iterations + 1):
+            def state(k: int = k) -> dict:
+                return {"admm": admm.state_dict(), "curves": curves, "iteration": k}
+
             rows = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
                        device=ctx.device, optimizer=optimizer, regularizer=admm.penalty,
-                       progress=ctx.progress)
+                       progress=ctx.progress, resume=ctx.resume(f"iteration {k}", state))
             residuals = admm.step()
             last = rows[-1]
             curves.append({"epoch": k, **{key: last[key] for key in (

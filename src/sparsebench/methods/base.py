@@ -19,6 +19,7 @@ from torch import nn
 from sparsebench.config import OptimizerParams, Strict
 from sparsebench.errors import UsageError
 from sparsebench.metrics import prunable_modules
+from sparsebench.resume import EpochCheckpoint, Resume
 
 
 class RetrainOverride(Strict):
@@ -80,6 +81,11 @@ class Context:
     seed: int
     progress: bool | None = None
     on_epoch: Callable[[dict], None] | None = None  # sees each epoch's (or iteration's) row
+    checkpoint: EpochCheckpoint | None = None  # where training saves its state each epoch
+
+    def resume(self, tag: str = "fit", extra: Callable[[], dict] | None = None) -> Resume | None:
+        """The `train.fit` argument that checkpoints this run (None without a checkpoint)."""
+        return None if self.checkpoint is None else Resume(self.checkpoint, tag, extra)
 
 
 class Method:

@@ -64,6 +64,6 @@ class GMP(Method):
         phase = Phase(p.epochs, p.batch_size, p.optimizer.to_config(), "gmp")
         curves = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
                      device=ctx.device, after_step=reprune, progress=ctx.progress,
-                     on_epoch=ctx.on_epoch)
+                     on_epoch=ctx.on_epoch, resume=ctx.resume())
         apply_masks(model, magnitude_masks(model, final, p.scope))
         return curves

@@ -22,7 +22,6 @@ f alone: their h is rho W^k, a proximal anchor at the current point.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 from sparsebench.data import Batches
 from sparsebench.methods.base import Context, Method, SparsityParams
 from sparsebench.metrics import prunable_modules
+from sparsebench.resume import restore_training, training_state
 from sparsebench.sparsity import apply_masks, keep_count, topk_mask
 from sparsebench.train import evaluate
 
@@ -147,6 +147,23 @@ class SASADMM:
             acc.add_(w)
         self.averaged += 1
 
+    def state_dict(self) -> dict:
+        """W, Wb, Z, U and the ergodic sums: what an interrupted run needs to resume."""
+        return {"W": [w.clone() for w in self.W], "Wb": [w.clone() for w in self.Wb],
+                "Z": [z.clone() for z in self.Z], "U": [u.clone() for u in self.U],
+                "sums": None if self.sums is None else [a.clone() for a in self.sums],
+                "averaged": self.averaged}
+
+    def load_state_dict(self, state: dict) -> None:
+        if [tuple(w.shape) for w in state["W"]] != [tuple(w.shape) for w in self.W]:
+            raise KeyError("SAS-ADMM state is for other parameter shapes")
+        device = self.W[0].device
+        self.W, self.Wb, self.Z, self.U = ([t.clone().to(device) for t in state[k]]
+                                           for k in ("W", "Wb", "Z", "U"))
+        self.sums = (None if state["sums"] is None
+                     else [a.clone().to(device) for a in state["sums"]])
+        self.averaged = state["averaged"]
+
     @torch.no_grad()
     def write_average(self) -> None:
         """Write the ergodic average of W into the network (the last W if none was kept)."""
@@ -177,10 +194,34 @@ class SASADMMParams(SparsityParams):
         return self
 
 
-def _minibatches(ctx: Context, batch_size: int, device: torch.device) -> Iterator:
-    x, y = ctx.train[0].to(device), ctx.train[1].to(device)
-    while True:
-        yield from Batches(x, y, batch_size, shuffle=True, generator=ctx.generator)
+class _Minibatches:
+    """An endless stream of shuffled minibatches (a new order per pass, as `Batches` draws
+    it), whose position can be saved and restored between two SAS-ADMM iterations."""
+
+    def __init__(self, ctx: Context, batch_size: int, device: torch.device):
+        self.x, self.y = ctx.train[0].to(device), ctx.train[1].to(device)
+        self.batch_size, self.generator = batch_size, ctx.generator
+        self.batches = len(Batches(self.x, self.y, batch_size, shuffle=False))
+        self.order: torch.Tensor | None = None
+        self.position = 0
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.order is None or self.position == self.batches:
+            self.order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+            self.position = 0
+        start = self.position * self.batch_size
+        index = self.order[start : start + self.batch_size]
+        self.position += 1
+        return self.x[index], self.y[index]
+
+    def state_dict(self) -> dict:
+        return {"order": None if self.order is None else self.order.cpu(),
+                "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        order = state["order"]
+        self.order = None if order is None else order.to(self.x.device)
+        self.position = state["position"]
 
 
 class SASADMMPruning(Method):
@@ -203,9 +244,15 @@ class SASADMMPruning(Method):
         ids = {id(w) for w in coupled}
         free = [q for q in model.parameters() if id(q) not in ids and q.requires_grad]
         sas = SASADMM(coupled, free, beta=p.beta, lam=p.lam, r=p.r, s=p.s)
-        batches = _minibatches(ctx, p.batch_size, ctx.device)
-        curves = []
-        for k in range(1, p.iterations + 1):
+        batches = _Minibatches(ctx, p.batch_size, ctx.device)
+        curves, first = [], 1
+        saved = ctx.checkpoint.take("sas_admm") if ctx.checkpoint is not None else None
+        if saved is not None:  # resume after iteration ``saved["epoch"]``
+            restore_training(saved, model, None, None, ctx.generator)
+            sas.load_state_dict(saved["extra"]["sas"])
+            batches.load_state_dict(saved["extra"]["batches"])
+            curves, first = list(saved["curves"]), saved["epoch"] + 1
+        for k in range(first, p.iterations + 1):
             Mk, eta = inner_steps(k, p.M, p.k0, p.q), step_size(k, p.M, p.k0, p.q, p.v)
             h, loss_sum = sas.begin(), 0.0
             model.train()
@@ -227,6 +274,10 @@ class SASADMMPruning(Method):
             row["val_loss"], row["val_accuracy"] = evaluate(model, *ctx.val, device=ctx.device)
             row["sparsity"] = row["z_sparsity"]
             curves.append(row)
+            if ctx.checkpoint is not None:
+                ctx.checkpoint.save(training_state(
+                    model, None, None, ctx.generator, tag="sas_admm", epoch=k, curves=curves,
+                    extra={"sas": sas.state_dict(), "batches": batches.state_dict()}))
             if ctx.on_epoch is not None:
                 ctx.on_epoch(row)
         sas.write_average()

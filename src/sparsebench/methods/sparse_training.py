@@ -95,7 +95,7 @@ class SparseTraining(Method):
                                                       self.name),
                      generator=ctx.generator, device=ctx.device,
                      optimizer=self.optimizer(model), progress=ctx.progress,
-                     on_epoch=ctx.on_epoch)
+                     on_epoch=ctx.on_epoch, resume=ctx.resume())
         apply_masks(model, {name: m.weight.detach() != 0 for name, m in prunable_modules(model)})
         return curves
 

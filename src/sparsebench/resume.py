@@ -1,0 +1,242 @@
+"""Resume a killed stage where it stopped, with the numbers of a run never interrupted.
+
+Two parts:
+
+* `StageWork`: a training stage builds its outputs in a work directory beside the target
+  (``runs/<key>/.prune.work/``), tagged with a fingerprint of everything the outputs depend on
+  (the validated params, the input files, the package's code). Each finished seed is moved into
+  it whole. A stage that is killed leaves the work directory behind; started again with the
+  same fingerprint it keeps the finished seeds and resumes the unfinished one, with another
+  fingerprint it starts over. On success the work directory replaces the target in one rename
+  (`paths.swap_in`), so the previous outputs stay as they were until then.
+* `EpochCheckpoint`: one file per (stage, seed), rewritten atomically at the end of every epoch
+  by `train.fit` (and every iteration by SAS-ADMM): the model with its masks, the optimizer and
+  LR-schedule state, the RNG states (the shuffling generator, torch's global CPU and CUDA
+  generators, Python's), the epoch, the curves so far, and the method's own state (ADMM's Z, U
+  and rho; SAS-ADMM's W, Wb, Z, U and sums). Training resumed from it is bit for bit the
+  training that was never stopped (on the CPU, same seed): tested by killing stages with
+  SIGKILL at a random epoch.
+
+The file is written by `torch.save` and read with ``weights_only=True``: tensors, numbers,
+strings and containers only, nothing executable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsebench.paths import fsync_dir, swap_in
+from sparsebench.sparsity import apply_masks, get_masks
+
+FINGERPRINT = "FINGERPRINT"
+RESUME_SUFFIX = ".resume.pt"
+
+
+class EpochCheckpoint:
+    """The resume file of one training run (a stage and a seed).
+
+    `fit` calls `take` once at its start: the saved state is returned only to the fit call
+    whose ``tag`` saved it (a method that trains in several calls, like ADMM's W-steps, tags each
+    one), and only once. `peek` lets the method see its own saved state before that.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._state: dict | None = None
+        self._taken = False
+        if self.path.exists():
+            self._state = torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def peek(self) -> dict | None:
+        """The saved state, if any and not yet restored."""
+        return None if self._taken else self._state
+
+    def take(self, tag: str) -> dict | None:
+        """The saved state if it was saved by the fit call ``tag``; None otherwise."""
+        state = self.peek()
+        if state is None or state.get("tag") != tag:
+            return None
+        self._taken = True
+        return state
+
+    def save(self, state: dict) -> None:
+        """Write ``state`` beside the file, flush it to disk, then rename it over the file."""
+        self._taken = True  # what is on disk now is newer than anything loaded before
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(state, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class Resume:
+    """What `train.fit` needs to checkpoint every epoch and to restore itself.
+
+    Args:
+        checkpoint: the run's resume file.
+        tag: which fit call of the run this is (unique within the run).
+        extra: the method's own state at the end of an epoch, saved with it (ADMM's Z and U).
+    """
+
+    checkpoint: EpochCheckpoint
+    tag: str = "fit"
+    extra: Callable[[], dict] | None = None
+
+
+def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def model_state(model: nn.Module) -> dict[str, Any]:
+    """The weights in the form they are trained in, and the masks (the prune form)."""
+    return {"masks": {n: m.clone() for n, m in get_masks(model).items()},
+            "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+
+def set_model_state(model: nn.Module, state: dict[str, Any]) -> None:
+    if state["masks"]:
+        apply_masks(model, state["masks"])  # the same prune form the weights were saved in
+    model.load_state_dict(state["weights"])
+
+
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                   scheduler: Any, generator: torch.Generator | None, **fields: Any) -> dict:
+    """Everything `restore_training` needs, with ``fields`` (tag, epoch, curves, extra)."""
+    return {"model": model_state(model),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(generator), **fields}
+
+
+def restore_training(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                     scheduler: Any, generator: torch.Generator | None) -> None:
+    set_model_state(model, state["model"])
+    if optimizer is not None and state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"], generator)
+
+
+def fingerprint(*, stage: str, config: Any, inputs: Iterable[Path] = ()) -> str:
+    """SHA-256 over the stage, its validated config (JSON), its input files and the code."""
+    digest = hashlib.sha256()
+    digest.update(stage.encode())
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for path in sorted(Path(p) for p in inputs):
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for file in files:
+            if file.is_file():
+                digest.update(str(file).encode())
+                digest.update(hashlib.sha256(file.read_bytes()).digest())
+    digest.update(code_digest().encode())
+    return digest.hexdigest()
+
+
+_CODE_DIGEST: str | None = None
+
+
+def code_digest() -> str:
+    """SHA-256 of the package's Python sources: a resume never mixes two versions of it."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        digest = hashlib.sha256()
+        root = Path(__file__).parent
+        for file in sorted(root.rglob("*.py")):
+            digest.update(str(file.relative_to(root)).encode())
+            digest.update(file.read_bytes())
+        _CODE_DIGEST = digest.hexdigest()
+    return _CODE_DIGEST
+
+
+class StageWork:
+    """A stage's resumable work directory beside its target; see the module docstring.
+
+    Use as a context manager: on success the work directory replaces ``target``; on an error
+    it stays (with what was finished) for the next start, and ``target`` is untouched.
+    """
+
+    def __init__(self, target: Path, fingerprint: str):
+        self.target = Path(target)
+        self.dir = self.target.with_name(f".{self.target.name}.work")
+        self.fingerprint = fingerprint
+
+    def __enter__(self) -> StageWork:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        marker = self.dir / FINGERPRINT
+        if self.dir.exists() and not (marker.exists() and marker.read_text() == self.fingerprint):
+            shutil.rmtree(self.dir)  # another config, code or input: start over
+        if not self.dir.exists():
+            tmp = self.dir.with_name(self.dir.name + ".new")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            (tmp / FINGERPRINT).write_text(self.fingerprint)
+            os.replace(tmp, self.dir)
+            fsync_dir(self.dir.parent)
+        for stale in self.dir.glob(".*.tmp*"):  # a seed being moved in when the kill came
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is not None:
+            return  # keep the work for the next start; the target is untouched
+        (self.dir / FINGERPRINT).unlink()
+        for leftover in self.dir.glob(f"*{RESUME_SUFFIX}"):
+            leftover.unlink()
+        swap_in(self.dir, self.target)
+
+    def done(self, name: str) -> bool:
+        """Whether the part ``name`` (a seed directory) was finished by an earlier start."""
+        return (self.dir / name).is_dir()
+
+    def checkpoint(self, name: str) -> EpochCheckpoint:
+        return EpochCheckpoint(self.dir / f"{name}{RESUME_SUFFIX}")
+
+    def finish(self, name: str, write: Callable[..., None], *args: Any) -> Path:
+        """Run ``write(path, *args)`` into a fresh directory and move it in whole as ``name``."""
+        tmp = self.dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp, *args)
+        final = self.dir / name
+        os.replace(tmp, final)
+        fsync_dir(self.dir)
+        (self.dir / f"{name}{RESUME_SUFFIX}").unlink(missing_ok=True)
+        return final

@@ -1,0 +1,196 @@
+"""Resume after a kill: a training stage killed with SIGKILL at a random epoch and started again
+ends with the weights and curves of a run never interrupted, bit for bit (CPU, same seed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import small_params
+from safetensors import safe_open
+from torch import nn
+
+from sparsebench.cli import main
+from sparsebench.methods import METHODS, build_method
+from sparsebench.methods.base import Context
+from sparsebench.resume import EpochCheckpoint, StageWork
+from sparsebench.train import seed_everything
+
+# One method of each family, and the ones with their own loops.
+CASES = {
+    "gmp": {"target_sparsity": 0.8, "epochs": 3, "start_epoch": 0, "end_epoch": 2,
+            "frequency": 3, "batch_size": 32},
+    "admm": {"target_sparsity": 0.8, "iterations": 3, "epochs_per_iteration": 2,
+             "rho": 0.01, "rho_growth": 2.0, "batch_size": 32},
+    "sas_admm": {"target_sparsity": 0.8, "iterations": 4, "M": 5, "k0": 2, "last": 1,
+                 "batch_size": 32},
+    "grda": {"epochs": 3, "lr": 0.05, "c": 0.01, "mu": 0.6, "batch_size": 32},
+    "linbreg": {"epochs": 3, "lr": 0.05, "lam": 0.1, "momentum": 0.9, "batch_size": 32,
+                "init_density": 0.3},
+    "adabreg": {"epochs": 3, "lr": 0.01, "lam": 0.1, "batch_size": 32},
+}
+
+
+class Recording(EpochCheckpoint):
+    """Keeps a copy of every state saved: the points a kill could have resumed from."""
+
+    def __init__(self, path: Path, snapshots: Path):
+        super().__init__(path)
+        self.snapshots = snapshots
+
+    def save(self, state: dict) -> None:
+        super().save(state)
+        shutil.copy(self.path, self.snapshots / f"{len(list(self.snapshots.iterdir())):03d}.pt")
+
+
+def _run(key: str, data: dict, checkpoint: EpochCheckpoint) -> tuple[nn.Module, list[dict]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+    method = build_method(key, METHODS[key].Params(method=key, **CASES[key]))
+    ctx = Context(train=data["train"], val=data["val"], device=torch.device("cpu"),
+                  generator=seed_everything(0), seed=0, checkpoint=checkpoint)
+    curves = method.prune(model, ctx)
+    return model, [{k: v for k, v in row.items() if k != "seconds"} for row in curves]
+
+
+@pytest.mark.parametrize("key", CASES)
+def test_resume_from_every_saved_epoch_gives_the_uninterrupted_result(key, tiny_data, tmp_path):
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    model, curves = _run(key, tiny_data, Recording(tmp_path / "full.pt", snapshots))
+    saved = sorted(snapshots.iterdir())
+    assert len(saved) >= 3  # one per epoch (or SAS-ADMM iteration)
+    for snapshot in saved:
+        path = tmp_path / "resume.pt"
+        shutil.copy(snapshot, path)
+        resumed, resumed_curves = _run(key, tiny_data, EpochCheckpoint(path))
+        assert resumed_curves == curves, snapshot.name
+        for (name, a), (_, b) in zip(model.state_dict().items(),
+                                     resumed.state_dict().items(), strict=True):
+            assert torch.equal(a, b), f"{key}: {name} differs after resuming {snapshot.name}"
+
+
+def test_a_checkpoint_is_restored_only_into_the_fit_call_that_saved_it(tmp_path):
+    checkpoint = EpochCheckpoint(tmp_path / "c.pt")
+    checkpoint.save({"tag": "iteration 2", "epoch": 1})
+    again = EpochCheckpoint(tmp_path / "c.pt")
+    assert again.take("iteration 1") is None
+    assert again.take("iteration 2")["epoch"] == 1
+    assert again.take("iteration 2") is None  # once only
+    assert not list(tmp_path.glob(".*"))  # no temp file left
+
+
+def test_stage_work_starts_over_when_the_fingerprint_changes(tmp_path):
+    target = tmp_path / "runs" / "gmp" / "prune"
+    with pytest.raises(RuntimeError), StageWork(target, "a") as work:
+        work.finish("seed0", lambda path: (path.mkdir(), (path / "x").write_text("0")))
+        raise RuntimeError("killed")
+    assert not target.exists()
+    with pytest.raises(RuntimeError), StageWork(target, "a") as work:
+        assert work.done("seed0")  # same fingerprint: kept
+        raise RuntimeError("killed")
+    with StageWork(target, "b") as work:
+        assert not work.done("seed0")  # another config: started over
+        work.finish("seed0", lambda path: (path.mkdir(), (path / "x").write_text("1")))
+    assert (target / "seed0" / "x").read_text() == "1"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["prune"]
+    assert not (target / "FINGERPRINT").exists()
+
+
+# SIGKILL of a real stage process. Each case: the stage, the method, and what it trains.
+KILLS = [("retrain", "magnitude"), ("prune", "admm"), ("prune", "grda")]
+
+
+def _workspace(root: Path) -> Path:
+    root.mkdir()
+    path = small_params(root, tracking={"enabled": False},
+                        evaluate={"latency_batch_sizes": [], "latency_repeats": 1})
+    params = yaml.safe_load(path.read_text())
+    params["seeds"] = [0, 1]
+    params["data"]["limit"] = 3000  # epochs long enough to be killed in the middle
+    params["retrain"]["epochs"] = 4
+    params["methods"] = {
+        "magnitude": {"target_sparsity": 0.9},
+        "admm": {"target_sparsity": 0.9, "iterations": 3, "epochs_per_iteration": 2,
+                 "rho": 0.01, "rho_growth": 2.0, "batch_size": 32},
+        "grda": {"epochs": 5, "lr": 0.05, "c": 0.005, "mu": 0.6, "batch_size": 32},
+    }
+    path.write_text(yaml.safe_dump(params))
+    return root
+
+
+def _stage_outputs(root: Path, stage: str, key: str) -> dict[str, object]:
+    out = {}
+    for seed_dir in sorted((root / "runs" / key / stage).iterdir()):
+        for name in ("model", "masks"):  # tensors bit for bit, and the metadata
+            out[f"{seed_dir.name}/{name}"] = _safetensors(seed_dir / f"{name}.safetensors")
+        rows = json.loads((seed_dir / "curves.json").read_text())
+        out[f"{seed_dir.name}/curves"] = [{k: v for k, v in r.items() if k != "seconds"}
+                                          for r in rows]
+    return out
+
+
+def _safetensors(path: Path) -> tuple[dict, dict]:
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k).numpy().tobytes() for k in f.keys()}  # noqa: SIM118
+        return tensors, f.metadata()
+
+
+def _metrics(root: Path, key: str) -> dict:
+    summary = json.loads((root / "metrics" / f"{key}.json").read_text())
+    return summary["mean"]
+
+
+@pytest.mark.parametrize("stage, key", KILLS)
+def test_sigkill_at_a_random_epoch_then_rerun_matches_an_uninterrupted_run(
+        stage, key, tmp_path, monkeypatch):
+    runs = {}
+    for name in ("uninterrupted", "killed"):
+        root = _workspace(tmp_path / name)
+        monkeypatch.chdir(root)
+        monkeypatch.setenv("SPARSEBENCH_ROOT", str(root))
+        before = ("prepare", "pretrain") + (("prune",) if stage == "retrain" else ())
+        for step in before:
+            args = [step, "--params", "params.yaml"]
+            assert main(args + (["--method", key] if step == "prune" else [])) == 0
+        runs[name] = root
+    monkeypatch.chdir(runs["uninterrupted"])
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(runs["uninterrupted"]))
+    assert main([stage, "--params", "params.yaml", "--method", key]) == 0
+    assert main(["evaluate", "--params", "params.yaml", "--method", key]) == 0
+
+    root = runs["killed"]
+    epochs_per_seed = 4 if stage == "retrain" else (3 if key == "admm" else 5)
+    kill_after = random.Random(f"{stage}{key}").randint(1, 2 * epochs_per_seed - 2)
+    env = {**os.environ, "SPARSEBENCH_ROOT": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench.cli", stage, "--params",
+                             "params.yaml", "--method", key], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen = 0
+    for line in proc.stdout:
+        seen += " epoch " in line
+        if seen == kill_after:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, "the stage ended before it could be killed"
+    assert not (root / "runs" / key / stage).exists()  # nothing half-written in place
+    work = root / "runs" / key / f".{stage}.work"
+    assert list(work.glob("*.resume.pt")) or list(work.glob("seed*")), "nothing to resume"
+
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(root))
+    assert main([stage, "--params", "params.yaml", "--method", key]) == 0
+    assert main(["evaluate", "--params", "params.yaml", "--method", key]) == 0
+    assert not work.exists()
+    assert _stage_outputs(root, stage, key) == _stage_outputs(runs["uninterrupted"], stage, key)
+    assert _metrics(root, key) == _metrics(runs["uninterrupted"], key)
