@@ -18,3 +18,8 @@ class UsageError(ValueError):
 def unknown_name(key: str, value: object, known: Iterable[str]) -> UsageError:
     """The error for a name that is not in a registry."""
     return UsageError(f"{key}: unknown name {value!r}; allowed: {', '.join(sorted(known))}")
+
+
+class Incomplete(RuntimeError):
+    """Work that stopped short of what was asked (a study with fewer finished trials than
+    requested): one line, exit code 1; running the command again resumes it."""
