@@ -34,6 +34,7 @@ def _ran(output: str) -> list[str]:
 def project(tmp_path):
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "tuned", tmp_path / "tuned")  # a dependency of the method stages
     shutil.copytree(ROOT / "src", tmp_path / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load(small_params(tmp_path).read_text())
