@@ -107,7 +107,7 @@ def main() -> None:
                        "--storage", storage, "--study", study)
             runs[workers] = {"wall": wall, **study_figures(storage, study)}
 
-    one, two = runs[1], runs[2]
+    one = runs[1]
     print(f"tune overhead: method {args.method}, {args.trials} trials per study"
           f"{' (toy data)' if args.toy else ' (default suite: LeNet-300-100, MNIST)'}, "
           f"{os.cpu_count()} cores")

@@ -67,3 +67,17 @@ def test_repro_then_nothing_then_only_the_changed_method(project):
     assert set(_ran(out)) == {"prune@gmp", "retrain@gmp", "evaluate@gmp", "report"}
     metrics = _sh("dvc", "metrics", "show", "--json", cwd=path, env=env)
     assert '"sparsity": 0.9' in metrics.replace("0.9000000000000001", "0.9")
+
+
+def test_the_tuning_pipeline_feeds_nothing_of_the_benchmark():
+    """pipelines/tune: a study per space after prepare and pretrain, then tune-report; the
+    benchmark's own graph never reaches a study (tuned/ is read, not produced, by it)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    spaces = yaml.safe_load((ROOT / "params.yaml").read_text())["tune"]["spaces"]
+    tune = _sh("dvc", "dag", "--dot", "pipelines/tune/dvc.yaml:report", cwd=ROOT, env=env)
+    for key in spaces:
+        stage = f'"pipelines/tune/dvc.yaml:tune@{key}"'
+        assert f'"pretrain" -> {stage}' in tune
+        assert f'{stage} -> "pipelines/tune/dvc.yaml:report"' in tune
+    bench = _sh("dvc", "dag", "--dot", "report", cwd=ROOT, env=env)
+    assert "tune" not in bench and '"prune@admm"' in bench

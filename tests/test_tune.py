@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -65,13 +66,13 @@ def test_a_study_runs_n_trials_from_the_hand_set_values_tracks_and_resumes(
     best = study.best_trial
     assert best.user_attrs["sparsity"] >= 0.95 - 1e-9
 
-    tuned = yaml.safe_load(open("tuned/gmp.yaml"))
+    tuned = yaml.safe_load(Path("tuned/gmp.yaml").read_text())
     assert tuned["params"] == best.params and tuned["best"]["trial"] == best.number
     assert tuned["handset"]["trial"] == 0 and tuned["finished_trials"] == 4
-    rows = open("tuning/gmp/trials.csv").read().splitlines()
+    rows = Path("tuning/gmp/trials.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("trial,state,val_accuracy,sparsity,feasible")
     for plot in ("pareto.png", "history.png"):
-        assert open(f"tuning/gmp/{plot}", "rb").read(4) == b"\x89PNG"
+        assert Path("tuning/gmp", plot).read_bytes()[:4] == b"\x89PNG"
 
     client, experiment_id = _mlflow()
     parent_id = study.user_attrs["mlflow_parent_run_id"]
@@ -101,7 +102,7 @@ def test_the_hand_set_trial_reproduces_the_pipeline_on_the_validation_split(tune
         assert main([stage, "--params", str(params), "--method", "gmp"]) == 0
     assert main(["tune", "--params", str(params), "--method", "gmp"]) == 0
     trial0 = _study().trials[0]
-    curves = json.loads(open("runs/gmp/retrain/seed0/curves.json").read())
+    curves = json.loads(Path("runs/gmp/retrain/seed0/curves.json").read_text())
     assert trial0.user_attrs["val_loss"] == pytest.approx(curves[-1]["val_loss"], rel=1e-6)
     assert trial0.user_attrs["val_accuracy"] == curves[-1]["val_accuracy"]
 
@@ -127,12 +128,12 @@ def test_the_pareto_objective_maximises_accuracy_and_sparsity(tune_workspace):
     study = _study("default-gmp-pareto")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
     assert all(len(t.values) == 2 for t in study.trials)
-    tuned = yaml.safe_load(open("tuned/gmp.yaml"))
+    tuned = yaml.safe_load(Path("tuned/gmp.yaml").read_text())
     assert tuned["objective"] == "pareto" and tuned["best"]["sparsity"] >= 0.95 - 1e-9
     assert main(["tune-report", "--params", str(params)]) == 0
-    fronts = json.loads(open("reports/tuning/pareto_all.json").read())
+    fronts = json.loads(Path("reports/tuning/pareto_all.json").read_text())
     assert list(fronts) == ["gmp"] and fronts["gmp"]
-    assert open("reports/tuning/pareto_all.png", "rb").read(4) == b"\x89PNG"
+    assert Path("reports/tuning/pareto_all.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_two_workers_finish_exactly_n_trials_and_n_nested_runs(tune_workspace, capfd):
@@ -161,7 +162,8 @@ def _refused(capsys, argv, expected):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--method", "lottery"], "--method: unknown method key 'lottery'; allowed: "),
-    (["--method", "dense"], "--method: 'dense' has no search space under tune.spaces; allowed: gmp"),
+    (["--method", "dense"],
+     "--method: 'dense' has no search space under tune.spaces; allowed: gmp"),
     (["--method", "gmp", "--trials", "0"], "--trials: 0 is not allowed; allowed: an integer >= 1"),
     (["--method", "gmp", "--objective", "best"], "arguments: argument --objective: invalid choice"),
     (["--method", "gmp", "--storage", "not a url"], "--storage: 'not a url' is not a database URL"),
@@ -216,10 +218,10 @@ def test_a_study_name_taken_by_another_objective_is_refused_and_left_untouched(
         tune_workspace, capsys):
     params = tune_workspace(trials=1, tracking=False)
     assert main(["tune", "--params", str(params), "--method", "gmp"]) == 0
-    db = open("tuning/optuna.db", "rb").read()
+    db = Path("tuning/optuna.db").read_bytes()
     capsys.readouterr()
     _refused(capsys, ["tune", "--params", str(params), "--method", "gmp", "--objective",
                       "pareto", "--study", STUDY],
              f"--study: '{STUDY}' exists in 'sqlite:///")
-    assert open("tuning/optuna.db", "rb").read() == db
+    assert Path("tuning/optuna.db").read_bytes() == db
     assert len(_study().trials) == 1

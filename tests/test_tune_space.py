@@ -60,7 +60,7 @@ def test_a_bad_space_is_refused_in_one_line(tmp_path, space, expected):
 
 
 def test_a_space_for_a_key_not_under_methods_is_refused(tmp_path):
-    with pytest.raises(UsageError, match="tune.spaces.lottery: unknown method key; allowed: "):
+    with pytest.raises(UsageError, match=r"tune\.spaces\.lottery: unknown method key; allowed: "):
         load_params(_with_space(tmp_path, "lottery", {"rho": {"low": 0.1, "high": 1}}))
 
 

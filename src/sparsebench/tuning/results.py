@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsebench.paths import atomic_write_text
+from sparsebench.tuning.trial import meets
 
 TUNING_DIR = Path("tuning")
 ALL_DIR = Path("reports", "tuning")  # not under tuning/: a stage's output inside its input
@@ -36,7 +37,7 @@ def trial_rows(study: Any, target: float) -> list[dict[str, Any]]:
         acc, sparsity = t.user_attrs.get("val_accuracy"), t.user_attrs.get("sparsity")
         row = {"trial": t.number, "state": t.state.name, "val_accuracy": acc,
                "sparsity": sparsity,
-               "feasible": None if sparsity is None else sparsity >= target - 1e-9,
+               "feasible": None if sparsity is None else meets(sparsity, target),
                "handset": bool(t.user_attrs.get("handset")),
                "retry_of": t.system_attrs.get("failed_trial"),
                "seconds": t.user_attrs.get("seconds"),

@@ -38,6 +38,7 @@ from sparsebench.tuned import overlay
 OBJECTIVES = ("accuracy_at_sparsity", "pareto")
 DIRECTIONS = {"accuracy_at_sparsity": ["maximize"], "pareto": ["maximize", "maximize"]}
 FAILURES = (FloatingPointError, UsageError)  # a trial fails on these; the study goes on
+SPARSITY_TOLERANCE = 1e-6  # a sparsity this close below the target still meets it (rounding)
 
 
 @dataclass
@@ -52,6 +53,10 @@ class Setup:
     target_sparsity: float
     seed: int
     study: str
+
+
+def meets(sparsity: float, target: float) -> bool:
+    return sparsity >= target - SPARSITY_TOLERANCE
 
 
 def retried_trial(trial: Any) -> int | None:
@@ -126,7 +131,9 @@ class Objective:
         self._end(trial, values, "COMPLETE", figures, curves, start)
         if s.objective == "pareto":
             return figures["val_accuracy"], figures["sparsity"]
-        trial.set_constraint("sparsity", s.target_sparsity - figures["sparsity"])
+        trial.set_constraint("sparsity", min(0.0, s.target_sparsity - figures["sparsity"])
+                             if meets(figures["sparsity"], s.target_sparsity)
+                             else s.target_sparsity - figures["sparsity"])
         return figures["val_accuracy"]
 
     def _run(self, trial: Any, values: dict[str, Any],

@@ -105,8 +105,8 @@ def run_worker(spec: WorkerSpec) -> str:
     tune = params.tune
     seed = params.seeds[0] if tune.seed is None else tune.seed
     storage = open_storage(spec.storage, tune)
-    finished = sum(counts_of_storage(storage, spec.study).values())
-    sampler, pruner = sampler_and_pruner(spec.objective, tune, 1000 * seed + 100 * finished
+    existing = sum(counts_of_storage(storage, spec.study).values())  # a resumed study: new seed
+    sampler, pruner = sampler_and_pruner(spec.objective, tune, 1000 * seed + 100 * existing
                                          + spec.index)
     study = optuna.load_study(study_name=spec.study, storage=storage, sampler=sampler,
                               pruner=pruner)
