@@ -131,9 +131,10 @@ class Objective:
         self._end(trial, values, "COMPLETE", figures, curves, start)
         if s.objective == "pareto":
             return figures["val_accuracy"], figures["sparsity"]
-        trial.set_constraint("sparsity", min(0.0, s.target_sparsity - figures["sparsity"])
-                             if meets(figures["sparsity"], s.target_sparsity)
-                             else s.target_sparsity - figures["sparsity"])
+        violation = s.target_sparsity - figures["sparsity"]  # feasible when <= 0
+        if meets(figures["sparsity"], s.target_sparsity):
+            violation = min(violation, 0.0)
+        trial.set_constraint("sparsity", violation)
         return figures["val_accuracy"]
 
     def _run(self, trial: Any, values: dict[str, Any],
