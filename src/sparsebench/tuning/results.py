@@ -63,10 +63,12 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
             return None
         if cell in ("True", "False"):
             return cell == "True"
-        try:
-            return float(cell)
-        except ValueError:
-            return cell
+        for number in (int, float):
+            try:
+                return number(cell)
+            except ValueError:
+                pass
+        return cell
 
     with open(path, newline="") as handle:
         return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
@@ -84,7 +86,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def choose(rows: list[dict[str, Any]], study: Any, objective: str) -> dict[str, Any] | None:
     """The chosen trial's row (see the module docstring), or None."""
-    done = [r for r in rows if r["state"] == "COMPLETE" and r["val_accuracy"] is not None]
+    done = _complete(rows)
     if objective == "accuracy_at_sparsity":
         try:
             number = study.best_trial.number
@@ -97,16 +99,41 @@ def choose(rows: list[dict[str, Any]], study: Any, objective: str) -> dict[str, 
     return max(feasible, key=lambda r: (r["val_accuracy"], r["sparsity"], -r["trial"]))
 
 
-def plot_pareto(rows: list[dict[str, Any]], target: float, path: Path, title: str,
-                chosen: dict[str, Any] | None) -> None:
-    """Every finished trial in the (sparsity, validation accuracy) plane, and its front."""
+def _complete(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["state"] == "COMPLETE" and r["val_accuracy"] is not None]
+
+
+def _figure(size: tuple[float, float] = (6, 4)):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if r["state"] == "COMPLETE" and r["val_accuracy"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    return plt.subplots(figsize=size)
+
+
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+SPARSITY_AXIS, ACCURACY_AXIS = "sparsity of prunable weights (%)", "validation accuracy (%)"
+
+
+def plot_pareto(rows: list[dict[str, Any]], target: float, path: Path, title: str,
+                chosen: dict[str, Any] | None) -> None:
+    """Every finished trial in the (sparsity, validation accuracy) plane, and its front."""
+    done = _complete(rows)
+    fig, ax = _figure()
     for feasible, colour, label in ((True, "tab:blue", "feasible"),
                                     (False, "tab:gray", "below target")):
         pts = [r for r in done if bool(r["feasible"]) == feasible]
@@ -122,25 +149,13 @@ def plot_pareto(rows: list[dict[str, Any]], target: float, path: Path, title: st
             ax.scatter([100 * row["sparsity"]], [100 * row["val_accuracy"]], marker=marker,
                        s=120, facecolors="none", edgecolors="k", label=label)
     ax.axvline(100 * target, ls="--", c="k", lw=0.8)
-    ax.set_xlabel("sparsity of prunable weights (%)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, SPARSITY_AXIS, ACCURACY_AXIS, title)
 
 
 def plot_history(rows: list[dict[str, Any]], objective: str, path: Path, title: str) -> None:
     """Validation accuracy (and sparsity, for the Pareto objective) per trial; best so far."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = [r for r in rows if r["state"] == "COMPLETE" and r["val_accuracy"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    done = _complete(rows)
+    fig, ax = _figure()
     ax.scatter([r["trial"] for r in done], [100 * r["val_accuracy"] for r in done], s=16,
                c=["tab:blue" if r["feasible"] else "tab:gray" for r in done],
                label="validation accuracy")
@@ -155,14 +170,7 @@ def plot_history(rows: list[dict[str, Any]], objective: str, path: Path, title: 
     if objective == "pareto":
         ax.scatter([r["trial"] for r in done], [100 * r["sparsity"] for r in done], s=16,
                    marker="x", c="tab:green", label="sparsity")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("%")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, "trial", "%", title)
 
 
 def write_study_outputs(study: Any, key: str, objective: str, target: float,
@@ -185,35 +193,21 @@ def all_methods(tuning_dir: Path = TUNING_DIR, out_dir: Path = ALL_DIR,
                 target: float | None = None) -> list[Path]:
     """Every method's front on one plot (``pareto_all.png``) and as a table (``.json``), from
     the trials tables under ``tuning_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fronts = {}
     for table in sorted(tuning_dir.glob("*/trials.csv")):
-        done = [r for r in read_csv(table)
-                if r["state"] == "COMPLETE" and r["val_accuracy"] is not None]
         fronts[table.parent.name] = pareto_front([(r["sparsity"], r["val_accuracy"])
-                                                  for r in done])
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+                                                  for r in _complete(read_csv(table))])
+    fig, ax = _figure((6.5, 4.5))
     for key, front in fronts.items():
         if front:
             ax.plot([100 * x for x, _ in front], [100 * y for _, y in front], marker="o",
                     ms=3, lw=1, label=key)
     if target is not None:
         ax.axvline(100 * target, ls="--", c="k", lw=0.8)
-    ax.set_xlabel("sparsity of prunable weights (%)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Pareto fronts of the tuning studies (validation split)", fontsize=9)
-    if fronts:
-        ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
     files = [out_dir / "pareto_all.png", out_dir / "pareto_all.json"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(files[0], dpi=110)
-    plt.close(fig)
+    _save(fig, ax, files[0], SPARSITY_AXIS, ACCURACY_AXIS,
+          "Pareto fronts of the tuning studies (validation split)")
     atomic_write_text(files[1], json.dumps(
         {k: [{"sparsity": x, "val_accuracy": y} for x, y in f] for k, f in fronts.items()},
         indent=1))
