@@ -106,6 +106,13 @@ def test_the_hand_set_trial_reproduces_the_pipeline_on_the_validation_split(tune
     assert trial0.user_attrs["val_loss"] == pytest.approx(curves[-1]["val_loss"], rel=1e-6)
     assert trial0.user_attrs["val_accuracy"] == curves[-1]["val_accuracy"]
 
+    # The pipeline now reads tuned/gmp.yaml, and says so beside the test figures.
+    assert main(["evaluate", "--params", str(params), "--method", "gmp"]) == 0
+    source = json.loads(Path("metrics/gmp.json").read_text())["params"]
+    assert source["source"] == "tuned" and source["study"] == STUDY
+    assert source["values"] == {"target_sparsity": 0.95} and source["trials"] == 1
+    assert source["handset_val_accuracy"] == trial0.user_attrs["val_accuracy"]
+
 
 def test_a_diverging_trial_fails_and_the_study_goes_on(tune_workspace, capsys):
     params = tune_workspace(methods={"gmp": {"optimizer": {"lr": 1e30}}}, trials=3,
