@@ -39,6 +39,7 @@ def project(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load(small_params(tmp_path).read_text())
     params["methods"] = {k: params["methods"][k] for k in ("dense", "gmp")}
+    params["tune"]["spaces"] = {"gmp": params["tune"]["spaces"]["gmp"]}  # spaces name methods
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "SPARSEBENCH_ROOT": str(tmp_path),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
