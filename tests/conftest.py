@@ -57,3 +57,57 @@ def small_params(tmp_path: Path, **overrides) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
+
+
+@pytest.fixture(scope="session")
+def pretrained_workspace(tmp_path_factory) -> Path:
+    """A workspace with prepared synthetic data, the pretrained models and an empty MLflow
+    store (made once: creating the store's tables takes seconds)."""
+    import os
+
+    from sparsebench.cli import main
+    from sparsebench.tracking import client_for, tracking_uri
+
+    path = tmp_path_factory.mktemp("pretrained")
+    params = small_params(path, tracking={"enabled": False})
+    cwd, root = Path.cwd(), os.environ.get("SPARSEBENCH_ROOT")
+    os.chdir(path)
+    os.environ["SPARSEBENCH_ROOT"] = str(path)
+    try:
+        for stage in ("prepare", "pretrain"):
+            assert main([stage, "--params", str(params)]) == 0
+        client_for(tracking_uri(), "store-created")
+    finally:
+        os.chdir(cwd)
+        if root is None:
+            os.environ.pop("SPARSEBENCH_ROOT")
+        else:
+            os.environ["SPARSEBENCH_ROOT"] = root
+    return path
+
+
+@pytest.fixture
+def tune_workspace(tmp_path, monkeypatch, pretrained_workspace):
+    """A fresh workspace (its own MLflow store and study database) holding a copy of the
+    pretrained models; returns a function writing its params.yaml with tune: overrides."""
+    import shutil
+
+    for part in ("data", "runs", "mlruns"):
+        shutil.copytree(pretrained_workspace / part, tmp_path / part)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def write(methods: dict | None = None, tracking: bool = True, **tune) -> Path:
+        path = small_params(tmp_path, tracking={"enabled": tracking})
+        raw = yaml.safe_load(path.read_text())
+        raw["tune"].update({"trials": 4, "heartbeat_interval": 1, "grace_period": 2,
+                            "spaces": {"gmp": {"target_sparsity": {"low": 0.9,
+                                                                   "high": 0.99}}}})
+        raw["tune"].update(tune)
+        for key, cfg in (methods or {}).items():
+            raw["methods"][key].update(cfg)
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write

@@ -34,10 +34,12 @@ def _ran(output: str) -> list[str]:
 def project(tmp_path):
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "tuned", tmp_path / "tuned")  # a dependency of the method stages
     shutil.copytree(ROOT / "src", tmp_path / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load(small_params(tmp_path).read_text())
     params["methods"] = {k: params["methods"][k] for k in ("dense", "gmp")}
+    params["tune"]["spaces"] = {"gmp": params["tune"]["spaces"]["gmp"]}  # spaces name methods
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "SPARSEBENCH_ROOT": str(tmp_path),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -66,3 +68,17 @@ def test_repro_then_nothing_then_only_the_changed_method(project):
     assert set(_ran(out)) == {"prune@gmp", "retrain@gmp", "evaluate@gmp", "report"}
     metrics = _sh("dvc", "metrics", "show", "--json", cwd=path, env=env)
     assert '"sparsity": 0.9' in metrics.replace("0.9000000000000001", "0.9")
+
+
+def test_the_tuning_pipeline_feeds_nothing_of_the_benchmark():
+    """pipelines/tune: a study per space after prepare and pretrain, then tune-report; the
+    benchmark's own graph never reaches a study (tuned/ is read, not produced, by it)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    spaces = yaml.safe_load((ROOT / "params.yaml").read_text())["tune"]["spaces"]
+    tune = _sh("dvc", "dag", "--dot", "pipelines/tune/dvc.yaml:report", cwd=ROOT, env=env)
+    for key in spaces:
+        stage = f'"pipelines/tune/dvc.yaml:tune@{key}"'
+        assert f'"pretrain" -> {stage}' in tune
+        assert f'{stage} -> "pipelines/tune/dvc.yaml:report"' in tune
+    bench = _sh("dvc", "dag", "--dot", "report", cwd=ROOT, env=env)
+    assert "tune" not in bench and '"prune@admm"' in bench

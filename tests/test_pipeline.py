@@ -46,7 +46,8 @@ def test_stages_run_end_to_end_and_track_in_mlflow(workspace):
                    **json.loads((workspace / "evaluation" / f"{m}.json").read_text())}
                for m in METHODS}
     assert set(json.loads((workspace / "metrics" / "gmp.json").read_text())) == {
-        "method", "epochs", "mean", "std"}
+        "method", "params", "epochs", "mean", "std"}
+    assert results["gmp"]["params"] == {"source": "default"}  # no tuned/gmp.yaml here
     assert results["dense"]["mean"]["sparsity"] == 0.0
     for m in TARGETED:
         assert results[m]["mean"]["sparsity"] == pytest.approx(0.95, abs=0.005)

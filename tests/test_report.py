@@ -30,10 +30,27 @@ RESULTS = {"dense": _result("dense", 0.984, 0.0), "gmp_90": _result("gmp", 0.98,
 
 def test_table_shows_budget_mean_and_spread():
     table = markdown_table(RESULTS, "default")
-    assert "| gmp_90 (gmp) | 27 (12+10+5) | 98.00 ± 0.14 | 90.00 ± 0.00 | 10.00 ± 0.00 | " \
-           "10.0x ± 0.0 | 9.0x ± 0.0 | 10.0x ± 0.0 |" in table
-    assert "| dense | 27 (12+10+5) | 98.40 ± 0.14 |" in table
+    assert "| gmp_90 (gmp) | default | 27 (12+10+5) | 98.00 ± 0.14 | 90.00 ± 0.00 | " \
+           "10.00 ± 0.00 | 10.0x ± 0.0 | 9.0x ± 0.0 | 10.0x ± 0.0 |" in table
+    assert "| dense | default | 27 (12+10+5) | 98.40 ± 0.14 |" in table
     assert "over 2 seeds" in table
+    assert "Tuned parameters" not in table
+
+
+def test_tuned_method_is_marked_and_set_beside_its_hand_set_figures():
+    tuned = {**_result("admm", 0.981, 0.95),
+             "params": {"source": "tuned", "study": "default-admm-accuracy_at_sparsity",
+                        "trials": 20, "values": {"rho": 0.00231, "rho_growth": 1.7},
+                        "val_accuracy": 0.9842, "val_sparsity": 0.95,
+                        "handset_val_accuracy": 0.9811, "handset_val_sparsity": 0.95}}
+    results = {"dense": RESULTS["dense"], "admm": tuned}
+    table = markdown_table(results, "default")
+    assert "| admm | tuned | 27 (12+10+5) | 98.10 ± 0.14 |" in table
+    assert "| dense | default |" in table
+    assert ("| admm | default-admm-accuracy_at_sparsity (20) | rho 0.00231, rho_growth 1.7 | "
+            "98.42 at 95.0% sparse | 98.11 at 95.0% sparse | 98.10 ± 0.14 |") in table
+    rows = {r["key"]: r for r in csv.DictReader(io.StringIO(to_csv(summary_rows(results))))}
+    assert rows["admm"]["params"] == "tuned" and rows["dense"]["params"] == "default"
 
 
 def test_csv_has_one_row_per_method_with_means_and_stds():

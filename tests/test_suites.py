@@ -15,7 +15,8 @@ from sparsebench.cli import main
 from sparsebench.config import load_params
 from sparsebench.data import DATASETS
 
-SUITES = [ROOT, *sorted(p for p in (ROOT / "pipelines").iterdir() if (p / "dvc.yaml").exists())]
+SUITES = [ROOT, *sorted(p for p in (ROOT / "pipelines").iterdir()
+                        if (p / "dvc.yaml").exists() and (p / "params.yaml").exists())]
 
 
 @pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.name)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sparsebench.errors import UsageError
+from sparsebench.errors import Incomplete, UsageError
 
 STAGES = ("prepare", "pretrain", "prune", "retrain", "evaluate", "report", "check-params",
-          "export", "inspect")
+          "export", "inspect", "tune", "tune-report")
 PER_METHOD = ("prune", "retrain", "evaluate")
 FILE_TOOLS = ("export", "inspect")  # work on model files alone: no params.yaml
 EXPORT_TO = ("compressed", "dense", "prune")  # = sparsebench.checkpoint.EXPORT_FORMATS
@@ -36,9 +36,28 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("file", help="a compressed checkpoint or a dense model file")
         else:
             s.add_argument("--params", default="params.yaml", help="the params file (params.yaml)")
-        if stage in PER_METHOD:
+        if stage in PER_METHOD or stage == "tune":
             s.add_argument("--method", required=True, help="a key under methods: in params")
+        if stage == "tune":
+            add_tune_arguments(s)
     return p
+
+
+def add_tune_arguments(s: argparse.ArgumentParser) -> None:
+    """Options of ``sparsebench tune``; each one defaults to the ``tune`` section of params."""
+    s.add_argument("--objective", choices=("accuracy_at_sparsity", "pareto"),
+                   help="validation accuracy at tune.target_sparsity, or the Pareto front")
+    s.add_argument("--trials", type=int, help="finished trials the study ends with")
+    s.add_argument("--workers", type=int, help="worker processes on this machine")
+    s.add_argument("--storage", help="an SQLAlchemy URL (default: the repo's tuning/optuna.db)")
+    s.add_argument("--study", help="the study name (default: <suite>-<method>-<objective>)")
+
+
+def run_tune(args: argparse.Namespace) -> None:
+    from sparsebench.tuning.study import tune
+
+    tune(args.params, args.method, objective=args.objective, trials=args.trials,
+         workers=args.workers, storage=args.storage, study=args.study)
 
 
 def run_file_tool(args: argparse.Namespace) -> None:
@@ -55,6 +74,8 @@ def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     if args.stage in FILE_TOOLS:
         return run_file_tool(args)
+    if args.stage == "tune":
+        return run_tune(args)
     from sparsebench import stages
     from sparsebench.config import load_params
 
@@ -76,6 +97,11 @@ def run(argv: list[str]) -> None:
         stages.evaluate_stage(params, methods, args.method)
     elif args.stage == "report":
         stages.report(params, methods)
+    elif args.stage == "tune-report":
+        from sparsebench.tuning.results import all_methods
+
+        for path in all_methods(target=params.tune.target_sparsity):
+            print(f"{path}: written")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sparsebench: interrupted", file=sys.stderr)
         return 130
+    except Incomplete as exc:
+        print(f"sparsebench: incomplete: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

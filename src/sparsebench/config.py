@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sparsebench.errors import UsageError, unknown_name
 from sparsebench.train import OptimConfig, Phase
@@ -77,6 +84,72 @@ class TrackingParams(Strict):
     experiment: str | None = None
 
 
+class Range(Strict):
+    """One parameter's search range: ``low``..``high`` (log-uniform when ``log``, on a grid of
+    ``step`` when given; integers for an integer parameter), or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _nonempty(self) -> Range:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.step:
+                raise ValueError("choices goes alone; allowed: choices, or low and high")
+            if not self.choices:
+                raise ValueError("choices is empty; allowed: a list of one value or more")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("low and high are both needed; allowed: low < high, or choices")
+        if self.low >= self.high:
+            raise ValueError(f"low {self.low} >= high {self.high} is an empty or inverted range; "
+                             "allowed: low < high")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log needs low > 0, got low {self.low}; allowed: 0 < low < high")
+        if self.log and self.step:
+            raise ValueError("log and step exclude each other; allowed: one of them")
+        return self
+
+
+class PrunerParams(Strict):
+    """Optuna's MedianPruner on the per-epoch validation accuracy (single objective only)."""
+
+    n_startup_trials: int = Field(5, ge=0)  # trials that finish before any is pruned
+    n_warmup_steps: int = Field(0, ge=0)  # epochs of a trial before it may be pruned
+
+
+class TuneParams(Strict):
+    """``sparsebench tune``: the objective, the budget, the storage and each method's space.
+
+    ``spaces`` maps a key under ``methods:`` to its parameters' ranges; a parameter may be
+    dotted into a nested section (``optimizer.lr``). Checked against each method's parameters
+    by `sparsebench.tuning.space.check_spaces`.
+    """
+
+    objective: Literal["accuracy_at_sparsity", "pareto"] = "accuracy_at_sparsity"
+    target_sparsity: float = Field(0.95, gt=0, lt=1)
+    trials: int = Field(20, ge=1)  # finished trials (complete or pruned) the study ends with
+    workers: int = Field(1, ge=1)  # processes on this machine
+    seed: int | None = None  # the suite seed trials train with; null: the first of seeds
+    storage: str | None = None  # any SQLAlchemy URL; null: sqlite:///<repo>/tuning/optuna.db
+    connect_timeout: int = Field(5, ge=1, le=9)  # seconds to reach the storage
+    heartbeat_interval: int = Field(10, ge=1)  # seconds between a running trial's heartbeats
+    grace_period: int = Field(30, ge=1)  # seconds without one before the trial is failed
+    pruner: PrunerParams = PrunerParams()
+    spaces: dict[str, dict[str, Range]] = {}
+
+    @model_validator(mode="after")
+    def _grace(self) -> TuneParams:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"grace_period {self.grace_period} <= heartbeat_interval "
+                             f"{self.heartbeat_interval}; allowed: grace_period > "
+                             "heartbeat_interval")
+        return self
+
+
 class Params(Strict):
     suite: str = "default"
     seeds: list[int] = Field(min_length=1)
@@ -88,6 +161,7 @@ class Params(Strict):
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
+    tune: TuneParams = TuneParams()
 
     @field_validator("seeds")
     @classmethod
@@ -97,8 +171,14 @@ class Params(Strict):
         return seeds
 
 
-def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict[str, Any]]:
+def load_params(path: str | Path = "params.yaml", *,
+                tuned: bool = True) -> tuple[Params, dict[str, Any]]:
     """Read and validate params.yaml; return the shared sections and each method's params.
+
+    Args:
+        path: the params file.
+        tuned: lay ``tuned/<key>.yaml`` over ``methods.<key>`` where it exists (see
+            `sparsebench.tuned`); tuning reads the hand-set values (False).
 
     Raises:
         UsageError: one line naming the key, the value and what is allowed.
@@ -106,6 +186,7 @@ def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict[str, Any
     from sparsebench.data import DATASETS, SYNTHETIC
     from sparsebench.methods import method_params
     from sparsebench.models import MODELS
+    from sparsebench.tuning.space import check_spaces
 
     path = Path(path)
     try:
@@ -126,7 +207,28 @@ def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict[str, Any
     if params.model.name not in MODELS:
         raise unknown_name("model.name", params.model.name, MODELS)
     methods = {name: method_params(name, cfg or {}) for name, cfg in params.methods.items()}
+    check_spaces(params.tune, params.methods)
+    if tuned:
+        for name, cfg in params.methods.items():
+            methods[name] = _with_tuned(name, cfg or {}, methods[name])
     return params, methods
+
+
+def _with_tuned(key: str, cfg: dict[str, Any], handset: Any) -> Any:
+    """``methods.<key>`` with ``tuned/<key>.yaml`` laid over it, when the file exists."""
+    from sparsebench.methods import method_params
+    from sparsebench.tuned import overlay, read_tuned, tuned_path
+    from sparsebench.tuning.space import check_param
+
+    tuned = read_tuned(key)
+    if tuned is None:
+        return handset
+    for name in tuned.params:
+        check_param(f"{tuned_path(key)}: params.{name}", key, cfg, name)
+    try:
+        return method_params(key, overlay(cfg, tuned.params))
+    except UsageError as exc:
+        raise UsageError(f"{tuned_path(key)}: {exc}") from None
 
 
 def validate(model: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> Any:

@@ -23,3 +23,8 @@ def unknown_name(key: str, value: object, known: Iterable[str]) -> UsageError:
 class Diverged(UsageError):
     """A NaN or infinite training loss: the stage, method, epoch and hyperparameters, one line
     (exit code 2); under tuning the trial fails and the study goes on."""
+
+
+class Incomplete(RuntimeError):
+    """Work that stopped short of what was asked (a study with fewer finished trials than
+    requested): one line, exit code 1; running the command again resumes it."""

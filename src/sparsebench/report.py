@@ -50,7 +50,7 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
     rows = []
     for key, r in results.items():
         row = {"key": key, "method": r["method"], "seeds": len(r["seeds"]),
-               **{f"epochs_{k}": v for k, v in r["epochs"].items()}}
+               "params": _source(r), **{f"epochs_{k}": v for k, v in r["epochs"].items()}}
         for metric in [*(c[0] for c in _columns(results)), "test_loss", "flops_nonzero"]:
             row[metric] = r["mean"][metric]
             row[f"{metric}_std"] = r["std"][metric]
@@ -61,7 +61,7 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
 def markdown_table(results: dict[str, dict], suite: str) -> str:
     seeds = sorted({len(r["seeds"]) for r in results.values()})
     columns = _columns(results)
-    head = ["method", "epochs (pretrain+prune+retrain)"] + [h for _, h, _ in columns]
+    head = ["method", "params", "epochs (pretrain+prune+retrain)"] + [h for _, h, _ in columns]
     lines = [
         f"# sparsebench: suite `{suite}`",
         "",
@@ -79,7 +79,49 @@ def markdown_table(results: dict[str, dict], suite: str) -> str:
         budget = f"{e['total']} ({e['pretrain']}+{e['prune']}+{e['retrain']})"
         name = key if key == r["method"] else f"{key} ({r['method']})"
         cells = [_cell(r["mean"][m], r["std"][m], f) for m, _, f in columns]
-        lines.append("| " + " | ".join([name, budget, *cells]) + " |")
+        lines.append("| " + " | ".join([name, _source(r), budget, *cells]) + " |")
+    return "\n".join(lines) + "\n" + tuning_section(results)
+
+
+def _source(result: dict) -> str:
+    """``tuned`` when the method ran with tuned/<key>.yaml, else ``default`` (hand-set)."""
+    return result.get("params", {}).get("source", "default")
+
+
+def _values(values: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in values.items())
+
+
+def tuning_section(results: dict[str, dict]) -> str:
+    """Tuned against hand-set, for every method that ran with tuned parameters: the study's
+    validation figures of both (one seed, the tuning protocol) and this table's test accuracy."""
+    tuned = {k: r for k, r in results.items() if _source(r) == "tuned"}
+    if not tuned:
+        return ""
+    lines = [
+        "",
+        "## Tuned parameters",
+        "",
+        "Methods marked `tuned` ran with `tuned/<key>.yaml` (written by `sparsebench tune`). "
+        "Validation accuracy (and sparsity) of the chosen trial and of the hand-set values "
+        "(trial 0 of the same study): one seed, prune + masked retrain, validation split; "
+        "the test accuracy is this table's.",
+        "",
+        "| method | study (finished trials) | tuned values | val acc tuned (%) | "
+        "val acc hand-set (%) | test acc tuned (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, r in tuned.items():
+        p = r["params"]
+        hand = "n/a"
+        if "handset_val_accuracy" in p:
+            hand = (f"{100 * p['handset_val_accuracy']:.2f} at "
+                    f"{100 * p['handset_val_sparsity']:.1f}% sparse")
+        lines.append(
+            f"| {key} | {p['study']} ({p['trials']}) | {_values(p['values'])} | "
+            f"{100 * p['val_accuracy']:.2f} at {100 * p['val_sparsity']:.1f}% sparse | {hand} | "
+            f"{100 * r['mean']['test_accuracy']:.2f} ± {100 * r['std']['test_accuracy']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

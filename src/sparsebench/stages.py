@@ -68,7 +68,8 @@ def prepare(params: Params) -> None:
     print(f"prepare: {d.dataset} {sizes} {source}".rstrip())
 
 
-def _fresh_model(params: Params) -> torch.nn.Module:
+def fresh_model(params: Params) -> torch.nn.Module:
+    """The suite's model, freshly initialised from the current seed, shaped for its data."""
     info = dataset_info(DATA_FILE)
     shape = info["shape"]
     return build_model(params.model.name, in_channels=shape[0], image_size=shape[1],
@@ -116,7 +117,7 @@ def pretrain(params: Params) -> None:
             if work.done(f"seed{seed}"):
                 continue
             generator = seed_everything(seed)
-            model = _fresh_model(params).to(device)
+            model = fresh_model(params).to(device)
             resume = Resume(work.checkpoint(f"seed{seed}"), "pretrain")
             with _diverged("pretrain", seed, {"pretrain.optimizer": params.pretrain.optimizer}):
                 curves = fit(model, data["train"], data["val"], phase, generator=generator,
@@ -134,7 +135,9 @@ def _save(path: Path, model: torch.nn.Module, curves: list[dict]) -> None:
     (path / CURVES).write_text(json.dumps(curves, indent=1))
 
 
-def _load(path: Path, device: torch.device, *, masked: bool = True) -> torch.nn.Module:
+def load_run_model(path: Path, device: torch.device, *,
+                   masked: bool = True) -> torch.nn.Module:
+    """The model a stage wrote under ``path`` (with its masks applied when ``masked``)."""
     if not (path / MODEL).exists():
         raise UsageError(f"input: {str(path / MODEL)!r} does not exist; run the stage before "
                          "this one first (dvc repro)")
@@ -165,9 +168,9 @@ def prune(params: Params, methods: dict[str, MethodParams], key: str) -> None:
                 continue
             ctx = _context(data, device, seed, f"prune {key}", work.checkpoint(f"seed{seed}"))
             if method.from_pretrained:
-                model = _load(seed_dir(run_dir("pretrain"), seed), device, masked=False)
+                model = load_run_model(seed_dir(run_dir("pretrain"), seed), device, masked=False)
             else:
-                model = _fresh_model(params).to(device)
+                model = fresh_model(params).to(device)
             with _diverged(f"prune {key}", seed, {f"methods.{key}": methods[key]}):
                 curves = method.prune(model, ctx)
             print(f"prune {key} seed {seed}: done", flush=True)
@@ -196,7 +199,7 @@ def retrain(params: Params, methods: dict[str, MethodParams], key: str) -> None:
         for seed in params.seeds:
             if work.done(f"seed{seed}"):
                 continue
-            model = _load(seed_dir(run_dir(key, "prune"), seed), device)
+            model = load_run_model(seed_dir(run_dir(key, "prune"), seed), device)
             ctx = _context(data, device, seed, f"retrain {key}", work.checkpoint(f"seed{seed}"))
             with _diverged(f"retrain {key}", seed, {"retrain.optimizer": config.optimizer}):
                 curves = masked_retrain(model, phase, ctx)
@@ -231,7 +234,7 @@ def evaluate_stage(params: Params, methods: dict[str, MethodParams], key: str) -
     with atomic_dir(run_dir(key, "eval")) as out:
         for seed in params.seeds:
             source = seed_dir(run_dir(key, "retrain"), seed)
-            model = _load(source, device, masked=False)
+            model = load_run_model(source, device, masked=False)
             loss, acc = evaluate(model, test_x, test_y, device=device)
             figures = evaluate_model_metrics(model, shape)
             layers[seed] = figures.pop("layers")
@@ -244,6 +247,7 @@ def evaluate_stage(params: Params, methods: dict[str, MethodParams], key: str) -
     first = next(iter(per_seed.values()))
     summary = {
         "method": build_method(key, methods[key]).name,
+        "params": params_source(key),
         "epochs": budget,
         "mean": {k: statistics.fmean(s[k] for s in per_seed.values()) for k in first},
         "std": {k: _std([s[k] for s in per_seed.values()]) for k in first},
@@ -255,6 +259,24 @@ def evaluate_stage(params: Params, methods: dict[str, MethodParams], key: str) -
     if params.tracking.enabled:
         _track(params, methods, key, per_seed, layers, budget)
     return {**summary, **details}
+
+
+def params_source(key: str) -> dict[str, Any]:
+    """Whether ``methods.<key>`` ran with tuned parameters (``tuned/<key>.yaml``) or the
+    hand-set ones, and what the study measured for both on the validation split."""
+    from sparsebench.tuned import read_tuned
+
+    tuned = read_tuned(key)
+    if tuned is None:
+        return {"source": "default"}
+    info: dict[str, Any] = {"source": "tuned", "study": tuned.study,
+                            "trials": tuned.finished_trials, "values": tuned.params,
+                            "val_accuracy": tuned.best.val_accuracy,
+                            "val_sparsity": tuned.best.sparsity}
+    if tuned.handset is not None:
+        info["handset_val_accuracy"] = tuned.handset.val_accuracy
+        info["handset_val_sparsity"] = tuned.handset.sparsity
+    return info
 
 
 def _checkpoint_sizes(model: torch.nn.Module, dense_file: Path, out: Path) -> dict[str, float]:
@@ -309,7 +331,8 @@ def _track(params: Params, methods: dict[str, MethodParams], key: str,
             "seed": seed,
         }
         tags = {"method": method.name, "method_key": key, "suite": params.suite,
-                "seed": str(seed), "dvc_stage": f"evaluate@{key}"}
+                "seed": str(seed), "dvc_stage": f"evaluate@{key}",
+                "params_source": params_source(key)["source"]}
         masks = seed_dir(run_dir(key, "retrain"), seed) / MASKS
         checkpoint = seed_dir(run_dir(key, "eval"), seed) / CHECKPOINT
         run_id = log_run(uri, experiment, run_name=f"{key}-seed{seed}", tags=tags,

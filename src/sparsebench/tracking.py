@@ -106,11 +106,13 @@ def log_run(
     metrics: dict[str, float],
     curves: dict[str, list[dict]],
     artifacts: Iterable[tuple[Path, str]] = (),
+    status: str = "FINISHED",
 ) -> str:
-    """Create one finished run with everything in it; return its id.
+    """Create one run with everything in it, ended with ``status``; return its id.
 
     Curves and metrics go in batches (one ``log_metric`` call costs ~30 ms on SQLite).
-    A failure after the run exists marks it FAILED and re-raises.
+    A failure after the run exists marks it FAILED and re-raises. A ``mlflow.parentRunId``
+    tag nests the run under that run (a tuning trial under its study).
     """
     from mlflow.entities import Metric, Param
 
@@ -121,19 +123,23 @@ def log_run(
     run_id = run.info.run_id
     try:
         finals = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        series = curve_metrics(curves, now) + finals
-        for i in range(0, len(series), MAX_METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=series[i : i + MAX_METRICS_PER_BATCH])
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
+        log_batches(client, run_id, curve_metrics(curves, now) + finals,
+                    [Param(k, str(v)[:6000]) for k, v in params.items()])
         for path, artifact_path in artifacts:
             client.log_artifact(run_id, str(path), artifact_path)
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
-    client.set_terminated(run_id, status="FINISHED")
+    client.set_terminated(run_id, status=status)
     return run_id
+
+
+def log_batches(client: Any, run_id: str, metrics: list[Any], params: list[Any]) -> None:
+    """Metrics and params in as few calls as MLflow's batch limits allow."""
+    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
+    for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[i : i + MAX_PARAMS_PER_BATCH])
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:

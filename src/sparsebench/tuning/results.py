@@ -1,0 +1,214 @@
+"""What a study leaves behind: its trials table, its plots, the chosen parameters.
+
+Per method, in ``tuning/<key>/`` of the workspace: ``trials.csv`` (one row per trial: state,
+validation accuracy, sparsity, feasibility, parameters, retry), ``pareto.png`` (every finished
+trial in the sparsity-accuracy plane, the Pareto front, the target sparsity, the hand-set and
+the chosen trial) and ``history.png`` (the objective per trial and the best so far). The chosen
+trial's parameters go to ``tuned/<key>.yaml``. `all_methods` draws every method's front on one
+plot from the tables
+(``reports/tuning/``).
+
+The chosen trial: for ``accuracy_at_sparsity`` Optuna's best feasible trial; for ``pareto``
+the most accurate trial on the front at or above the target sparsity. None when no trial
+reaches the target: then no ``tuned/`` file is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from sparsebench.paths import atomic_write_text
+from sparsebench.tuning.trial import meets
+
+TUNING_DIR = Path("tuning")
+ALL_DIR = Path("reports", "tuning")  # not under tuning/: a stage's output inside its input
+COLUMNS = ["trial", "state", "val_accuracy", "sparsity", "feasible", "handset", "retry_of",
+           "seconds", "mlflow_run_id"]
+
+
+def trial_rows(study: Any, target: float) -> list[dict[str, Any]]:
+    """One row per trial, in trial order, with its parameters as ``param.<name>`` columns."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        acc, sparsity = t.user_attrs.get("val_accuracy"), t.user_attrs.get("sparsity")
+        row = {"trial": t.number, "state": t.state.name, "val_accuracy": acc,
+               "sparsity": sparsity,
+               "feasible": None if sparsity is None else meets(sparsity, target),
+               "handset": bool(t.user_attrs.get("handset")),
+               "retry_of": t.system_attrs.get("failed_trial"),
+               "seconds": t.user_attrs.get("seconds"),
+               "mlflow_run_id": t.user_attrs.get("mlflow_run_id")}
+        row.update({f"param.{k}": v for k, v in t.params.items()})
+        rows.append(row)
+    return rows
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    names = list(dict.fromkeys(k for row in rows for k in row)) if rows else COLUMNS
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=names)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """A trials table back, with numbers as numbers (empty cells as None)."""
+    def value(cell: str) -> Any:
+        if cell == "":
+            return None
+        if cell in ("True", "False"):
+            return cell == "True"
+        for number in (int, float):
+            try:
+                return number(cell)
+            except ValueError:
+                pass
+        return cell
+
+    with open(path, newline="") as handle:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats in both coordinates (both maximised), by x."""
+    front, best_y = [], float("-inf")
+    for x, y in sorted(set(points), key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    return sorted(front)
+
+
+def choose(rows: list[dict[str, Any]], study: Any, objective: str) -> dict[str, Any] | None:
+    """The chosen trial's row (see the module docstring), or None."""
+    done = _complete(rows)
+    if objective == "accuracy_at_sparsity":
+        try:
+            number = study.best_trial.number
+        except ValueError:  # nothing finished, or nothing feasible
+            return None
+        return next(r for r in rows if r["trial"] == number)
+    feasible = [r for r in done if r["feasible"]]
+    if not feasible:
+        return None
+    return max(feasible, key=lambda r: (r["val_accuracy"], r["sparsity"], -r["trial"]))
+
+
+def _complete(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["state"] == "COMPLETE" and r["val_accuracy"] is not None]
+
+
+def _figure(size: tuple[float, float] = (6, 4)):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+SPARSITY_AXIS, ACCURACY_AXIS = "sparsity of prunable weights (%)", "validation accuracy (%)"
+
+
+def plot_pareto(rows: list[dict[str, Any]], target: float, path: Path, title: str,
+                chosen: dict[str, Any] | None) -> None:
+    """Every finished trial in the (sparsity, validation accuracy) plane, and its front."""
+    done = _complete(rows)
+    fig, ax = _figure()
+    for feasible, colour, label in ((True, "tab:blue", "feasible"),
+                                    (False, "tab:gray", "below target")):
+        pts = [r for r in done if bool(r["feasible"]) == feasible]
+        ax.scatter([100 * r["sparsity"] for r in pts], [100 * r["val_accuracy"] for r in pts],
+                   s=18, c=colour, label=f"{label} ({len(pts)})")
+    front = pareto_front([(r["sparsity"], r["val_accuracy"]) for r in done])
+    if front:
+        ax.step([100 * x for x, _ in front], [100 * y for _, y in front], where="post",
+                c="tab:orange", lw=1, label="Pareto front")
+    for row, marker, label in ((next((r for r in done if r["handset"]), None), "s", "hand-set"),
+                               (chosen, "*", "chosen")):
+        if row is not None:
+            ax.scatter([100 * row["sparsity"]], [100 * row["val_accuracy"]], marker=marker,
+                       s=120, facecolors="none", edgecolors="k", label=label)
+    ax.axvline(100 * target, ls="--", c="k", lw=0.8)
+    _save(fig, ax, path, SPARSITY_AXIS, ACCURACY_AXIS, title)
+
+
+def plot_history(rows: list[dict[str, Any]], objective: str, path: Path, title: str) -> None:
+    """Validation accuracy (and sparsity, for the Pareto objective) per trial; best so far."""
+    done = _complete(rows)
+    fig, ax = _figure()
+    ax.scatter([r["trial"] for r in done], [100 * r["val_accuracy"] for r in done], s=16,
+               c=["tab:blue" if r["feasible"] else "tab:gray" for r in done],
+               label="validation accuracy")
+    best, xs, ys = float("-inf"), [], []
+    for r in done:
+        if r["feasible"] or objective == "pareto":
+            best = max(best, r["val_accuracy"])
+        if best > float("-inf"):
+            xs.append(r["trial"])
+            ys.append(100 * best)
+    ax.step(xs, ys, where="post", c="tab:orange", label="best feasible so far")
+    if objective == "pareto":
+        ax.scatter([r["trial"] for r in done], [100 * r["sparsity"] for r in done], s=16,
+                   marker="x", c="tab:green", label="sparsity")
+    _save(fig, ax, path, "trial", "%", title)
+
+
+def write_study_outputs(study: Any, key: str, objective: str, target: float,
+                        ) -> tuple[list[Path], list[dict[str, Any]], dict[str, Any] | None]:
+    """``tuning/<key>/``: trials.csv, pareto.png, history.png; return them, the rows and the
+    chosen row."""
+    out = TUNING_DIR / key
+    out.mkdir(parents=True, exist_ok=True)
+    rows = trial_rows(study, target)
+    chosen = choose(rows, study, objective)
+    title = f"{study.study_name}: {len(rows)} trials"
+    files = [out / "trials.csv", out / "pareto.png", out / "history.png"]
+    atomic_write_text(files[0], to_csv(rows))
+    plot_pareto(rows, target, files[1], title, chosen)
+    plot_history(rows, objective, files[2], title)
+    return files, rows, chosen
+
+
+def all_methods(tuning_dir: Path = TUNING_DIR, out_dir: Path = ALL_DIR,
+                target: float | None = None) -> list[Path]:
+    """Every method's front on one plot (``pareto_all.png``) and as a table (``.json``), from
+    the trials tables under ``tuning_dir``."""
+    fronts = {}
+    for table in sorted(tuning_dir.glob("*/trials.csv")):
+        fronts[table.parent.name] = pareto_front([(r["sparsity"], r["val_accuracy"])
+                                                  for r in _complete(read_csv(table))])
+    fig, ax = _figure((6.5, 4.5))
+    for key, front in fronts.items():
+        if front:
+            ax.plot([100 * x for x, _ in front], [100 * y for _, y in front], marker="o",
+                    ms=3, lw=1, label=key)
+    if target is not None:
+        ax.axvline(100 * target, ls="--", c="k", lw=0.8)
+    files = [out_dir / "pareto_all.png", out_dir / "pareto_all.json"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save(fig, ax, files[0], SPARSITY_AXIS, ACCURACY_AXIS,
+          "Pareto fronts of the tuning studies (validation split)")
+    atomic_write_text(files[1], json.dumps(
+        {k: [{"sparsity": x, "val_accuracy": y} for x, y in f] for k, f in fronts.items()},
+        indent=1))
+    return files
