@@ -111,3 +111,12 @@ def tune_workspace(tmp_path, monkeypatch, pretrained_workspace):
         return path
 
     return write
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """An empty workspace as the working directory and repository root (stores inside)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

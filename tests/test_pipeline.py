@@ -18,14 +18,6 @@ METHODS = list(yaml.safe_load((ROOT / "params.yaml").read_text())["methods"])
 TARGETED = ["magnitude", "gmp", "random", "admm", "admm_l1", "sas_admm"]
 
 
-@pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def _run_all(params):
     args = ["--params", str(params)]
     assert main(["prepare", *args]) == 0

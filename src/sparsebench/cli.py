@@ -7,13 +7,16 @@ Every user error (a bad name, value, path or file) is printed as one line and ex
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
-from sparsebench.errors import Incomplete, UsageError
+from sparsebench.errors import Incomplete, TrackingFailed, UsageError
 
 STAGES = ("prepare", "pretrain", "prune", "retrain", "evaluate", "report", "check-params",
           "export", "inspect", "tune", "tune-report")
 PER_METHOD = ("prune", "retrain", "evaluate")
+TRACKED = ("pretrain", "prune", "retrain", "evaluate", "report")  # check the tracker first
+OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 FILE_TOOLS = ("export", "inspect")  # work on model files alone: no params.yaml
 EXPORT_TO = ("compressed", "dense", "prune")  # = sparsebench.checkpoint.EXPORT_FORMATS
 
@@ -83,6 +86,10 @@ def run(argv: list[str]) -> None:
     if args.stage in PER_METHOD and args.method not in methods:
         raise UsageError(f"--method: unknown method key {args.method!r}; allowed: "
                          f"{', '.join(methods)}")
+    if args.stage in TRACKED and params.tracking.enabled:
+        from sparsebench.tracking import check_reachable, tracking_uri
+
+        check_reachable(tracking_uri(params.tracking.uri))
     if args.stage == "check-params":
         print(f"{args.params}: valid ({len(methods)} methods, {len(params.seeds)} seeds)")
     elif args.stage == "prepare":
@@ -115,6 +122,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Incomplete as exc:
         print(f"sparsebench: incomplete: {exc}", file=sys.stderr)
+        return 1
+    except TrackingFailed as exc:
+        print(f"sparsebench: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a read-only or missing output directory
+        if exc.errno not in OUTPUT_ERRORS:
+            raise
+        where = f"{exc.filename!r}: " if exc.filename else ""
+        print(f"sparsebench: error: output: {where}{exc.strerror}; nothing was written there "
+              "and earlier outputs are kept (free space or make the directory writable)",
+              file=sys.stderr)
         return 1
     return 0
 

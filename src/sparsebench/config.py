@@ -206,6 +206,7 @@ def load_params(path: str | Path = "params.yaml", *,
         raise unknown_name("data.dataset", params.data.dataset, (*DATASETS, SYNTHETIC))
     if params.model.name not in MODELS:
         raise unknown_name("model.name", params.model.name, MODELS)
+    _check_model_args(params)
     methods = {name: method_params(name, cfg or {}) for name, cfg in params.methods.items()}
     check_spaces(params.tune, params.methods)
     if tuned:
@@ -229,6 +230,22 @@ def _with_tuned(key: str, cfg: dict[str, Any], handset: Any) -> Any:
         return method_params(key, overlay(cfg, tuned.params))
     except UsageError as exc:
         raise UsageError(f"{tuned_path(key)}: {exc}") from None
+
+
+def _check_model_args(params: Params) -> None:
+    """Build the model on the meta device (no memory, no time): ``model.args`` is checked
+    before anything runs (an unknown or invalid argument is a `UsageError`)."""
+    import torch
+
+    from sparsebench.models import build_model
+
+    shape = {}
+    if params.data.dataset == "synthetic":
+        channels, *size = params.data.synthetic_shape
+        shape = {"in_channels": channels, "image_size": size[0] if size else 1,
+                 "num_classes": params.data.synthetic_classes}
+    with torch.device("meta"):
+        build_model(params.model.name, **{**shape, **params.model.args})
 
 
 def validate(model: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> Any:

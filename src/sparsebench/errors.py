@@ -28,3 +28,8 @@ class Diverged(UsageError):
 class Incomplete(RuntimeError):
     """Work that stopped short of what was asked (a study with fewer finished trials than
     requested): one line, exit code 1; running the command again resumes it."""
+
+
+class TrackingFailed(RuntimeError):
+    """MLflow failed in the middle of logging: the results are on disk, the run is FAILED.
+    One line, exit code 1."""

@@ -29,6 +29,7 @@ Build a model by name with `build_model`; the returned module carries
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -459,8 +460,10 @@ def _check_kwargs(builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> 
     allowed = list(inspect.signature(builder).parameters)
     for key in kwargs:
         if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
             raise UsageError(
-                f"model.args.{key}: unknown argument; allowed: {', '.join(allowed)}"
+                f"model.args.{key}: unknown argument; {hint}allowed: {', '.join(allowed)}"
             )
 
 

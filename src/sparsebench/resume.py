@@ -24,10 +24,12 @@ strings and containers only, nothing executable.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
 import shutil
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench.paths import fsync_dir, swap_in
+from sparsebench.paths import atomic_write_bytes, fsync_dir, swap_in
 from sparsebench.sparsity import apply_masks, get_masks
 
 FINGERPRINT = "FINGERPRINT"
@@ -56,7 +58,11 @@ class EpochCheckpoint:
         self._state: dict | None = None
         self._taken = False
         if self.path.exists():
-            self._state = torch.load(self.path, map_location="cpu", weights_only=True)
+            try:
+                self._state = torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # unreadable: train from the start rather than fail
+                print(f"resume: {str(self.path)!r} cannot be read ({type(exc).__name__}); "
+                      "starting this run from its first epoch", file=sys.stderr)
 
     def peek(self) -> dict | None:
         """The saved state, if any and not yet restored."""
@@ -73,16 +79,9 @@ class EpochCheckpoint:
     def save(self, state: dict) -> None:
         """Write ``state`` beside the file, flush it to disk, then rename it over the file."""
         self._taken = True  # what is on disk now is newer than anything loaded before
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                torch.save(state, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # in memory: a full disk then fails as a plain OSError
+        atomic_write_bytes(self.path, buffer.getvalue())
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -216,8 +215,11 @@ class StageWork:
         return self
 
     def __exit__(self, kind, value, tb) -> None:
-        if kind is not None:
-            return  # keep the work for the next start; the target is untouched
+        if kind is not None:  # the target is untouched; keep what can be resumed, if anything
+            resumable = [p for p in self.dir.iterdir() if p.name != FINGERPRINT]
+            if not resumable:
+                shutil.rmtree(self.dir, ignore_errors=True)
+            return
         (self.dir / FINGERPRINT).unlink()
         for leftover in self.dir.glob(f"*{RESUME_SUFFIX}"):
             leftover.unlink()
@@ -234,7 +236,11 @@ class StageWork:
         """Run ``write(path, *args)`` into a fresh directory and move it in whole as ``name``."""
         tmp = self.dir / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp, *args)
+        try:
+            write(tmp, *args)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         final = self.dir / name
         os.replace(tmp, final)
         fsync_dir(self.dir)

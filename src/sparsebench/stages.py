@@ -311,7 +311,7 @@ def _std(values: list[float]) -> float:
 
 def _track(params: Params, methods: dict[str, MethodParams], key: str,
            per_seed: dict[int, dict], layers: dict[int, dict], budget: dict) -> None:
-    from sparsebench.tracking import flatten, log_run, tracking_uri
+    from sparsebench.tracking import log_run, logged, tracking_uri
 
     uri = tracking_uri(params.tracking.uri)
     experiment = params.tracking.experiment or f"sparsebench-{params.suite}"
@@ -335,9 +335,11 @@ def _track(params: Params, methods: dict[str, MethodParams], key: str,
                 "params_source": params_source(key)["source"]}
         masks = seed_dir(run_dir(key, "retrain"), seed) / MASKS
         checkpoint = seed_dir(run_dir(key, "eval"), seed) / CHECKPOINT
-        run_id = log_run(uri, experiment, run_name=f"{key}-seed{seed}", tags=tags,
-                         params=run_params, metrics={**metrics, **layer_metrics},
-                         curves=curves, artifacts=[(masks, "masks"), (checkpoint, "model")])
+        with logged(f"evaluate@{key} seed {seed}", uri,
+                    f"metrics/{key}.json, evaluation/{key}.json, {run_dir(key, 'eval')}"):
+            run_id = log_run(uri, experiment, run_name=f"{key}-seed{seed}", tags=tags,
+                             params=run_params, metrics={**metrics, **layer_metrics},
+                             curves=curves, artifacts=[(masks, "masks"), (checkpoint, "model")])
         print(f"evaluate {key} seed {seed}: test_acc {metrics['test_accuracy']:.4f} "
               f"sparsity {metrics['sparsity']:.4f} (mlflow run {run_id})", flush=True)
 
@@ -372,12 +374,14 @@ def report(params: Params, methods: dict[str, MethodParams]) -> None:
     files = write_report(results, curves, params.suite, prune_curves)
     print(Path("reports/summary.md").read_text())
     if params.tracking.enabled:
-        from sparsebench.tracking import log_run, tracking_uri
+        from sparsebench.tracking import log_run, logged, tracking_uri
 
         experiment = params.tracking.experiment or f"sparsebench-{params.suite}"
-        log_run(tracking_uri(params.tracking.uri), experiment, run_name="report",
-                tags={"suite": params.suite, "dvc_stage": "report", "method": "report"},
-                params={"methods": ",".join(methods), "seeds": params.seeds},
-                metrics={f"{key}/test_accuracy": r["mean"]["test_accuracy"]
-                         for key, r in results.items()},
-                curves={}, artifacts=[(path, "report") for path in files])
+        uri = tracking_uri(params.tracking.uri)
+        with logged("the report", uri, "reports/"):
+            log_run(uri, experiment, run_name="report",
+                    tags={"suite": params.suite, "dvc_stage": "report", "method": "report"},
+                    params={"methods": ",".join(methods), "seeds": params.seeds},
+                    metrics={f"{key}/test_accuracy": r["mean"]["test_accuracy"]
+                             for key, r in results.items()},
+                    curves={}, artifacts=[(path, "report") for path in files])

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-from sparsebench.errors import UsageError
+from sparsebench.errors import TrackingFailed, UsageError
 from sparsebench.paths import repo_root
 
 MAX_METRICS_PER_BATCH = 1000
@@ -72,6 +74,40 @@ def client_for(uri: str, experiment: str):
             f"tracking.uri: {uri!r} cannot be used ({first}); set tracking.enabled: false to "
             "run without tracking"
         ) from None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Refuse an HTTP(S) tracking server that does not answer, before any work starts."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(
+            f"tracking.uri: {uri!r} cannot be reached ({reason}); start the tracking server, "
+            "or run without tracking: tracking.enabled: false in params.yaml "
+            "(dvc exp run -S tracking.enabled=false)") from None
+
+
+def logged(what: str, uri: str, local: str):
+    """Turn a failure of MLflow in the middle of logging into one line (`TrackingFailed`):
+    what was being logged, where the results are on disk, and that the run is FAILED."""
+    @contextmanager
+    def guard():
+        try:
+            yield
+        except UsageError:
+            raise
+        except Exception as exc:  # any tracker failure, reported in one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise TrackingFailed(
+                f"tracking: logging {what} to {uri!r} failed ({first}); the results are "
+                f"written locally ({local}) and the MLflow run is marked FAILED; run the stage "
+                "again to log them, or set tracking.enabled: false") from None
+    return guard()
 
 
 def git_commit() -> str:
@@ -128,7 +164,8 @@ def log_run(
         for path, artifact_path in artifacts:
             client.log_artifact(run_id, str(path), artifact_path)
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        with suppress(Exception):  # the tracker may be gone; the first error is the one
+            client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status=status)
     return run_id

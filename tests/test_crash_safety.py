@@ -1,0 +1,128 @@
+"""Faults from outside: a full disk, a read-only output directory, a tracking server that is not
+there or that fails in the middle of logging. Each gives one line, no partial file, and the
+earlier outputs as they were. The disks are real: small tmpfs mounts (root is needed to mount;
+without it these tests are skipped with the reason)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import small_params
+
+from sparsebench.cli import main
+
+
+@contextmanager
+def mounted(path: Path, options: str):
+    """A tmpfs at ``path`` with mount ``options`` (e.g. ``size=64k`` or ``ro``)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_full_disk_gives_one_line_and_no_partial_file(workspace, capsys):
+    path = small_params(workspace, tracking={"enabled": False})
+    assert main(["prepare", "--params", str(path)]) == 0
+    with mounted(workspace / "runs", "size=64k"):  # the models do not fit
+        assert main(["pretrain", "--params", str(path)]) == 1
+        err = _one_line(capsys)
+        assert "No space left on device" in err and "output:" in err
+        assert _files(workspace / "runs") == []
+
+
+def test_full_disk_while_writing_the_report_keeps_the_previous_report(workspace, capsys):
+    path = small_params(workspace, tracking={"enabled": False})
+    args = ["--params", str(path)]
+    for stage in ("prepare", "pretrain"):
+        assert main([stage, *args]) == 0
+    for key in yaml.safe_load(path.read_text())["methods"]:
+        for stage in ("prune", "retrain", "evaluate"):
+            assert main([stage, *args, "--method", key]) == 0
+    assert main(["report", *args]) == 0
+    before = {f: (workspace / "reports" / f).read_bytes() for f in _files(workspace / "reports")}
+    capsys.readouterr()
+    with mounted(workspace / "reports", "size=16k") as reports:  # room for the text, not PNGs
+        (reports / "summary.md").write_text("the previous report")
+        assert main(["report", *args]) == 1
+        assert "No space left on device" in _one_line(capsys)
+        assert _files(reports) == ["summary.md"]  # nothing half-written beside it
+        assert (reports / "summary.md").read_text() == "the previous report"
+    assert {f: (workspace / "reports" / f).read_bytes()
+            for f in _files(workspace / "reports")} == before
+
+
+def test_read_only_output_directory_gives_one_line(workspace, capsys):
+    path = small_params(workspace, tracking={"enabled": False})
+    assert main(["prepare", "--params", str(path)]) == 0
+    with mounted(workspace / "runs", "ro"):
+        assert main(["pretrain", "--params", str(path)]) == 1
+        assert "Read-only file system" in _one_line(capsys)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_server_is_reported_before_training(workspace, capsys):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    path = small_params(workspace, tracking={"enabled": True, "uri": uri})
+    assert main(["prepare", "--params", str(path)]) == 0
+    start = time.monotonic()
+    assert main(["pretrain", "--params", str(path)]) == 2
+    assert time.monotonic() - start < 10
+    err = _one_line(capsys)
+    assert f"tracking.uri: '{uri}' cannot be reached" in err
+    assert "tracking.enabled: false" in err
+    assert not (workspace / "runs").exists()  # nothing trained
+
+
+def test_tracking_failure_mid_run_keeps_the_results_and_marks_the_run_failed(workspace, capsys):
+    from mlflow import MlflowClient
+
+    from sparsebench.tracking import client_for, tracking_uri
+
+    path = small_params(workspace, tracking={"enabled": True})
+    args = ["--params", str(path)]
+    for stage in ("prepare", "pretrain"):
+        assert main([stage, *args]) == 0
+    for stage in ("prune", "retrain"):
+        assert main([stage, *args, "--method", "magnitude"]) == 0
+    client_for(tracking_uri(), "sparsebench-default")  # the store and experiment exist
+    capsys.readouterr()
+    # The artifact store turns read-only: logging fails after the run and its metrics exist.
+    with mounted(workspace / "mlruns" / "artifacts", "ro"):
+        assert main(["evaluate", *args, "--method", "magnitude"]) == 1
+    err = _one_line(capsys)
+    assert "tracking: logging evaluate@magnitude seed 0" in err and "FAILED" in err
+    summary = json.loads((workspace / "metrics" / "magnitude.json").read_text())
+    assert summary["mean"]["sparsity"] == pytest.approx(0.95)  # the results are on disk
+    runs = MlflowClient(tracking_uri()).search_runs(
+        [client_for(tracking_uri(), "sparsebench-default")[1]])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    seed0 = json.loads((workspace / "evaluation" / "magnitude.json").read_text())["seeds"]["0"]
+    assert runs[0].data.metrics["test_accuracy"] == seed0["test_accuracy"]
