@@ -1,0 +1,87 @@
+"""The per-epoch resume checkpoint's share of epoch time on the default suite's model.
+
+`train.fit` writes the checkpoint (`sparsebench.resume`: model, masks, optimizer, schedule, RNG
+states, curves) at the end of every epoch when a stage runs it. This runs one epoch of
+LeNet-300-100 with the default suite's pretrain optimizer with and without the checkpoint,
+interleaved, same process, and reports the ratio of the medians and the save's own time as a
+share of the epoch. Target: at most 3%.
+
+    python benchmarks/checkpoint_overhead.py [--rounds 7] [--real] [--dir PATH]
+
+``--dir`` is where the checkpoint goes (default: a temp dir on the disk of runs/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from epoch_speed import data
+
+from sparsebench.models import build_model
+from sparsebench.resume import EpochCheckpoint, Resume
+from sparsebench.train import OptimConfig, Phase, fit
+
+PHASE = Phase(1, 128, OptimConfig(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4))
+
+
+class Timed(EpochCheckpoint):
+    """Records how long each save takes."""
+
+    seconds: ClassVar[list[float]] = []
+
+    def save(self, state: dict) -> None:
+        start = time.perf_counter()
+        super().save(state)
+        Timed.seconds.append(time.perf_counter() - start)
+
+
+def epoch(checkpoint: Path | None, x, y, vx, vy, seed: int) -> float:
+    torch.manual_seed(seed)
+    model = build_model("mlp")
+    resume = None
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # a fresh run, nothing to restore
+        resume = Resume(Timed(checkpoint), "pretrain")
+    start = time.perf_counter()
+    fit(model, (x, y), (vx, vy), PHASE, generator=torch.Generator().manual_seed(seed),
+        device=torch.device("cpu"), progress=False, resume=resume)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--samples", type=int, default=55000)
+    parser.add_argument("--real", action="store_true")
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args()
+    x, y, vx, vy = data(args.real, args.samples)
+    Path("runs").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.dir or "runs") as tmp:
+        path = Path(tmp) / "seed0.resume.pt"
+        times = {"plain": [], "checkpoint": []}
+        for r in range(args.rounds + 1):  # round 0 warms up and is not counted
+            for side in (("plain", "checkpoint") if r % 2 else ("checkpoint", "plain")):
+                seconds = epoch(path if side == "checkpoint" else None, x, y, vx, vy, r)
+                if r:
+                    times[side].append(seconds)
+        size = path.stat().st_size
+    plain, with_ckpt = statistics.median(times["plain"]), statistics.median(times["checkpoint"])
+    save = statistics.median(Timed.seconds[1:])
+    print(f"LeNet-300-100, {len(y)} samples, {args.rounds} rounds, "
+          f"{torch.get_num_threads()} threads; checkpoint {size / 1e6:.2f} MB")
+    print(f"epoch without checkpoint: median {plain:.3f} s")
+    print(f"epoch with checkpoint:    median {with_ckpt:.3f} s "
+          f"(ratio {with_ckpt / plain:.3f})")
+    print(f"checkpoint save: median {1000 * save:.1f} ms = {100 * save / plain:.2f}% of an "
+          "epoch  (target <= 3%)")
+
+
+if __name__ == "__main__":
+    main()
