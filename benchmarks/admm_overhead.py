@@ -27,14 +27,14 @@ PHASE = Phase(1, 128, OptimConfig(name="adam", lr=1e-3, schedule="constant"))
 def epoch(with_penalty: bool, x, y, vx, vy, seed: int) -> float:
     torch.manual_seed(seed)
     model = build_model("mlp")
-    penalty = None
+    penalty_grad = None
     if with_penalty:
         admm = ADMM.for_model(model, sparsity=0.95, rho=1e-3)
         admm.step()  # a Z and U that are not the start
-        penalty = admm.penalty
+        penalty_grad = admm.add_penalty_grad  # what the admm method's W-step uses
     start = time.perf_counter()
     fit(model, (x, y), (vx, vy), PHASE, generator=torch.Generator().manual_seed(seed),
-        device=torch.device("cpu"), regularizer=penalty, progress=False)
+        device=torch.device("cpu"), after_backward=penalty_grad, progress=False)
     return time.perf_counter() - start
 
 

@@ -257,7 +257,8 @@ def validate(model: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> A
 
 
 def _first_error(exc: ValidationError, model: type[BaseModel], raw: Any, prefix: str) -> str:
-    err = exc.errors()[0]
+    errors = exc.errors()  # a misspelt key shows as unknown and its real name as missing:
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # the typo
     loc = [str(part) for part in err["loc"]]
     key = (prefix + ".".join(loc)).rstrip(".")
     if err["type"] == "extra_forbidden":

@@ -165,3 +165,23 @@ def test_admm_l1_final_mask_reaches_the_target(tiny_data):
     build_method("admm_l1", params).prune(model, ctx)
     for mask in get_masks(model).values():
         assert int(mask.sum()) == keep_count(mask.numel(), 0.8)
+
+
+def test_the_penalty_gradient_added_after_backward_is_the_gradient_of_the_penalty():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    admm = ADMM.for_model(model, sparsity=0.6, rho=0.3)
+    for _ in range(2):  # Z and U away from their start
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        admm.step()
+    x = torch.randn(4, 6)
+    model.zero_grad()
+    (model(x).sum() + admm.penalty()).backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).sum().backward()
+    admm.add_penalty_grad()
+    for got, want in zip((p.grad for p in model.parameters()), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

@@ -61,6 +61,7 @@ class ADMM:
         self.weights, self.keep, self.lam = weights, keep, lam
         self.rho, self.rho_growth, self.rho_max = rho, rho_growth, rho_max
         self.iteration = 0
+        self._offset: list[torch.Tensor] | None = None  # U - Z, for add_penalty_grad
         with torch.no_grad():
             self.U = {n: torch.zeros_like(w) for n, w in weights.items()}
             self.Z = {n: self._project(n, w.detach().clone()) for n, w in weights.items()}
@@ -95,6 +96,24 @@ class ADMM:
         return 0.5 * self.rho * total
 
     @torch.no_grad()
+    def add_penalty_grad(self) -> None:
+        """Add the penalty's gradient rho (W_i - Z_i + U_i) to each W_i.grad: call it after
+        ``loss.backward()`` in place of adding `penalty` to the loss (the same W-step, without
+        building the penalty into the autograd graph: two fused passes per step). U - Z is
+        fixed during a W-step and computed once per ADMM iteration."""
+        if self._offset is None:
+            self._offset = [self.U[n] - self.Z[n] for n in self.weights]
+        grads, weights, offsets = [], [], []
+        for w, offset in zip(self.weights.values(), self._offset, strict=True):
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            grads.append(w.grad)
+            weights.append(w)
+            offsets.append(offset)
+        torch._foreach_add_(grads, weights, alpha=self.rho)
+        torch._foreach_add_(grads, offsets, alpha=self.rho)
+
+    @torch.no_grad()
     def step(self) -> dict[str, float]:
         """Z-step, U-step and rho schedule; return the residuals of this iteration.
 
@@ -115,6 +134,7 @@ class ADMM:
             zeros += (self.Z[n] == 0).sum().item()
             numel += w.numel()
         self.iteration += 1
+        self._offset = None
         self.rho = min(self.rho * self.rho_growth, self.rho_max)
         norm = math.sqrt(w_sq) or 1.0
         return {"primal_residual": math.sqrt(primal_sq) / norm,
@@ -144,6 +164,7 @@ class ADMM:
         self.Z = {n: z.clone().to(self.weights[n].device) for n, z in state["Z"].items()}
         self.U = {n: u.clone().to(self.weights[n].device) for n, u in state["U"].items()}
         self.rho, self.iteration = state["rho"], state["iteration"]
+        self._offset = None
 
 
 class ADMMParams(SparsityParams):
@@ -198,7 +219,7 @@ class ADMMPruning(Method):
                 return {"admm": admm.state_dict(), "curves": curves, "iteration": k}
 
             rows = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
-                       device=ctx.device, optimizer=optimizer, regularizer=admm.penalty,
+                       device=ctx.device, optimizer=optimizer, after_backward=admm.add_penalty_grad,
                        progress=ctx.progress, resume=ctx.resume(f"iteration {k}", state))
             residuals = admm.step()
             last = rows[-1]
