@@ -10,12 +10,10 @@ ADMM at 95% sparsity per layer, rho 1e-3. Target: ratio <= 1.10.
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import time
 
 import torch
-from epoch_speed import data
+from epoch_speed import data, epoch_arguments, interleaved
 
 from sparsebench.methods.admm import ADMM
 from sparsebench.models import build_model
@@ -39,19 +37,12 @@ def epoch(with_penalty: bool, x, y, vx, vy, seed: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--samples", type=int, default=55000)
-    parser.add_argument("--real", action="store_true")
-    args = parser.parse_args()
+    args = epoch_arguments(__doc__).parse_args()
     x, y, vx, vy = data(args.real, args.samples)
-    times = {False: [], True: []}
-    for r in range(args.rounds + 1):  # round 0 warms up and is not counted
-        for side in ((False, True) if r % 2 else (True, False)):
-            seconds = epoch(side, x, y, vx, vy, r)
-            if r:
-                times[side].append(seconds)
-    plain, admm = statistics.median(times[False]), statistics.median(times[True])
+    medians = interleaved(args.rounds, {
+        "plain": lambda r: epoch(False, x, y, vx, vy, r),
+        "admm": lambda r: epoch(True, x, y, vx, vy, r)})
+    plain, admm = medians["plain"], medians["admm"]
     print(f"LeNet-300-100, {len(y)} samples, {args.rounds} rounds, "
           f"{torch.get_num_threads()} threads")
     print(f"epoch without penalty: median {plain:.3f} s")

@@ -13,7 +13,6 @@ share of the epoch. Target: at most 3%.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from epoch_speed import data
+from epoch_speed import data, epoch_arguments, interleaved
 
 from sparsebench import train
 from sparsebench.models import build_model
@@ -69,24 +68,18 @@ def epoch(checkpoint: Path | None, x, y, vx, vy, seed: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--samples", type=int, default=55000)
-    parser.add_argument("--real", action="store_true")
+    parser = epoch_arguments(__doc__)
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
     x, y, vx, vy = data(args.real, args.samples)
     Path("runs").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.dir or "runs") as tmp:
         path = Path(tmp) / "seed0.resume.pt"
-        times = {"plain": [], "checkpoint": []}
-        for r in range(args.rounds + 1):  # round 0 warms up and is not counted
-            for side in (("plain", "checkpoint") if r % 2 else ("checkpoint", "plain")):
-                seconds = epoch(path if side == "checkpoint" else None, x, y, vx, vy, r)
-                if r:
-                    times[side].append(seconds)
+        medians = interleaved(args.rounds, {
+            "plain": lambda r: epoch(None, x, y, vx, vy, r),
+            "checkpoint": lambda r: epoch(path, x, y, vx, vy, r)})
         size = path.stat().st_size
-    plain, with_ckpt = statistics.median(times["plain"]), statistics.median(times["checkpoint"])
+    plain, with_ckpt = medians["plain"], medians["checkpoint"]
     save = statistics.median(Timed.seconds[1:])
     print(f"LeNet-300-100, {len(y)} samples, {args.rounds} rounds, "
           f"{torch.get_num_threads()} threads; checkpoint {size / 1e6:.2f} MB")

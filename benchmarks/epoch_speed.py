@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,12 +64,30 @@ def data(real: bool, samples: int):
     return (*draw(samples), *draw(5000))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def epoch_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every epoch benchmark takes: --rounds, --samples, --real."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--samples", type=int, default=55000)
     parser.add_argument("--real", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def interleaved(rounds: int, sides: dict[str, Callable[[int], float]]) -> dict[str, float]:
+    """Median seconds of each side over ``rounds`` rounds after one warm-up round; the order of
+    the sides alternates from round to round. ``sides[name](round)`` returns its seconds."""
+    names = list(sides)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds + 1):
+        for name in (names if r % 2 else names[::-1]):
+            seconds = sides[name](r)
+            if r:
+                times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    args = epoch_arguments(__doc__).parse_args()
     x, y, vx, vy = data(args.real, args.samples)
     times = {"bare": [], "project": []}
     runners = {"bare": bare_epoch, "project": project_epoch}

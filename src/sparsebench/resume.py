@@ -125,9 +125,10 @@ def _as_tuple(value: Any) -> Any:
 
 
 def model_state(model: nn.Module) -> dict[str, Any]:
-    """The weights in the form they are trained in, and the masks (the prune form)."""
-    return {"masks": {n: m.clone() for n, m in get_masks(model).items()},
-            "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    """The weights in the form they are trained in, and the masks (the prune form). Not
+    copies: `EpochCheckpoint.save` serializes the state at once."""
+    return {"masks": get_masks(model),
+            "weights": {k: v.detach() for k, v in model.state_dict().items()}}
 
 
 def set_model_state(model: nn.Module, state: dict[str, Any]) -> None:
