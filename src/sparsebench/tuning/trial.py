@@ -115,9 +115,11 @@ class Objective:
         if self.claim is not None:
             self.claim.release()
         s = self.setup
-        trial.set_user_attr("worker_pid", os.getpid())
         curves: dict[str, list[dict]] = {"prune": [], "retrain": []}
         values = suggest(trial, s.key, s.cfg, s.space)
+        # Announced once the parameters are in the storage: a retry of this trial (its worker
+        # died) then reruns these same parameters.
+        trial.set_user_attr("worker_pid", os.getpid())
         start = time.perf_counter()
         try:
             figures = self._run(trial, values, curves)
