@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import warnings
 
 from sparsebench.errors import Incomplete, TrackingFailed, UsageError
 
@@ -111,9 +112,17 @@ def run(argv: list[str]) -> None:
             print(f"{path}: written")
 
 
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"sparsebench: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        run(sys.argv[1:] if argv is None else argv)
+        with warnings.catch_warnings():
+            # a warning is one line, and the same text (the config's, then the optimizer's) once
+            warnings.simplefilter("once", UserWarning)
+            warnings.showwarning = _one_line
+            run(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
         print(f"sparsebench: error: {exc}", file=sys.stderr)
         return 2

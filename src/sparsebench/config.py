@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,6 +23,9 @@ from pydantic import (
 
 from sparsebench.errors import UsageError, unknown_name
 from sparsebench.train import OptimConfig, Phase
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class Strict(BaseModel):
@@ -206,12 +209,15 @@ def load_params(path: str | Path = "params.yaml", *,
         raise unknown_name("data.dataset", params.data.dataset, (*DATASETS, SYNTHETIC))
     if params.model.name not in MODELS:
         raise unknown_name("model.name", params.model.name, MODELS)
-    _check_model_args(params)
+    model = _check_model_args(params)
     methods = {name: method_params(name, cfg or {}) for name, cfg in params.methods.items()}
     check_spaces(params.tune, params.methods)
     if tuned:
         for name, cfg in params.methods.items():
             methods[name] = _with_tuned(name, cfg or {}, methods[name])
+    for name, method in methods.items():
+        if hasattr(method, "targets"):
+            method.targets(model, name)  # a layer name the model does not have is refused
     return params, methods
 
 
@@ -232,9 +238,10 @@ def _with_tuned(key: str, cfg: dict[str, Any], handset: Any) -> Any:
         raise UsageError(f"{tuned_path(key)}: {exc}") from None
 
 
-def _check_model_args(params: Params) -> None:
-    """Build the model on the meta device (no memory, no time): ``model.args`` is checked
-    before anything runs (an unknown or invalid argument is a `UsageError`)."""
+def _check_model_args(params: Params) -> nn.Module:
+    """Build the model on the meta device (no memory, no time) and return it: ``model.args``
+    (and each method's ``layer_sparsity`` names, in `load_params`) are checked before anything
+    runs (an unknown or invalid argument is a `UsageError`)."""
     import torch
 
     from sparsebench.models import build_model
@@ -245,7 +252,7 @@ def _check_model_args(params: Params) -> None:
         shape = {"in_channels": channels, "image_size": size[0] if size else 1,
                  "num_classes": params.data.synthetic_classes}
     with torch.device("meta"):
-        build_model(params.model.name, **{**shape, **params.model.args})
+        return build_model(params.model.name, **{**shape, **params.model.args})
 
 
 def validate(model: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> Any:

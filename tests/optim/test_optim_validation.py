@@ -75,3 +75,23 @@ def test_sparse_gradients_are_refused():
     opt = LinBreg(emb.parameters(), lr=0.1, lam=0.1)
     with pytest.raises(RuntimeError, match="sparse gradients"):
         opt.step()
+
+
+@pytest.mark.parametrize("mu", [0.01, 0.3, 0.5])
+def test_grda_mu_at_most_one_half_is_allowed_with_a_warning(mu):
+    from sparsebench.optim import GRDA
+
+    with pytest.warns(UserWarning, match=rf"mu = {mu} is at most 0\.5: .* need 0\.5 < mu < 1"):
+        opt = GRDA(mlp().parameters(), lr=0.1, c=0.01, mu=mu)
+    assert opt.param_groups[0]["mu"] == mu
+
+
+@pytest.mark.parametrize("mu", [0.501, 0.55, 0.99])
+def test_grda_mu_in_the_authors_range_gives_no_warning(mu):
+    import warnings
+
+    from sparsebench.optim import GRDA
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GRDA(mlp().parameters(), lr=0.1, c=0.01, mu=mu)

@@ -170,7 +170,7 @@ class ADMM:
 class ADMMParams(SparsityParams):
     """``target_sparsity`` for every layer, or ``layer_sparsity`` per layer name."""
 
-    rho: float = Field(1e-3, ge=0)
+    rho: float = Field(1e-3, gt=0)  # the library's ADMM takes rho = 0 (plain training)
     rho_growth: float = Field(1.0, ge=1)
     rho_max: float = Field(1.0, gt=0)
     iterations: int = Field(10, ge=1)  # K

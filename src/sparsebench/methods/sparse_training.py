@@ -12,18 +12,21 @@ masked retrain (whose epochs may be 0). Sparsity per epoch is in the curves.
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from sparsebench.methods.base import Context, Method, MethodParams
 from sparsebench.metrics import prunable_modules
 from sparsebench.optim import GRDA, AdaBreg, LinBreg, ProxSGD, param_groups, sparse_init
+from sparsebench.optim._checks import mu_warning
 from sparsebench.sparsity import apply_masks
 from sparsebench.train import OptimConfig, Phase, fit
 
+Beta = Annotated[float, Field(ge=0, lt=1)]
 LinearReg = Literal["l1", "l12_row", "none"]
 ConvReg = Literal["l1", "l12_kernel", "none"]
 
@@ -43,6 +46,12 @@ class GRDAParams(SparseTrainingParams):
     mu: float = Field(0.51, gt=0, lt=1)
     scope: Literal["weights", "all"] = "weights"  # "all": the authors' (biases and BN too)
 
+    @model_validator(mode="after")
+    def _warn_small_mu(self) -> GRDAParams:
+        if text := mu_warning(self.mu):
+            warnings.warn(text, UserWarning, stacklevel=2)
+        return self
+
 
 class BregmanParams(SparseTrainingParams):
     lam: float = Field(1e-3, ge=0)
@@ -58,7 +67,7 @@ class LinBregParams(BregmanParams):
 
 class AdaBregParams(BregmanParams):
     lr: float = Field(1e-3, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
 
 

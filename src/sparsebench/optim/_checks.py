@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +20,15 @@ _RULES = {
     "momentum": (lambda x: 0 <= x < 1, "must be in [0, 1)"),
     "eps": (lambda x: x >= 0, "must be >= 0"),
 }
+
+
+def mu_warning(mu: float) -> str | None:
+    """gRDA's ``mu`` in (0, 0.5] is allowed but outside the authors' range: the text of the
+    warning, or None. Chao et al. (2020), Theorem 3.1 and section 4: 0.5 < mu < 1."""
+    if 0 < mu <= 0.5:
+        return (f"mu = {mu} is at most 0.5: gRDA's sparsity results (Chao et al. 2020) "
+                "need 0.5 < mu < 1")
+    return None
 
 
 def _is_real(x: Any) -> bool:
@@ -48,6 +58,8 @@ def check(**hparams: Any) -> None:
             test, allowed = _RULES[name]
             if not (_is_real(value) and test(value)):
                 raise ValueError(f"Invalid {name}: {value!r} ({allowed})")
+            if name == "mu" and (text := mu_warning(value)):
+                warnings.warn(text, UserWarning, stacklevel=3)
 
 
 def check_group(group: dict[str, Any], names: Iterable[str]) -> None:

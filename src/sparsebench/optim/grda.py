@@ -41,7 +41,8 @@ class GRDA(CheckedOptimizer):
         lr: Learning rate, ``> 0``; as for plain SGD without momentum (authors: 0.005 to 0.1).
         c: Penalty scale, ``>= 0``; authors: 0 < c < 0.005 for large nets, 0.1 on MNIST.
         mu: Penalty growth exponent in (0, 1); authors recommend 0.5 < mu < 1, typically
-            0.501, 0.51 or 0.55 (their MNIST demo uses 0.5).
+            0.501, 0.51 or 0.55 (their MNIST demo uses 0.5). A ``mu`` in (0, 0.5] is allowed
+            with a ``UserWarning``; outside (0, 1) it is a ``ValueError``.
     """
 
     hparams = ("lr", "c", "mu")
