@@ -153,7 +153,7 @@ def agp_sparsity(step: int, s_i: float, s_f: float, t0: int, n: int, dt: int) ->
 
 def save_masks(masks: Masks, path: str | Path) -> None:
     """Write masks as packed bits (one bit an entry) in a pickle-free safetensors file."""
-    from safetensors.torch import save_file
+    from sparsebench.canonical import save_file
 
     tensors, shapes = {}, {}
     for name, mask in masks.items():

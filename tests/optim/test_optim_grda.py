@@ -62,7 +62,8 @@ def test_grda_threshold_follows_the_increment_form_under_a_scheduler():
 def test_grda_zero_weight_regrows_when_the_accumulator_crosses_the_threshold():
     lr, c, mu = 0.1, 1.0, 0.5  # threshold l1_n = c * lr^(mu + 1/2) * n^mu = 0.1 * sqrt(n)
     w = torch.nn.Parameter(torch.tensor([0.05]))
-    opt = GRDA([w], lr=lr, c=c, mu=mu)
+    with pytest.warns(UserWarning, match="mu = 0.5 is at most 0.5"):  # allowed, outside (0.5, 1)
+        opt = GRDA([w], lr=lr, c=c, mu=mu)
     history = []
     for grad in [0.0] + [-0.4] * 6:  # a_n = 0.05 + 0.04 (n - 1)
         w.grad = torch.tensor([grad])

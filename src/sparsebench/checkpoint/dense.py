@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from sparsebench.canonical import save_file
 from sparsebench.errors import UsageError
 from sparsebench.models import build_model
 

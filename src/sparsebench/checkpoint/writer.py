@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from sparsebench.canonical import save_file
 from sparsebench.checkpoint import codec
 from sparsebench.checkpoint.encoding import (
     SPARSE_DTYPES,

@@ -161,7 +161,7 @@ def save_splits(
         ValueError: When `splits` lacks a key or holds tensors of the wrong type or shape.
         UsageError: For an unknown data set name.
     """
-    from safetensors.torch import save
+    from sparsebench.canonical import safetensors_bytes
 
     missing = [key for key in _KEYS if key not in splits]
     if missing:
@@ -188,7 +188,7 @@ def save_splits(
         "raw_sha256": json.dumps(dict(raw_sha256 or {}), sort_keys=True),
     }
     tensors = {key: splits[key].detach().cpu().contiguous() for key in _KEYS}
-    atomic_write(Path(path), save(tensors, metadata=metadata))
+    atomic_write(Path(path), safetensors_bytes(tensors, metadata))
 
 
 @contextlib.contextmanager

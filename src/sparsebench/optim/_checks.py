@@ -35,8 +35,9 @@ def _is_real(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def check(**hparams: Any) -> None:
-    """Raise ``ValueError("Invalid <name>: <value> (<allowed>)")`` for the first bad value.
+def check(*, warn: bool = False, **hparams: Any) -> None:
+    """Raise ``ValueError("Invalid <name>: <value> (<allowed>)")`` for the first bad value;
+    with ``warn``, a ``UserWarning`` for an allowed value outside the authors' range (`mu_warning`).
 
     Numbers must be real Python numbers within their range (NaN fails every range);
     ``betas`` a pair in [0, 1); ``reg`` one of `REGULARIZERS`.
@@ -58,13 +59,13 @@ def check(**hparams: Any) -> None:
             test, allowed = _RULES[name]
             if not (_is_real(value) and test(value)):
                 raise ValueError(f"Invalid {name}: {value!r} ({allowed})")
-            if name == "mu" and (text := mu_warning(value)):
+            if warn and name == "mu" and (text := mu_warning(value)):
                 warnings.warn(text, UserWarning, stacklevel=3)
 
 
 def check_group(group: dict[str, Any], names: Iterable[str]) -> None:
     """Check a parameter group's hyperparameters ``names`` and, for a group ``reg``, its shapes."""
-    check(**{name: group[name] for name in names})
+    check(warn=True, **{name: group[name] for name in names})  # each group warns once
     reg = group.get("reg")
     if reg in ("l12_row", "l12_kernel"):
         for p in group["params"]:
