@@ -138,13 +138,16 @@ def plot_accuracy_vs_sparsity(results: dict[str, dict]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, r in results.items():
+    markers = "osD^vP*Xph"  # methods at the same point (the same masks) stay visible
+    for i, (key, r) in enumerate(results.items()):
         xs = [100 * s["sparsity"] for s in r["seeds"].values()]
         ys = [100 * s["test_accuracy"] for s in r["seeds"].values()]
         if r["method"] == "dense":
             ax.axhline(r["mean"]["test_accuracy"] * 100, ls="--", c="k", lw=1, label=key)
         else:
-            ax.scatter(xs, ys, label=key, s=20)
+            ax.scatter(xs, ys, label=key, s=28, marker=markers[i % len(markers)],
+                       facecolors="none", edgecolors=f"C{i % 10}")
+    ax.ticklabel_format(useOffset=False)  # sparsities 98.59 and 98.60: no "+9.86e1" axis
     ax.set_xlabel("sparsity of prunable weights (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8)
