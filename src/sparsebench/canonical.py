@@ -10,7 +10,6 @@ in a fixed order (by dtype, then name), is kept as it is. Readers see an ordinar
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
@@ -26,9 +25,3 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor],
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # safetensors pads its header to 8 bytes with spaces
     return len(text).to_bytes(8, "little") + text + data[8 + n:]
-
-
-def save_file(tensors: dict[str, torch.Tensor], path: str | Path,
-              metadata: dict[str, str] | None = None) -> None:
-    """`safetensors_bytes` written to ``path`` (callers write beside the target and rename)."""
-    Path(path).write_bytes(safetensors_bytes(tensors, metadata))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -153,18 +152,16 @@ def agp_sparsity(step: int, s_i: float, s_f: float, t0: int, n: int, dt: int) ->
 
 def save_masks(masks: Masks, path: str | Path) -> None:
     """Write masks as packed bits (one bit an entry) in a pickle-free safetensors file."""
-    from sparsebench.canonical import save_file
+    from sparsebench.canonical import safetensors_bytes
+    from sparsebench.paths import atomic_write_bytes
 
     tensors, shapes = {}, {}
     for name, mask in masks.items():
         bits = np.packbits(mask.detach().cpu().numpy().astype(bool).ravel())
         tensors[name] = torch.from_numpy(bits)
         shapes[name] = list(mask.shape)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     metadata = {"format": "sparsebench-masks/1", "shapes": json.dumps(shapes)}
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata))
 
 
 def load_masks(path: str | Path) -> Masks:

@@ -9,7 +9,6 @@ checkpoint") is in `sparsebench.checkpoint.compressed`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from sparsebench.canonical import save_file
+from sparsebench.canonical import safetensors_bytes
 from sparsebench.errors import UsageError
 from sparsebench.models import build_model
+from sparsebench.paths import atomic_write_bytes
 
 FORMAT = "sparsebench-model/1"
 
@@ -33,10 +33,7 @@ def save_model(model: nn.Module, path: str | Path, meta: dict[str, Any] | None =
     if any(k.endswith("_mask") or k.endswith("_orig") for k in state):
         raise ValueError("save_model: fold the masks in first (sparsity.make_permanent)")
     metadata = {"format": FORMAT, "arch": json.dumps(model.arch), "meta": json.dumps(meta or {})}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write_bytes(Path(path), safetensors_bytes(state, metadata))
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

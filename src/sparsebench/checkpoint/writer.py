@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sparsebench.canonical import save_file
+from sparsebench.canonical import safetensors_bytes
 from sparsebench.checkpoint import codec
 from sparsebench.checkpoint.encoding import (
     SPARSE_DTYPES,
@@ -33,6 +32,7 @@ from sparsebench.checkpoint.fileformat import (
 )
 from sparsebench.errors import UsageError
 from sparsebench.metrics import prunable_modules
+from sparsebench.paths import atomic_write_bytes
 from sparsebench.sparsity import make_permanent
 
 
@@ -143,12 +143,9 @@ def encode_state(
 def write_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> None:
     """Write a safetensors file under a temporary name, then rename: complete or absent."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UsageError(f"output: {str(path)!r} cannot be written ({exc.strerror})") from None
 
 
