@@ -13,10 +13,20 @@ import warnings
 
 from sparsebench.errors import Incomplete, TrackingFailed, UsageError
 
-STAGES = ("prepare", "pretrain", "prune", "retrain", "evaluate", "report", "check-params",
-          "export", "inspect", "tune", "tune-report")
-PER_METHOD = ("prune", "retrain", "evaluate")
-TRACKED = ("pretrain", "prune", "retrain", "evaluate", "report")  # check the tracker first
+STAGES = {  # command -> its one line in --help
+    "prepare": "obtain the data set (checksums decide) and write the fixed splits",
+    "pretrain": "train the dense model of every seed",
+    "run": "every (level, seed) run of one method: prune, retrain, evaluate",
+    "calibrate": "find a regularisation-driven method's strength for each level (offline)",
+    "report": "the curves, tables and plots of every method",
+    "check-params": "validate params.yaml without running anything",
+    "export": "convert a model file: compressed, dense or torch.nn.utils.prune form",
+    "inspect": "the per-layer table of a model file",
+    "tune": "an Optuna study of one method's hyperparameters",
+    "tune-report": "the tables and plots of every study",
+}
+PER_METHOD = ("run", "calibrate")
+TRACKED = ("pretrain", "run", "report")  # check the tracker first
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 FILE_TOOLS = ("export", "inspect")  # work on model files alone: no params.yaml
 EXPORT_TO = ("compressed", "dense", "prune")  # = sparsebench.checkpoint.EXPORT_FORMATS
@@ -30,8 +40,8 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sparsebench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="stage", required=True, parser_class=_Parser)
-    for stage in STAGES:
-        s = sub.add_parser(stage)
+    for stage, summary in STAGES.items():
+        s = sub.add_parser(stage, help=summary, description=summary)
         if stage == "export":
             s.add_argument("model_file", help="a model file (dense or compressed checkpoint)")
             s.add_argument("out", help="the output file, written atomically")
@@ -44,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--method", required=True, help="a key under methods: in params")
         if stage == "tune":
             add_tune_arguments(s)
+        if stage == "calibrate":
+            s.add_argument("--rounds", type=int, default=6,
+                           help="search rounds at most (one run per missed level each)")
     return p
 
 
@@ -97,12 +110,14 @@ def run(argv: list[str]) -> None:
         stages.prepare(params)
     elif args.stage == "pretrain":
         stages.pretrain(params)
-    elif args.stage == "prune":
-        stages.prune(params, methods, args.method)
-    elif args.stage == "retrain":
-        stages.retrain(params, methods, args.method)
-    elif args.stage == "evaluate":
-        stages.evaluate_stage(params, methods, args.method)
+    elif args.stage == "run":
+        stages.sweep(params, methods, args.method)
+    elif args.stage == "calibrate":
+        from sparsebench.calibrate import calibrate
+
+        workers, threads, _ = stages.workers_of(params)
+        calibrate(params, methods, args.method, rounds=args.rounds, workers=workers,
+                  threads=threads)
     elif args.stage == "report":
         stages.report(params, methods)
     elif args.stage == "tune-report":

@@ -7,7 +7,7 @@ this module holds the sections every suite shares.
 
 from __future__ import annotations
 
-import difflib
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -22,40 +22,12 @@ from pydantic import (
 )
 
 from sparsebench.errors import UsageError, unknown_name
-from sparsebench.train import OptimConfig, Phase
+from sparsebench.schema import OptimizerParams, PhaseParams, Strict, validate
+
+__all__ = ["OptimizerParams", "Params", "PhaseParams", "Strict", "load_params", "validate"]
 
 if TYPE_CHECKING:
     from torch import nn
-
-
-class Strict(BaseModel):
-    """A params section: unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class OptimizerParams(Strict):
-    name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Literal["constant", "cosine", "step"] = "cosine"
-    step_size: int = Field(10, gt=0)
-    gamma: float = Field(0.1, gt=0, le=1)
-
-    def to_config(self) -> OptimConfig:
-        return OptimConfig(**self.model_dump())
-
-
-class PhaseParams(Strict):
-    epochs: int = Field(ge=0)
-    batch_size: int = Field(128, gt=0)
-    optimizer: OptimizerParams = OptimizerParams()
-
-    def to_phase(self, name: str) -> Phase:
-        return Phase(self.epochs, self.batch_size, self.optimizer.to_config(), name)
 
 
 class DataParams(Strict):
@@ -85,6 +57,55 @@ class TrackingParams(Strict):
     enabled: bool = True
     uri: str | None = None
     experiment: str | None = None
+
+
+Compression = Annotated[float, Field(gt=1, allow_inf_nan=False)]
+Sparsity = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+
+
+class LevelsParams(Strict):
+    """The suite's operating points (`sparsebench.levels`): compression ratios over all prunable
+    weights, or target sparsities (one of the two), strictly increasing; the classifier floor
+    of the per-layer rule; the tolerance a calibrated point must meet (relative, on the
+    compression ratio)."""
+
+    compression: list[Compression] | None = None
+    sparsity: list[Sparsity] | None = None
+    classifier_density: float = Field(0.1, ge=0, lt=1)
+    tolerance: float = Field(0.05, gt=0, lt=1)
+
+    @field_validator("compression", "sparsity")
+    @classmethod
+    def _increasing(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and not values:
+            raise ValueError("the list is empty; allowed: one level or more")
+        if values is not None and any(b <= a for a, b in zip(values, values[1:], strict=False)):
+            raise ValueError("the levels must be strictly increasing")
+        return values
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> LevelsParams:
+        if (self.compression is None) == (self.sparsity is None):
+            raise ValueError("give the levels as compression or as sparsity (exactly one)")
+        return self
+
+    @property
+    def unit(self) -> str:
+        return "compression" if self.compression is not None else "sparsity"
+
+    def ratios(self, subset: list[float] | None = None) -> list[float]:
+        """The compression ratios of the levels (of ``subset``, in the suite's unit)."""
+        values = subset if subset is not None else (self.compression or self.sparsity or [])
+        return [v if self.unit == "compression" else 1.0 / (1.0 - v) for v in values]
+
+
+class ExecutionParams(Strict):
+    """How a stage runs its independent runs: ``threads`` torch threads per run (fixed here, so
+    results do not depend on the machine's core count) and ``workers`` runs side by side
+    (null: cores // threads on the CPU, one on CUDA)."""
+
+    threads: int = Field(1, ge=1)
+    workers: int | None = Field(None, ge=1)
 
 
 class Range(Strict):
@@ -162,6 +183,9 @@ class Params(Strict):
     pretrain: PhaseParams
     retrain: PhaseParams
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
+    levels: LevelsParams
+    budget: int | None = Field(None, ge=1)  # epochs per run: pretrain share + prune + retrain
+    execution: ExecutionParams = ExecutionParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
     tune: TuneParams = TuneParams()
@@ -218,7 +242,23 @@ def load_params(path: str | Path = "params.yaml", *,
     for name, method in methods.items():
         if hasattr(method, "targets"):
             method.targets(model, name)  # a layer name the model does not have is refused
+        _check_levels(params.levels, name, method)
     return params, methods
+
+
+def _check_levels(levels: LevelsParams, key: str, method: Any) -> None:
+    """A method's own ``levels`` must be a subset of the suite's; a per-layer rule needs
+    per-layer scope."""
+    suite = levels.compression or levels.sparsity or []
+    for value in method.levels or []:
+        if not any(math.isclose(value, v, rel_tol=1e-9) for v in suite):
+            raise UsageError(f"methods.{key}.levels: {value} is not a level of this suite; "
+                             f"allowed: {', '.join(f'{v:g}' for v in suite)} "
+                             f"(levels.{levels.unit})")
+    if getattr(method, "scope", None) == "global":
+        raise UsageError(f"methods.{key}.scope: 'global' is not allowed; the suite's level rule "
+                         "is per layer with a classifier floor (sparsebench.levels); allowed: "
+                         "layer")
 
 
 def _with_tuned(key: str, cfg: dict[str, Any], handset: Any) -> Any:
@@ -255,38 +295,3 @@ def _check_model_args(params: Params) -> nn.Module:
         return build_model(params.model.name, **{**shape, **params.model.args})
 
 
-def validate(model: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> Any:
-    """``model.model_validate(raw)`` with the first error as a one-line `UsageError`."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise UsageError(_first_error(exc, model, raw, prefix)) from None
-
-
-def _first_error(exc: ValidationError, model: type[BaseModel], raw: Any, prefix: str) -> str:
-    errors = exc.errors()  # a misspelt key shows as unknown and its real name as missing:
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # the typo
-    loc = [str(part) for part in err["loc"]]
-    key = (prefix + ".".join(loc)).rstrip(".")
-    if err["type"] == "extra_forbidden":
-        allowed = _fields_at(model, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], allowed, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        return f"{key}: unknown key; {hint}allowed: {', '.join(allowed)}"
-    if err["type"] == "missing":
-        return f"{key}: missing; a value is required"
-    msg = err["msg"].removeprefix("Value error, ")
-    msg = msg[0].lower() + msg[1:]
-    if not loc:  # a check across several keys: the message names them
-        return f"{key}: {msg}"
-    return f"{key}: {err.get('input')!r} is not allowed; {msg}"
-
-
-def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
-    for part in loc:
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)

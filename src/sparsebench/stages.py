@@ -1,25 +1,25 @@
 """The pipeline stages that dvc.yaml calls through the CLI. Each one is thin: read its section
 of params.yaml, call the library, write exactly the outputs dvc.yaml declares.
 
-    prepare -> pretrain -> prune@method -> retrain@method -> evaluate@method -> report
+    prepare -> pretrain -> run@method -> report
 
-Seeds loop inside a stage (a process costs seconds of imports). Outputs of a stage appear whole
-or not at all (`paths.atomic_dir`), so a failed stage leaves the previous ones as they were.
+A run is (method, level, seed) (`sparsebench.run`); ``run@<method>`` does every run of a method
+(its levels x the seeds), each pruned, retrained and evaluated in one worker process
+(`sparsebench.workers`), up to ``execution.workers`` side by side. A run's directory is cached
+by its fingerprint (resolved configuration, input files, code): adding a level or changing one
+method's parameters reruns only the runs it touches. Outputs appear whole or not at all.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from contextlib import contextmanager
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from pydantic import BaseModel
-
-from sparsebench.checkpoint import load_model, save_model
-from sparsebench.config import EvaluateParams, Params, PhaseParams
+from sparsebench.config import Params
 from sparsebench.data import (
     SYNTHETIC,
     build_splits,
@@ -30,20 +30,14 @@ from sparsebench.data import (
     save_splits,
     synthetic_splits,
 )
-from sparsebench.errors import Diverged, UsageError
-from sparsebench.methods import Context, MethodParams, build_method
-from sparsebench.methods.retrain import masked_retrain
-from sparsebench.metrics import evaluate_model_metrics
-from sparsebench.models import build_model
-from sparsebench.paths import atomic_dir, atomic_write_many, repo_root, run_dir, seed_dir
-from sparsebench.resume import EpochCheckpoint, Resume, StageWork, fingerprint
-from sparsebench.sparsity import apply_masks, get_masks, load_masks, make_permanent, save_masks
-from sparsebench.tracking import flatten
-from sparsebench.train import evaluate, fit, resolve_device, seed_everything
-
-DATA_FILE = Path("data", "prepared", "splits.safetensors")
-MODEL, MASKS, CURVES = "model.safetensors", "masks.safetensors", "curves.json"
-CHECKPOINT = "model.sparse.safetensors"  # the compressed sparse checkpoint (sparsebench.checkpoint)
+from sparsebench.errors import Incomplete, UsageError
+from sparsebench.methods import MethodParams, method_class
+from sparsebench.paths import atomic_write_many, repo_root, run_dir, seed_dir
+from sparsebench.resume import StageWork, fingerprint
+from sparsebench.run import RESULT, cached, environment
+from sparsebench.suite import DATA_FILE, Planned, model_spec, plan, pretrained_file
+from sparsebench.train import resolve_device
+from sparsebench.workers import Task, check_workers, default_workers, run_tasks
 
 
 def prepare(params: Params) -> None:
@@ -68,310 +62,368 @@ def prepare(params: Params) -> None:
     print(f"prepare: {d.dataset} {sizes} {source}".rstrip())
 
 
-def fresh_model(params: Params) -> torch.nn.Module:
-    """The suite's model, freshly initialised from the current seed, shaped for its data."""
-    info = dataset_info(DATA_FILE)
-    shape = info["shape"]
-    return build_model(params.model.name, in_channels=shape[0], image_size=shape[1],
-                       num_classes=info["num_classes"], **params.model.args)
-
-
-def _log_epoch(stage: str, seed: int):
+def _log_epoch(name: str):
     """One line per epoch (or ADMM iteration) on stdout: the figures the row has."""
-    def show(row: dict) -> None:
+    def show(phase: str, row: dict) -> None:
         figures = " ".join(f"{k} {v:.4g}" for k, v in row.items()
                            if k not in ("epoch", "seconds") and isinstance(v, float))
-        print(f"{stage} seed {seed} epoch {row['epoch']}: {figures} "
-              f"({row.get('seconds', 0):.1f}s)", flush=True)
+        print(f"{phase} {name} epoch {row['epoch']}: {figures} "
+              f"({row.get('seconds', 0):.2f}s)", flush=True)
     return show
 
 
-def _work(target: Path, stage: str, params: Params, inputs: list[Path], **config: Any
-          ) -> StageWork:
-    """The resumable work directory of a training stage (`sparsebench.resume`): its
-    fingerprint covers the shared sections it reads, ``config`` and the input files."""
-    shared = params.model_dump(include={"seeds", "device", "data", "model", "pretrain"})
-    return StageWork(target, fingerprint(stage=stage, config={**shared, **config},
-                                         inputs=[DATA_FILE, *inputs]))
+def workers_of(params: Params) -> tuple[int, int, bool]:
+    """(workers, threads, in_process) for this machine; warns when they exceed the cores."""
+    import warnings
 
-
-@contextmanager
-def _diverged(stage: str, seed: int, hyper: dict[str, BaseModel]):
-    """A NaN or infinite loss becomes one line: the stage, method, epoch and hyperparameters."""
-    try:
-        yield
-    except FloatingPointError as exc:
-        dumped = {k: v.model_dump(exclude={"retrain", "method"}) for k, v in hyper.items()}
-        values = ", ".join(f"{k}={v}" for k, v in flatten("", dumped).items())
-        raise Diverged(f"{stage} seed {seed}: diverged ({exc}); hyperparameters: {values}; "
-                       "lower the learning rate or change them") from None
+    device = resolve_device(params.device)
+    threads = params.execution.threads
+    workers = params.execution.workers or default_workers(threads, device)
+    if text := check_workers(workers, threads):
+        warnings.warn(text, UserWarning, stacklevel=2)
+    return workers, threads, device.type != "cpu"
 
 
 def pretrain(params: Params) -> None:
-    """Dense training from a seeded initialisation, one model per seed; resumable."""
+    """Dense training from a seeded initialisation, one model per seed (side by side);
+    resumable."""
+    from sparsebench.run import ModelSpec, save_run_model
+    from sparsebench.train import fit, seed_everything
+
     device = resolve_device(params.device)
     data = load_splits(DATA_FILE, ("train", "val"))
     phase = params.pretrain.to_phase("pretrain")
-    with _work(run_dir("pretrain"), "pretrain", params, []) as work:
-        for seed in params.seeds:
-            if work.done(f"seed{seed}"):
-                continue
+    spec: ModelSpec = model_spec(params)
+    workers, threads, in_process = workers_of(params)
+    shared = params.model_dump(include={"seeds", "device", "data", "model", "pretrain"})
+    shared["threads"] = threads
+    with StageWork(run_dir("pretrain"), fingerprint(stage="pretrain", config=shared,
+                                                    inputs=[DATA_FILE])) as work:
+        def one(seed: int) -> None:
+            from sparsebench.resume import Resume
+
             generator = seed_everything(seed)
-            model = fresh_model(params).to(device)
+            model = spec.build().to(device)
             resume = Resume(work.checkpoint(f"seed{seed}"), "pretrain")
-            with _diverged("pretrain", seed, {"pretrain.optimizer": params.pretrain.optimizer}):
-                curves = fit(model, data["train"], data["val"], phase, generator=generator,
-                             device=device, on_epoch=_log_epoch("pretrain", seed),
-                             resume=resume)
-            work.finish(f"seed{seed}", _save, model, curves)
+            curves = fit(model, data["train"], data["val"], phase, generator=generator,
+                         device=device, on_epoch=lambda row: _log_epoch(f"seed {seed}")(
+                             "pretrain", row), resume=resume)
+            work.finish(f"seed{seed}", save_run_model, model, curves)
+
+        tasks = [Task(f"pretrain seed {s}", lambda s=s: one(s)) for s in params.seeds
+                 if not work.done(f"seed{s}")]
+        failures = run_tasks(tasks, workers=workers, threads=threads, in_process=in_process)
+        if failures:
+            raise Incomplete(f"pretrain: {len(failures)} of {len(tasks)} seeds failed "
+                             f"({'; '.join(f'{k}: {v}' for k, v in failures.items())}); the "
+                             "others are kept: run the stage again")
 
 
-def _save(path: Path, model: torch.nn.Module, curves: list[dict]) -> None:
-    """Write a seed's model (masks folded in), masks and curves."""
-    path.mkdir(parents=True)
-    save_masks(get_masks(model), path / MASKS)
-    make_permanent(model)
-    save_model(model, path / MODEL)
-    (path / CURVES).write_text(json.dumps(curves, indent=1))
+def run_fingerprint(params: Params, planned: Planned) -> str:
+    """What a run's cached directory is keyed by: its resolved spec, the shared sections it
+    reads, its thread count, its input files and the code."""
+    config = {"run": planned.spec.config(), "device": params.device,
+              "data": params.data.model_dump(mode="json"),
+              "threads": params.execution.threads, "budget": planned.budget}
+    return fingerprint(stage="run", config=config,
+                       inputs=[DATA_FILE, *pretrained_file(planned.spec)])
 
 
-def load_run_model(path: Path, device: torch.device, *,
-                   masked: bool = True) -> torch.nn.Module:
-    """The model a stage wrote under ``path`` (with its masks applied when ``masked``)."""
-    if not (path / MODEL).exists():
-        raise UsageError(f"input: {str(path / MODEL)!r} does not exist; run the stage before "
-                         "this one first (dvc repro)")
-    model, _ = load_model(path / MODEL, device)
-    if masked and (path / MASKS).exists():
-        apply_masks(model, load_masks(path / MASKS))
-    return model
+def method_runs(params: Params, methods: dict[str, MethodParams], key: str) -> list[Planned]:
+    """The planned runs of ``methods.<key>`` (with its calibration when it needs one)."""
+    calibration = None
+    if method_class(key, methods[key].model_dump()).kind() == "regularised":
+        from sparsebench.calibrate import read_calibration
+
+        calibration = read_calibration(key, methods[key])
+    return plan(params, methods, key, calibration)
 
 
-def _context(data: dict, device: torch.device, seed: int, stage: str,
-             checkpoint: EpochCheckpoint | None = None) -> Context:
-    return Context(train=data["train"], val=data["val"], device=device,
-                   generator=seed_everything(seed), seed=seed,
-                   on_epoch=_log_epoch(stage, seed), checkpoint=checkpoint)
+def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
+    """Every run of ``methods.<key>``: cached runs are kept, the others run side by side; then
+    the method's metrics files, and one MLflow run per (level, seed) under a (method, level)
+    parent."""
+    from sparsebench.run import execute
 
-
-def prune(params: Params, methods: dict[str, MethodParams], key: str) -> None:
-    """The prune phase of ``methods.<key>`` for every seed: the model with its masks;
-    resumable after a kill, epoch by epoch."""
-    method = build_method(key, _method_params(methods, key))
-    device = resolve_device(params.device)
-    data = load_splits(DATA_FILE, ("train", "val"))
-    inputs = [run_dir("pretrain")] if method.from_pretrained else []
-    with _work(run_dir(key, "prune"), "prune", params, inputs,
-               method=methods[key].model_dump()) as work:
-        for seed in params.seeds:
-            if work.done(f"seed{seed}"):
-                continue
-            ctx = _context(data, device, seed, f"prune {key}", work.checkpoint(f"seed{seed}"))
-            if method.from_pretrained:
-                model = load_run_model(seed_dir(run_dir("pretrain"), seed), device, masked=False)
-            else:
-                model = fresh_model(params).to(device)
-            with _diverged(f"prune {key}", seed, {f"methods.{key}": methods[key]}):
-                curves = method.prune(model, ctx)
-            print(f"prune {key} seed {seed}: done", flush=True)
-            work.finish(f"seed{seed}", _save, model, curves)
-
-
-def retrain_phase(params: Params, method: MethodParams) -> PhaseParams:
-    """The shared ``retrain`` section with the method's own overrides applied."""
-    merged = params.retrain.model_dump()
-    override = method.retrain.model_dump(exclude_none=True)
-    merged["optimizer"].update(override.pop("optimizer", {}))
-    merged.update(override)
-    from sparsebench.config import validate
-
-    return validate(PhaseParams, merged, prefix="retrain.")
-
-
-def retrain(params: Params, methods: dict[str, MethodParams], key: str) -> None:
-    """Masked fine-tune of ``methods.<key>``'s pruned models (epochs may be 0)."""
-    config = retrain_phase(params, _method_params(methods, key))
-    phase = config.to_phase(f"retrain {key}")
-    device = resolve_device(params.device)
-    data = load_splits(DATA_FILE, ("train", "val"))
-    with _work(run_dir(key, "retrain"), "retrain", params, [run_dir(key, "prune")],
-               retrain=config.model_dump()) as work:
-        for seed in params.seeds:
-            if work.done(f"seed{seed}"):
-                continue
-            model = load_run_model(seed_dir(run_dir(key, "prune"), seed), device)
-            ctx = _context(data, device, seed, f"retrain {key}", work.checkpoint(f"seed{seed}"))
-            with _diverged(f"retrain {key}", seed, {"retrain.optimizer": config.optimizer}):
-                curves = masked_retrain(model, phase, ctx)
-            work.finish(f"seed{seed}", _save, model, curves)
-
-
-def _method_params(methods: dict[str, MethodParams], key: str) -> MethodParams:
     if key not in methods:
         raise UsageError(f"--method: {key!r} is not configured under methods in params.yaml; "
                          f"allowed: {', '.join(methods)}")
-    return methods[key]
-
-
-def epoch_budget(params: Params, methods: dict[str, MethodParams], key: str) -> dict[str, int]:
-    """Epochs each part of ``methods.<key>`` costs: pretrain share, prune, retrain, total."""
-    method = build_method(key, _method_params(methods, key))
-    budget = {
-        "pretrain": params.pretrain.epochs if method.from_pretrained else 0,
-        "prune": method.prune_epochs(dataset_info(DATA_FILE)["sizes"]["train"]),
-        "retrain": retrain_phase(params, methods[key]).epochs,
-    }
-    return {**budget, "total": sum(budget.values())}
-
-
-def evaluate_stage(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
-    """Test-set metrics of every seed, their mean and spread; one MLflow run per seed."""
+    started = time.perf_counter()
     device = resolve_device(params.device)
-    test_x, test_y = load_splits(DATA_FILE, ("test",))["test"]
+    planned = method_runs(params, methods, key)
+    workers, threads, in_process = workers_of(params)
+    env = environment(device, threads, workers)
     shape = tuple(dataset_info(DATA_FILE)["shape"])
-    budget = epoch_budget(params, methods, key)
-    per_seed, layers = {}, {}
-    with atomic_dir(run_dir(key, "eval")) as out:
-        for seed in params.seeds:
-            source = seed_dir(run_dir(key, "retrain"), seed)
-            model = load_run_model(source, device, masked=False)
-            loss, acc = evaluate(model, test_x, test_y, device=device)
-            figures = evaluate_model_metrics(model, shape)
-            layers[seed] = figures.pop("layers")
-            seed_out = seed_dir(out, seed)
-            seed_out.mkdir()
-            sizes = _checkpoint_sizes(model, source / MODEL, seed_out / CHECKPOINT)
-            speed = _latency(model, shape, params.evaluate)
-            per_seed[seed] = {"test_accuracy": acc, "test_loss": loss, **figures, **sizes,
-                              **speed}
-    first = next(iter(per_seed.values()))
-    summary = {
-        "method": build_method(key, methods[key]).name,
-        "params": params_source(key),
-        "epochs": budget,
-        "mean": {k: statistics.fmean(s[k] for s in per_seed.values()) for k in first},
-        "std": {k: _std([s[k] for s in per_seed.values()]) for k in first},
-    }
-    details = {"seeds": {str(s): v for s, v in per_seed.items()},
-               "layers": {str(s): v for s, v in layers.items()}}
-    atomic_write_many({Path("evaluation", f"{key}.json"): json.dumps(details, indent=1),
-                       Path("metrics", f"{key}.json"): json.dumps(summary, indent=1)})
-    if params.tracking.enabled:
-        _track(params, methods, key, per_seed, layers, budget)
-    return {**summary, **details}
+    todo, results = [], {}
+    for p in planned:
+        fp = run_fingerprint(params, p)
+        found = cached(p.out, fp)
+        if found is not None:
+            results[p.name] = found
+        else:
+            todo.append((p, fp))
+    print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(todo)} to train "
+          f"({workers} workers x {threads} threads)", flush=True)
+    data = load_splits(DATA_FILE, ("train", "val", "test")) if todo else {}
+    tracker = _tracker(params, key) if params.tracking.enabled else None
+
+    def task(p: Planned, fp: str) -> Task:
+        def fn() -> None:
+            execute(p.spec, data, device, p.out, fingerprint=fp, budget=p.budget, shape=shape,
+                    env=env, on_epoch=_log_epoch(p.name))
+        return Task(p.name, fn)
+
+    def done(t: Task) -> None:
+        p = next(p for p, _ in todo if p.name == t.name)
+        results[p.name] = json.loads((p.out / RESULT).read_text())
+        r = results[p.name]
+        print(f"run {p.name}: test_accuracy {r['figures']['test_accuracy']:.4f} compression "
+              f"{r['figures']['compression_ratio']:.2f}x in {r['seconds']['run']:.1f}s "
+              f"(training {r['seconds']['train']:.1f}s)", flush=True)
+        if tracker is not None:
+            tracker.log(p, r)
+
+    failures = run_tasks([task(p, fp) for p, fp in todo], workers=workers, threads=threads,
+                         on_done=done, in_process=in_process)
+    _remove_stale(key, planned)
+    if failures:
+        raise Incomplete(f"run {key}: {len(failures)} of {len(planned)} runs failed "
+                         f"({'; '.join(f'{k}: {v}' for k, v in failures.items())}); the "
+                         "others are kept: run the stage again")
+    if tracker is not None:
+        tracker.finish(results)
+    summary = write_method_metrics(params, key, planned, results)
+    print(f"run {key}: done in {time.perf_counter() - started:.1f}s", flush=True)
+    return summary
 
 
-def params_source(key: str) -> dict[str, Any]:
-    """Whether ``methods.<key>`` ran with tuned parameters (``tuned/<key>.yaml``) or the
-    hand-set ones, and what the study measured for both on the validation split."""
-    from sparsebench.tuned import read_tuned
+def _remove_stale(key: str, planned: list[Planned]) -> None:
+    """Delete run directories of levels, seeds or points no longer configured (so the stage's
+    output is exactly its configuration); work directories of unfinished runs stay."""
+    import shutil
 
-    tuned = read_tuned(key)
-    if tuned is None:
-        return {"source": "default"}
-    info: dict[str, Any] = {"source": "tuned", "study": tuned.study,
-                            "trials": tuned.finished_trials, "values": tuned.params,
-                            "val_accuracy": tuned.best.val_accuracy,
-                            "val_sparsity": tuned.best.sparsity}
-    if tuned.handset is not None:
-        info["handset_val_accuracy"] = tuned.handset.val_accuracy
-        info["handset_val_sparsity"] = tuned.handset.sparsity
-    return info
-
-
-def _checkpoint_sizes(model: torch.nn.Module, dense_file: Path, out: Path) -> dict[str, float]:
-    """Write the compressed checkpoint; its size against the dense file and the bound."""
-    from sparsebench.checkpoint import information_bound, save
-
-    save(model, out)
-    size, dense, bound = out.stat().st_size, dense_file.stat().st_size, information_bound(model)
-    return {"checkpoint_bytes": size, "checkpoint_dense_bytes": dense,
-            "checkpoint_ratio": dense / size, "checkpoint_bound_ratio": size / bound}
-
-
-def _latency(model: torch.nn.Module, shape: tuple, cfg: EvaluateParams) -> dict[str, float]:
-    """CPU latency of the dense and the CSR-sparse model per batch size, and their ratio."""
-    if not cfg.latency_batch_sizes:
-        return {}
-    from sparsebench.latency import compare_latency
-
-    result = compare_latency(model.cpu(), shape, tuple(cfg.latency_batch_sizes),
-                             repeats=cfg.latency_repeats)
-    figures = {}
-    for batch, row in result["batch"].items():
-        figures[f"latency_b{batch}_dense_ms"] = 1000 * row["dense_s"]
-        figures[f"latency_b{batch}_sparse_ms"] = 1000 * row["sparse_s"]
-        figures[f"latency_b{batch}_ratio"] = row["ratio"]
-    return figures
+    keep = {p.out.resolve() for p in planned}
+    levels = {p.out.parent.resolve() for p in planned}
+    root = run_dir(key)
+    if not root.is_dir():
+        return
+    for level in root.iterdir():
+        if level.resolve() not in levels:
+            shutil.rmtree(level) if level.is_dir() else level.unlink()
+            continue
+        for entry in level.iterdir():
+            if not entry.name.startswith(".") and entry.resolve() not in keep:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _track(params: Params, methods: dict[str, MethodParams], key: str,
-           per_seed: dict[int, dict], layers: dict[int, dict], budget: dict) -> None:
-    from sparsebench.tracking import log_run, logged, tracking_uri
-
-    uri = tracking_uri(params.tracking.uri)
-    experiment = params.tracking.experiment or f"sparsebench-{params.suite}"
-    method = build_method(key, methods[key])
-    for seed, metrics in per_seed.items():
-        curves = {stage: _curves(stage, key, seed) for stage in ("prune", "retrain")}
-        if method.from_pretrained:
-            curves = {"pretrain": _curves("pretrain", None, seed), **curves}
-        layer_metrics = {f"layer_sparsity/{name}": v["sparsity"]
-                         for name, v in layers[seed].items()}
-        run_params = {
-            **flatten("method", methods[key].model_dump()),
-            **flatten("retrain", retrain_phase(params, methods[key]).model_dump()),
-            **flatten("model", params.model.model_dump()),
-            **flatten("data", params.data.model_dump()),
-            **flatten("epochs", budget),
-            "seed": seed,
-        }
-        tags = {"method": method.name, "method_key": key, "suite": params.suite,
-                "seed": str(seed), "dvc_stage": f"evaluate@{key}",
-                "params_source": params_source(key)["source"]}
-        masks = seed_dir(run_dir(key, "retrain"), seed) / MASKS
-        checkpoint = seed_dir(run_dir(key, "eval"), seed) / CHECKPOINT
-        with logged(f"evaluate@{key} seed {seed}", uri,
-                    f"metrics/{key}.json, evaluation/{key}.json, {run_dir(key, 'eval')}"):
-            run_id = log_run(uri, experiment, run_name=f"{key}-seed{seed}", tags=tags,
-                             params=run_params, metrics={**metrics, **layer_metrics},
-                             curves=curves, artifacts=[(masks, "masks"), (checkpoint, "model")])
-        print(f"evaluate {key} seed {seed}: test_acc {metrics['test_accuracy']:.4f} "
-              f"sparsity {metrics['sparsity']:.4f} (mlflow run {run_id})", flush=True)
+def write_method_metrics(params: Params, key: str, planned: list[Planned],
+                         results: dict[str, dict]) -> dict:
+    """``metrics/<key>.json`` (mean and std per level) and ``evaluation/<key>.json`` (every
+    run's figures and layers), all or nothing."""
+    by_level: dict[str, list[dict]] = {}
+    for p in planned:
+        by_level.setdefault(p.out.parent.name, []).append(results[p.name])
+    summary: dict[str, Any] = {"method": results[planned[0].name]["method"],
+                               "params": params_source(key), "levels": {}}
+    for name, runs in by_level.items():
+        figures = [r["figures"] for r in runs if not r["point"]]
+        entry: dict[str, Any] = {"level": runs[0]["level"], "epochs": runs[0]["epochs"],
+                                 "seeds": len({r["seed"] for r in runs})}
+        if figures:
+            keys = [k for k in figures[0] if isinstance(figures[0][k], (int, float))]
+            entry["mean"] = {k: statistics.fmean(f[k] for f in figures) for k in keys}
+            entry["std"] = {k: _std([f[k] for f in figures]) for k in keys}
+            for part in ("train", "run"):
+                values = [r["seconds"][part] for r in runs]
+                entry["mean"][f"{part}_seconds"] = statistics.fmean(values)
+                entry["std"][f"{part}_seconds"] = _std(values)
+        else:
+            entry["interpolated"] = True
+        summary["levels"][name] = entry
+    details = {"runs": [{k: v for k, v in results[p.name].items() if k != "fingerprint"}
+                        for p in planned]}
+    atomic_write_many({Path("evaluation", f"{key}.json"): json.dumps(details, indent=1),
+                       Path("metrics", f"{key}.json"): json.dumps(summary, indent=1)})
+    return summary
 
 
-def _curves(stage: str, key: str | None, seed: int) -> list[dict]:
-    base = run_dir("pretrain") if stage == "pretrain" else run_dir(key, stage)
-    path = seed_dir(base, seed) / CURVES
-    return json.loads(path.read_text()) if path.exists() else []
+def params_source(key: str) -> dict[str, Any]:
+    """Whether ``methods.<key>`` ran with tuned parameters (``tuned/<key>.yaml``), calibrated
+    strengths (``calibrated/<key>.yaml``) or the hand-set ones."""
+    from sparsebench.calibrate import calibrated_path
+    from sparsebench.tuned import read_tuned
+
+    tuned = read_tuned(key)
+    info: dict[str, Any] = {"source": "default"}
+    if tuned is not None:
+        info = {"source": "tuned", "study": tuned.study, "trials": tuned.finished_trials,
+                "values": tuned.params, "val_accuracy": tuned.best.val_accuracy,
+                "val_sparsity": tuned.best.sparsity}
+    if calibrated_path(key).exists():
+        info["calibrated"] = str(calibrated_path(key))
+    return info
+
+
+class _Tracker:
+    """One MLflow run per (method, level, seed), nested under a (method, level) parent that
+    holds the mean and std over seeds; a run already logged (same fingerprint) is not again."""
+
+    def __init__(self, params: Params, key: str):
+        from sparsebench.tracking import client_for, tracking_uri
+
+        self.params, self.key = params, key
+        self.uri = tracking_uri(params.tracking.uri)
+        self.experiment = params.tracking.experiment or f"sparsebench-{params.suite}"
+        self.client, self.experiment_id = client_for(self.uri, self.experiment)
+        self.parents: dict[str, str] = {}
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.method_key = '{key}' and tags.suite = "
+            f"'{params.suite}'", max_results=5000)
+        self.logged = {r.data.tags.get("fingerprint") for r in runs}
+        for r in runs:
+            if r.data.tags.get("run_kind") == "parent":
+                self.parents[r.data.tags["level_name"]] = r.info.run_id
+
+    def _parent(self, level_name: str, level: float | None, method: str) -> str:
+        if level_name not in self.parents:
+            tags = {"method": method, "method_key": self.key, "suite": self.params.suite,
+                    "level_name": level_name, "level": str(level), "run_kind": "parent"}
+            run = self.client.create_run(self.experiment_id, tags=tags,
+                                         run_name=f"{self.key}-{level_name}")
+            self.parents[level_name] = run.info.run_id
+        return self.parents[level_name]
+
+    def log(self, p: Planned, result: dict) -> None:
+        from sparsebench.tracking import flatten, log_run, logged
+
+        fp = result["fingerprint"]
+        if fp in self.logged:
+            return
+        level_name = p.out.parent.name
+        parent = self._parent(level_name, result["level"], result["method"])
+        curves = json.loads((p.out / "curves.json").read_text())
+        tags = {"mlflow.parentRunId": parent, "method": result["method"],
+                "method_key": self.key, "suite": self.params.suite, "seed": str(p.spec.seed),
+                "level": str(result["level"]), "level_name": level_name,
+                "point": p.spec.point, "dvc_stage": f"run@{self.key}",
+                "params_source": params_source(self.key)["source"], "fingerprint": fp}
+        metrics = {k: v for k, v in result["figures"].items() if isinstance(v, (int, float))}
+        metrics.update({f"seconds_{k}": v for k, v in result["seconds"].items()})
+        metrics.update({f"layer_sparsity/{n}": v["sparsity"]
+                        for n, v in result["layers"].items()})
+        run_params = {**flatten("method", result["params"]), **flatten("epochs", result["epochs"]),
+                      **flatten("env", result["environment"]), "seed": p.spec.seed}
+        with logged(f"run {p.name}", self.uri, str(p.out)):
+            log_run(self.uri, self.experiment, run_name=f"{self.key}-{level_name}-seed"
+                    f"{p.spec.seed}{'-' + p.spec.point if p.spec.point else ''}", tags=tags,
+                    params=run_params, metrics=metrics, curves=curves,
+                    artifacts=[(p.out / "masks.safetensors", "masks"),
+                               (p.out / "model.sparse.safetensors", "model")])
+        self.logged.add(fp)
+
+    def finish(self, results: dict[str, dict]) -> None:
+        """The parents' metrics: mean and std over seeds of every figure."""
+        from mlflow.entities import Metric
+
+        from sparsebench.tracking import log_batches
+
+        groups: dict[str, list[dict]] = {}
+        for r in results.values():
+            if not r["point"]:
+                groups.setdefault(_level_label(r["level"]), []).append(r)
+        now = int(time.time() * 1000)
+        for name, runs in groups.items():
+            parent = self._parent(name, runs[0]["level"], runs[0]["method"])
+            figures = [r["figures"] for r in runs]
+            keys = [k for k in figures[0] if isinstance(figures[0][k], (int, float))]
+            metrics = [Metric(f"{k}_mean", statistics.fmean(f[k] for f in figures), now, 0)
+                       for k in keys]
+            metrics += [Metric(f"{k}_std", _std([f[k] for f in figures]), now, 0)
+                        for k in keys]
+            log_batches(self.client, parent, metrics, [])
+            self.client.set_terminated(parent, status="FINISHED")
+
+
+def _level_label(level: float | None) -> str:
+    from sparsebench.levels import level_name
+
+    return "dense" if level is None else level_name(level)
+
+
+def _tracker(params: Params, key: str) -> _Tracker:
+    return _Tracker(params, key)
 
 
 def load_results(methods: dict[str, Any]) -> dict[str, dict]:
-    """Summary and details of every configured method's evaluation, by method key."""
+    """Summary and details of every configured method's runs, by method key."""
     results = {}
     for key in methods:
         paths = [Path("metrics", f"{key}.json"), Path("evaluation", f"{key}.json")]
         for path in paths:
             if not path.exists():
-                raise UsageError(f"input: {str(path)!r} does not exist; run evaluate@{key} first")
+                raise UsageError(f"input: {str(path)!r} does not exist; run run@{key} first")
         results[key] = {**json.loads(paths[0].read_text()), **json.loads(paths[1].read_text())}
     return results
 
 
+ROW_FIELDS = ("test_accuracy", "sparsity", "compression_ratio", "theoretical_speedup",
+              "checkpoint_bytes")
+
+
+def _row(key: str, run: dict, level: float | None) -> dict[str, Any]:
+    f = run["figures"]
+    return {"method": key, "level": level or 1.0,
+            "level_sparsity": 0.0 if level is None else 1.0 - 1.0 / level,
+            "seed": run["seed"], "test_accuracy": f["test_accuracy"], "sparsity": f["sparsity"],
+            "compression": f["compression_ratio"], "flop_speedup": f["theoretical_speedup"],
+            "epochs": run["epochs"]["total"], "train_seconds": run["seconds"]["train"],
+            "interpolated": False, "checkpoint_bytes": f["checkpoint_bytes"],
+            "family": run["method"]}
+
+
+def _interpolated(key: str, low: dict, high: dict, level: float) -> dict[str, Any]:
+    """A bracketed level's row for one seed: every figure linear in log2(compression) between
+    the two measured runs (`sparsebench.calibrate`), marked interpolated."""
+    import math
+
+    a, b = _row(key, low, level), _row(key, high, level)
+    x0, x1 = math.log2(a["compression"]), math.log2(b["compression"])
+    t = (math.log2(level) - x0) / (x1 - x0) if x1 != x0 else 0.5
+    row = dict(a)
+    for field in ("test_accuracy", "flop_speedup", "checkpoint_bytes"):
+        row[field] = a[field] + t * (b[field] - a[field])
+    row.update(compression=level, sparsity=1.0 - 1.0 / level, interpolated=True,
+               train_seconds=(a["train_seconds"] + b["train_seconds"]) / 2)
+    return row
+
+
+def curve_rows(results: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per (method, level, seed) from the methods' evaluation files: measured runs as
+    they are, bracketed levels interpolated between their two runs."""
+    rows = []
+    for key, result in results.items():
+        brackets: dict[tuple, dict[str, dict]] = {}
+        for run in result["runs"]:
+            if run["point"]:
+                brackets.setdefault((run["level"], run["seed"]), {})[run["point"]] = run
+            else:
+                rows.append(_row(key, run, run["level"]))
+        for (level, _), pair in sorted(brackets.items()):
+            rows.append(_interpolated(key, pair["low"], pair["high"], level))
+    return rows
+
+
 def report(params: Params, methods: dict[str, MethodParams]) -> None:
-    """The comparison table and plots of every configured method; logged to MLflow too."""
-    from sparsebench.report import write_report
+    """The curves, the per-level tables and the ranking of every configured method."""
+    from sparsebench.curves_report import write_curves_report
 
     results = load_results(methods)
-    first = params.seeds[0]
-    curves = {key: _curves("prune", key, first) + _curves("retrain", key, first)
-              for key in methods}
-    prune_curves = {key: _curves("prune", key, first) for key in methods}
-    files = write_report(results, curves, params.suite, prune_curves)
+    rows = curve_rows(results)
+    files = write_curves_report(rows, Path("reports"), suite=params.suite, budget=params.budget)
     print(Path("reports/summary.md").read_text())
     if params.tracking.enabled:
         from sparsebench.tracking import log_run, logged, tracking_uri
@@ -382,6 +434,4 @@ def report(params: Params, methods: dict[str, MethodParams]) -> None:
             log_run(uri, experiment, run_name="report",
                     tags={"suite": params.suite, "dvc_stage": "report", "method": "report"},
                     params={"methods": ",".join(methods), "seeds": params.seeds},
-                    metrics={f"{key}/test_accuracy": r["mean"]["test_accuracy"]
-                             for key, r in results.items()},
-                    curves={}, artifacts=[(path, "report") for path in files])
+                    metrics={}, curves={}, artifacts=[(path, "report") for path in files])

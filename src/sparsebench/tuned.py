@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from sparsebench.config import Strict, validate
+from sparsebench.schema import Strict, validate
 from sparsebench.errors import UsageError
 from sparsebench.paths import atomic_write_text
 

@@ -42,7 +42,7 @@ def method_class(key: str, cfg: dict[str, Any]) -> type[Method]:
 
 def method_params(key: str, cfg: dict[str, Any]) -> MethodParams:
     """Validate ``methods.<key>`` against its method's parameter model."""
-    from sparsebench.config import validate
+    from sparsebench.schema import validate
 
     if not isinstance(cfg, dict):
         from sparsebench.errors import UsageError

@@ -30,7 +30,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from sparsebench.config import OptimizerParams
+from sparsebench.schema import OptimizerParams
 from sparsebench.methods.base import Context, Method, SparsityParams
 from sparsebench.metrics import prunable_modules
 from sparsebench.sparsity import apply_masks, keep_count, masks_from_scores, topk_mask

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from sparsebench.config import OptimizerParams, Strict
+from sparsebench.schema import OptimizerParams, Strict
 from sparsebench.errors import UsageError
 from sparsebench.metrics import prunable_modules
 from sparsebench.resume import EpochCheckpoint, Resume
@@ -39,6 +39,7 @@ class MethodParams(Strict):
 
     method: str | None = None
     retrain: RetrainOverride = RetrainOverride()
+    levels: list[float] | None = Field(None, min_length=1)  # a subset of the suite's levels
 
 
 class SparsityParams(MethodParams):
@@ -94,6 +95,17 @@ class Method:
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
     from_pretrained: ClassVar[bool] = True  # start from the shared dense checkpoint
+    #: the parameter that sets a regularisation-driven method's sparsity (calibrated per level,
+    #: `sparsebench.calibrate`); None for target-driven methods and dense
+    strength: ClassVar[str | None] = None
+
+    @classmethod
+    def kind(cls) -> str:
+        """``target`` (takes a level as its target), ``regularised`` (its strength is
+        calibrated to a level) or ``reference`` (dense: no level)."""
+        if issubclass(cls.Params, SparsityParams):
+            return "target"
+        return "regularised" if cls.strength else "reference"
 
     def __init__(self, params: MethodParams, key: str | None = None):
         self.params = params

@@ -114,6 +114,7 @@ class GRDAMethod(SparseTraining):
 
     name = "grda"
     Params = GRDAParams
+    strength = "c"
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         p = self.params
@@ -130,6 +131,7 @@ class LinBregMethod(SparseTraining):
 
     name = "linbreg"
     Params = LinBregParams
+    strength = "lam"
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         p = self.params
@@ -143,6 +145,7 @@ class AdaBregMethod(SparseTraining):
 
     name = "adabreg"
     Params = AdaBregParams
+    strength = "lam"
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         p = self.params
@@ -156,6 +159,7 @@ class ProxSGDMethod(SparseTraining):
 
     name = "proxsgd"
     Params = ProxSGDParams
+    strength = "lam"
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         p = self.params

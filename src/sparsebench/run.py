@@ -1,0 +1,297 @@
+"""One run, one function: a (method, level, seed) from its spec to its result.
+
+The protocol of the benchmark lives here, and the stages, the tuner, the calibration and the
+benchmarks all call it (as lightning-hydra-template's ``train(cfg)``): seed, model (the suite's
+pretrained one, or a fresh initialisation for methods that train from their own), the method's
+prune phase at its level, the masked retrain with the method's overrides, then the figures. It
+knows nothing of DVC, Optuna or MLflow: curves go to a callback.
+
+`run` trains on the training split and reports on the validation split; `execute` adds the test
+split's figures, the compressed checkpoint and the run's files (the pipeline's form of a run).
+A run with a work directory is resumable: each phase checkpoints every epoch, and a finished
+prune phase is kept, so a killed run continues where it stopped, with the numbers of a run never
+interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsebench.checkpoint import load_model, save_model
+from sparsebench.errors import UsageError
+from sparsebench.methods import Context, MethodParams, build_method
+from sparsebench.methods.retrain import masked_retrain
+from sparsebench.metrics import evaluate_model_metrics, sparsity_summary
+from sparsebench.models import build_model
+from sparsebench.paths import atomic_write_text, fsync_dir
+from sparsebench.resume import EpochCheckpoint
+from sparsebench.schema import PhaseParams
+from sparsebench.sparsity import apply_masks, get_masks, load_masks, make_permanent, save_masks
+from sparsebench.train import evaluate, seed_everything
+
+MODEL, MASKS, CURVES = "model.safetensors", "masks.safetensors", "curves.json"
+CHECKPOINT = "model.sparse.safetensors"  # the compressed sparse checkpoint (sparsebench.checkpoint)
+RESULT = "result.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The suite's architecture, shaped for its data."""
+
+    name: str
+    args: dict[str, Any]
+    in_channels: int
+    image_size: int
+    num_classes: int
+
+    def build(self) -> nn.Module:
+        return build_model(self.name, in_channels=self.in_channels, image_size=self.image_size,
+                           num_classes=self.num_classes, **self.args)
+
+
+@dataclass
+class RunSpec:
+    """Everything one run depends on.
+
+    Args:
+        key: the entry under ``methods:``.
+        method: its parameters at this level (target or calibrated strength applied).
+        level: the nominal compression ratio; None for dense.
+        seed: the run's seed (initialisation, batch order, random masks).
+        retrain: the masked retrain phase (shared section with the method's overrides).
+        model: the architecture.
+        pretrained: the dense model this run starts from; None to start from a fresh init.
+        point: which measured point of the level this is ("" for the level itself, or the
+            "low" / "high" bracket of an interpolated level).
+    """
+
+    key: str
+    method: MethodParams
+    level: float | None
+    seed: int
+    retrain: PhaseParams
+    model: ModelSpec
+    pretrained: Path | None = None
+    point: str = ""
+
+    def config(self) -> dict[str, Any]:
+        """The resolved configuration (JSON-able): what a cached run is keyed by."""
+        return {"key": self.key, "method": self.method.model_dump(mode="json"),
+                "level": self.level, "seed": self.seed, "point": self.point,
+                "retrain": self.retrain.model_dump(mode="json"),
+                "model": {"name": self.model.name, "args": self.model.args,
+                          "in_channels": self.model.in_channels,
+                          "image_size": self.model.image_size,
+                          "num_classes": self.model.num_classes}}
+
+
+@dataclass
+class Outcome:
+    """What `run` returns: the model with its masks applied, curves and seconds per phase."""
+
+    model: nn.Module
+    curves: dict[str, list[dict]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
+
+    @property
+    def train_seconds(self) -> float:
+        """The epochs' own seconds (training steps, without the per-epoch validation)."""
+        return sum(row.get("seconds", 0.0) for rows in self.curves.values() for row in rows)
+
+
+def load_run_model(path: Path, device: torch.device, *, masked: bool = True) -> nn.Module:
+    """The model written under ``path`` (with its masks applied when ``masked``)."""
+    if not (path / MODEL).exists():
+        raise UsageError(f"input: {str(path / MODEL)!r} does not exist; run the stage before "
+                         "this one first (dvc repro)")
+    model, _ = load_model(path / MODEL, device)
+    if masked and (path / MASKS).exists():
+        apply_masks(model, load_masks(path / MASKS))
+    return model
+
+
+def save_run_model(path: Path, model: nn.Module, curves: list[dict] | dict) -> None:
+    """Write a model (masks folded in), its masks and curves into the new directory ``path``."""
+    path.mkdir(parents=True)
+    save_masks(get_masks(model), path / MASKS)
+    make_permanent(model)
+    save_model(model, path / MODEL)
+    (path / CURVES).write_text(json.dumps(curves, indent=1))
+
+
+def _context(spec: RunSpec, data: dict, device: torch.device, checkpoint: EpochCheckpoint | None,
+             on_epoch: Callable[[dict], None] | None) -> Context:
+    return Context(train=data["train"], val=data["val"], device=device,
+                   generator=seed_everything(spec.seed), seed=spec.seed, progress=False,
+                   on_epoch=on_epoch, checkpoint=checkpoint)
+
+
+def _phase_hook(phase: str, on_epoch: Callable[[str, dict], None] | None):
+    return None if on_epoch is None else (lambda row: on_epoch(phase, row))
+
+
+def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        device: torch.device, *, work: Path | None = None,
+        on_epoch: Callable[[str, dict], None] | None = None) -> Outcome:
+    """Prune and retrain one (method, level, seed) on the training split.
+
+    Args:
+        spec: the run.
+        data: the ``train`` and ``val`` splits (the test split is never needed here).
+        device: where to train.
+        work: a directory for the run's resume state (created; None: not resumable).
+        on_epoch: called with (phase, row) after every epoch (or ADMM iteration).
+
+    Returns:
+        The trained model with its masks applied, the curves and seconds of both phases.
+    """
+    method = build_method(spec.key, spec.method)
+    pruned = work / "prune" if work is not None else None
+    outcome = Outcome(model=nn.Identity())
+    if pruned is not None and (pruned / CURVES).exists():  # finished before a kill
+        model = load_run_model(pruned, device)
+        saved = json.loads((pruned / CURVES).read_text())
+        outcome.curves["prune"], outcome.seconds["prune"] = saved["rows"], saved["wall"]
+    else:
+        start = time.perf_counter()
+        if method.from_pretrained:
+            if spec.pretrained is None:
+                raise UsageError(f"methods.{spec.key}: starts from the pretrained model, and "
+                                 "none was given")
+            model = load_run_model(spec.pretrained, device, masked=False)
+        else:
+            seed_everything(spec.seed)
+            model = spec.model.build().to(device)
+        checkpoint = _checkpoint(work, "prune")
+        ctx = _context(spec, data, device, checkpoint, _phase_hook("prune", on_epoch))
+        outcome.curves["prune"] = method.prune(model, ctx)
+        outcome.seconds["prune"] = time.perf_counter() - start
+        if pruned is not None:
+            _keep(pruned, model, {"rows": outcome.curves["prune"],
+                                  "wall": outcome.seconds["prune"]})
+            model = load_run_model(pruned, device)
+            (work / "prune.resume.pt").unlink(missing_ok=True)
+    start = time.perf_counter()
+    ctx = _context(spec, data, device, _checkpoint(work, "retrain"),
+                   _phase_hook("retrain", on_epoch))
+    outcome.curves["retrain"] = masked_retrain(model, spec.retrain.to_phase(f"{spec.key} retrain"),
+                                               ctx)
+    outcome.seconds["retrain"] = time.perf_counter() - start
+    outcome.model = model
+    return outcome
+
+
+def _checkpoint(work: Path | None, phase: str) -> EpochCheckpoint | None:
+    if work is None:
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    return EpochCheckpoint(work / f"{phase}.resume.pt")
+
+
+def _keep(path: Path, model: nn.Module, curves: dict) -> None:
+    """Save the pruned model whole into ``path`` (built beside it, then renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_run_model(tmp, model, curves)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def validation_figures(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor],
+                       device: torch.device) -> dict[str, float]:
+    """Validation accuracy and loss, sparsity and compression of a run's model (the tuner's and
+    the calibration's figures)."""
+    loss, acc = evaluate(model, *val, device=device)
+    summary = sparsity_summary(model)
+    return {"val_accuracy": acc, "val_loss": loss, "sparsity": summary["sparsity"],
+            "compression": summary["compression_ratio"]}
+
+
+def environment(device: torch.device, threads: int, workers: int) -> dict[str, Any]:
+    """What a speed figure needs to be read later."""
+    from sparsebench.numerics import flush_enabled
+
+    return {"torch": torch.__version__, "cpu": _cpu_model(), "threads": threads,
+            "workers": workers, "device": str(device), "flush_subnormals": flush_enabled(),
+            "python": platform.python_version()}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+            device: torch.device, out: Path, *, fingerprint: str, budget: dict[str, int],
+            shape: tuple[int, ...], env: dict[str, Any],
+            on_epoch: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
+    """`run`, then the test figures; write the run's directory ``out`` whole.
+
+    ``out`` receives the model (masks folded in), the masks, the compressed checkpoint, the
+    curves and ``result.json`` (figures, budget, seconds, environment, fingerprint). Its resume
+    state lives in ``.<name>.work`` beside it and is deleted once ``out`` is in place.
+    """
+    from sparsebench.checkpoint import information_bound, save
+
+    work = out.with_name(f".{out.name}.work")
+    wall = time.perf_counter()
+    outcome = run(spec, data, device, work=work, on_epoch=on_epoch)
+    model = outcome.model
+    test_loss, test_acc = evaluate(model, *data["test"], device=device)
+    figures = evaluate_model_metrics(model, shape)
+    layers = figures.pop("layers")
+    val = validation_figures(model, data["val"], device)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_run_model(tmp, model, outcome.curves)
+    save(model, tmp / CHECKPOINT)
+    size, dense = (tmp / CHECKPOINT).stat().st_size, (tmp / MODEL).stat().st_size
+    result = {
+        "key": spec.key, "method": build_method(spec.key, spec.method).name,
+        "level": spec.level, "point": spec.point, "seed": spec.seed,
+        "figures": {"test_accuracy": test_acc, "test_loss": test_loss,
+                    "val_accuracy": val["val_accuracy"], **figures,
+                    "checkpoint_bytes": size, "checkpoint_dense_bytes": dense,
+                    "checkpoint_ratio": dense / size,
+                    "checkpoint_bound_ratio": size / information_bound(model)},
+        "layers": layers, "epochs": budget,
+        "seconds": {"train": outcome.train_seconds, **outcome.seconds,
+                    "run": time.perf_counter() - wall},
+        "params": spec.method.model_dump(mode="json"),
+        "environment": env, "fingerprint": fingerprint,
+    }
+    if not math.isfinite(test_loss):
+        raise FloatingPointError(f"{spec.key}: the test loss is {test_loss}")
+    atomic_write_text(tmp / RESULT, json.dumps(result, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def cached(out: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The result of a finished run at ``out`` made from the same spec, inputs and code."""
+    try:
+        result = json.loads((out / RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    return result if result.get("fingerprint") == fingerprint else None

@@ -1,0 +1,138 @@
+"""From params.yaml to runs: every (method, level, seed) of a suite as a `run.RunSpec`.
+
+A target-driven method takes the level as per-layer targets (`sparsebench.levels`); a
+regularisation-driven one takes the strength its calibration found for the level
+(`sparsebench.calibrate`), or the two strengths that bracket it when it could not be hit, and
+its value at the level is then interpolated; dense has no level. Each run's epoch budget
+(pretrain share + prune + retrain) is checked against the suite's ``budget``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparsebench.config import Params
+from sparsebench.data import dataset_info
+from sparsebench.errors import UsageError
+from sparsebench.levels import layer_targets, level_name
+from sparsebench.methods import MethodParams, build_method, method_class, method_params
+from sparsebench.metrics import prunable_modules
+from sparsebench.paths import run_dir, seed_dir
+from sparsebench.run import MODEL, ModelSpec, RunSpec
+from sparsebench.schema import PhaseParams, validate
+
+DATA_FILE = Path("data", "prepared", "splits.safetensors")
+
+
+def model_spec(params: Params, data_file: Path = DATA_FILE) -> ModelSpec:
+    """The suite's model, shaped for its prepared data."""
+    info = dataset_info(data_file)
+    shape = info["shape"]
+    return ModelSpec(params.model.name, dict(params.model.args), shape[0], shape[1],
+                     info["num_classes"])
+
+
+def retrain_phase(params: Params, method: MethodParams) -> PhaseParams:
+    """The shared ``retrain`` section with the method's own overrides applied."""
+    merged = params.retrain.model_dump()
+    override = method.retrain.model_dump(exclude_none=True)
+    merged["optimizer"].update(override.pop("optimizer", {}))
+    merged.update(override)
+    return validate(PhaseParams, merged, prefix="retrain.")
+
+
+def levels_of(params: Params, key: str, method: MethodParams) -> list[float | None]:
+    """The compression levels ``methods.<key>`` runs at (None: dense, which has none)."""
+    if method_class(key, method.model_dump()).kind() == "reference":
+        return [None]
+    return params.levels.ratios(method.levels)
+
+
+def layer_sizes(spec: ModelSpec) -> dict[str, int]:
+    with torch.device("meta"):
+        model = spec.build()
+    return {name: m.weight.numel() for name, m in prunable_modules(model)}
+
+
+def at_level(params: Params, key: str, method: MethodParams, level: float | None,
+             sizes: dict[str, int], calibration: Any = None) -> list[tuple[str, MethodParams]]:
+    """The method's parameters at ``level``: [("", params)] for a level it is run at directly,
+    [("low", ...), ("high", ...)] for a bracketed level, [] for a level it cannot reach."""
+    cls = method_class(key, method.model_dump())
+    if level is None:
+        return [("", method)]
+    raw = method.model_dump(exclude_none=True)
+    if cls.kind() == "target":
+        profile = None
+        if method.layer_sparsity:
+            profile = {n: 1.0 - method.layer_sparsity.get(n, method.target_sparsity)
+                       for n in sizes}
+        targets = layer_targets(sizes, level, profile=profile, key="levels",
+                                classifier_density=params.levels.classifier_density)
+        raw.update(target_sparsity=1.0 - 1.0 / level, layer_sparsity=targets, scope="layer")
+        return [("", method_params(key, raw))]
+    if calibration is None:
+        raise UsageError(f"calibrated/{key}.yaml: missing; methods.{key} is regularisation-"
+                         f"driven and needs its {cls.strength} calibrated per level: run "
+                         f"sparsebench calibrate --method {key}")
+    return [(point, method_params(key, {**raw, cls.strength: value}))
+            for point, value in calibration.points(level)]
+
+
+@dataclass
+class Planned:
+    """A run of the stage: its spec and where its directory goes."""
+
+    spec: RunSpec
+    out: Path
+    budget: dict[str, int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.key} {self.out.parent.name} seed {self.spec.seed}" + (
+            f" ({self.spec.point})" if self.spec.point else "")
+
+
+def epoch_budget(params: Params, key: str, method: MethodParams, n_train: int) -> dict[str, int]:
+    """Epochs each part of a run costs: pretrain share, prune, retrain, total."""
+    instance = build_method(key, method)
+    budget = {"pretrain": params.pretrain.epochs if instance.from_pretrained else 0,
+              "prune": instance.prune_epochs(n_train),
+              "retrain": retrain_phase(params, method).epochs}
+    return {**budget, "total": sum(budget.values())}
+
+
+def plan(params: Params, methods: dict[str, MethodParams], key: str,
+         calibration: Any = None, data_file: Path = DATA_FILE) -> list[Planned]:
+    """Every run of ``methods.<key>``: its levels x the suite's seeds (x bracket points)."""
+    method = methods[key]
+    spec_model = model_spec(params, data_file)
+    sizes = layer_sizes(spec_model)
+    n_train = dataset_info(data_file)["sizes"]["train"]
+    retrain = retrain_phase(params, method)
+    runs = []
+    for level in levels_of(params, key, method):
+        for point, at in at_level(params, key, method, level, sizes, calibration):
+            budget = epoch_budget(params, key, at, n_train)
+            if params.budget is not None and budget["total"] > params.budget:
+                raise UsageError(
+                    f"methods.{key}: {budget['total']} epochs a run ({budget['pretrain']} "
+                    f"pretrain + {budget['prune']} prune + {budget['retrain']} retrain) is "
+                    f"over the suite's budget; allowed: at most budget: {params.budget}")
+            for seed in params.seeds:
+                pretrained = (seed_dir(run_dir("pretrain"), seed)
+                              if build_method(key, at).from_pretrained else None)
+                spec = RunSpec(key, at, level, seed, retrain, spec_model, pretrained, point)
+                name = "dense" if level is None else level_name(level)
+                leaf = seed_dir(run_dir(key, name), seed)
+                out = leaf.with_name(f"{leaf.name}-{point}") if point else leaf
+                runs.append(Planned(spec, out, budget))
+    return runs
+
+
+def pretrained_file(spec: RunSpec) -> list[Path]:
+    return [] if spec.pretrained is None else [spec.pretrained / MODEL]

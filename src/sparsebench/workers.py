@@ -1,0 +1,145 @@
+"""Independent runs side by side: one forked worker process per run, a few at a time.
+
+The runs of a stage (levels x seeds) do not depend on each other. Two one-thread processes train
+LeNet-300-100 1.3 times as fast in total as one two-thread process on a 2-core CPU, so a stage
+forks up to ``workers`` children, each with ``threads`` torch threads (a suite setting, so a
+result does not depend on the machine: a run gives the same weights, bit for bit, alone or beside
+others). A child inherits the loaded data from its parent (fork, copy on write) and costs
+milliseconds to start, not the seconds of a fresh interpreter importing torch.
+
+A run that fails, or a worker that dies (killed, out of memory), fails that run alone with one
+line; the others go on and keep their outputs, and the stage reports every failure at the end.
+On CUDA, or with one worker and one run, the run goes in this process (no fork after CUDA).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+
+import torch
+
+from sparsebench.errors import UsageError
+
+
+@dataclass
+class Task:
+    """A named unit of work; ``fn`` writes its own outputs (returns nothing of use)."""
+
+    name: str
+    fn: Callable[[], None]
+
+
+def default_workers(threads: int, device: torch.device) -> int:
+    """cores // threads on the CPU (at least one); one on CUDA."""
+    if device.type != "cpu":
+        return 1
+    return max(1, (os.cpu_count() or 1) // threads)
+
+
+def check_workers(workers: int, threads: int) -> str | None:
+    """A one-line warning when ``workers * threads`` exceeds the cores here (the runs then
+    share cores and each is slower; the results do not change)."""
+    cores = os.cpu_count() or 1
+    if workers * threads > cores:
+        return (f"execution.workers: {workers} workers x {threads} threads exceed the {cores} "
+                "cores here; the runs will share cores (same results, slower)")
+    return None
+
+
+def setup_process(threads: int) -> None:
+    """What every training process sets first: its thread count, flushed subnormals."""
+    from sparsebench.numerics import flush_subnormals
+
+    torch.set_num_threads(threads)
+    flush_subnormals(True)
+
+
+def _child(fn: Callable[[], None], threads: int, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        setup_process(threads)
+        fn()
+        conn.send(None)
+    except BaseException as exc:  # the parent reports it as the run's one line
+        if not isinstance(exc, (UsageError, FloatingPointError, OSError)):
+            traceback.print_exc()
+        conn.send(one_line(exc))
+        conn.close()
+        os._exit(3)
+    conn.close()
+    os._exit(0)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def run_tasks(tasks: list[Task], *, workers: int, threads: int,
+              on_done: Callable[[Task], None] | None = None,
+              in_process: bool = False) -> dict[str, str]:
+    """Run every task, at most ``workers`` at a time; return name -> failure line.
+
+    Args:
+        tasks: the runs.
+        workers: processes side by side.
+        threads: torch threads in each.
+        on_done: called in this process after each task that succeeded (tracking, progress).
+        in_process: run the tasks one after another here (CUDA), not in children.
+    """
+    failures: dict[str, str] = {}
+    if in_process or (workers == 1 and len(tasks) <= 1):
+        setup_process(threads)
+        for task in tasks:
+            try:
+                task.fn()
+            except (UsageError, FloatingPointError) as exc:
+                failures[task.name] = one_line(exc)
+                continue
+            if on_done is not None:
+                on_done(task)
+        return failures
+    context = mp.get_context("fork")
+    pending = list(reversed(tasks))
+    running: dict[int, tuple[Task, mp.Process, object]] = {}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                task = pending.pop()
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_child, args=(task.fn, threads, send),
+                                          name=task.name, daemon=True)
+                process.start()
+                send.close()
+                running[process.sentinel] = (task, process, receive)
+            for sentinel in wait(list(running)):
+                task, process, receive = running.pop(sentinel)
+                message = receive.recv() if receive.poll() else None
+                process.join()
+                receive.close()
+                if process.exitcode == 0:
+                    if on_done is not None:
+                        on_done(task)
+                    continue
+                if message is None:
+                    code = process.exitcode
+                    how = (f"killed by signal {-code} ({signal.Signals(-code).name})"
+                           if code < 0 else f"exited with code {code}")
+                    message = f"its worker process {how}"
+                failures[task.name] = message
+                print(f"sparsebench: run {task.name} failed: {message}", file=sys.stderr,
+                      flush=True)
+    finally:
+        for _, process, _ in running.values():
+            process.kill()
+            process.join()
+    return failures
