@@ -164,7 +164,7 @@ def test_levels_of_leaves_dense_out():
     assert levels_of(rows) == [8.0, 16.0]
 
 
-# --------------------------------------------------------------------------- AUC and max compression
+# ------------------------------------------------------------------- AUC and max compression
 
 
 LEVELS = [8.0, 16.0, 32.0, 64.0, 128.0]
