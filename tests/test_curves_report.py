@@ -239,6 +239,11 @@ def test_header_states_dense_budget_and_suite():
             f"{pct(dense['test_accuracy_std']):.2f} % (mean ± std over 3 seeds).") in markdown
     assert "Epoch budget: 60 epochs per run; runs used 30–60 epochs" in markdown
     assert "Over the budget" not in markdown
+    assert "Values marked * are built from interpolated points" in markdown
+    measured = [r for r in ROWS if not r["interpolated"]]
+    assert "Values marked *" not in curves_markdown(measured, suite="s", budget=None)
+    sparse = [r for r in ROWS if r["method"] != "dense"]
+    assert "every run used 60 epochs." in curves_markdown(sparse, suite="s", budget=60)
     assert "**Over the budget:** admm, gmp" in curves_markdown(ROWS, suite="s", budget=50)
     assert "Epoch budget: none set; runs used 30–60" in curves_markdown(ROWS, suite="s",
                                                                        budget=None)

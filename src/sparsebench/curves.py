@@ -80,6 +80,11 @@ def _integer(row: dict[str, Any], key: str, low: int) -> int:
 def validate_row(row: dict[str, Any]) -> None:
     """Check one row: every key of `CSV_COLUMNS` present and its value sane.
 
+    ``method`` a non-empty string; ``level`` >= 1 and ``level_sparsity`` = 1 - 1/level (to
+    1e-6); ``seed`` and ``epochs`` integers >= 0; ``test_accuracy`` and ``sparsity`` in [0, 1];
+    ``compression`` >= 1; ``flop_speedup`` > 0; ``train_seconds`` >= 0; every number finite;
+    ``interpolated`` a bool.
+
     Raises:
         UsageError: (a ValueError) naming the row (method, level, seed), the key and the value.
     """

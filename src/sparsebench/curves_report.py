@@ -164,8 +164,9 @@ def dense_summary(summaries: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _budget_lines(rows: list[dict[str, Any]], budget: int | None) -> list[str]:
-    epochs = [r["epochs"] for r in rows]
-    used = f"runs used {min(epochs)}–{max(epochs)} epochs (column `epochs` of curves.csv)"
+    low, high = min(r["epochs"] for r in rows), max(r["epochs"] for r in rows)
+    used = (f"every run used {low} epochs" if low == high else
+            f"runs used {low}–{high} epochs (column `epochs` of curves.csv)")
     if budget is None:
         return [f"Epoch budget: none set; {used}."]
     over = sorted({r["method"] for r in rows if r["epochs"] > budget})
@@ -274,11 +275,12 @@ def curves_markdown(rows: Iterable[dict[str, Any]], *, suite: str, budget: int |
         "n/a with fewer than 2 common seeds. Ranking: by mean test accuracy; > (<) the paired "
         "interval to the next method is above (below) 0, ≈ it holds 0 (within noise), ? fewer "
         "than 2 common seeds.",
-        "",
-        f"Values marked {MARK} are built from interpolated points: a method that cannot hit "
-        "the level exactly is read off its measured curve, linearly in log2 compression "
-        "(the seeds column counts them); they are drawn hollow in the plot.",
     ]
+    if any(s["interpolated"] for s in summaries):
+        lines += ["", f"Values marked {MARK} are built from interpolated points: a method that "
+                  "cannot hit the level exactly is read off its measured curve, linearly in "
+                  "log2 compression (the seeds column counts them); they are drawn hollow in "
+                  "the plot."]
     for level in levels:
         lines += ["", f"## {level_label(level)} ({100 * (1 - 1 / level):.2f}% sparse)", "",
                   *level_table(rows, summaries, level), "",
