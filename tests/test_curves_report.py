@@ -1,0 +1,329 @@
+"""The curves report: the CSV round-trips, the markdown says what the statistics say, the plot
+is a PNG, and the files appear all together or not at all."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+
+import pytest
+
+from sparsebench import curves_report
+from sparsebench.curves import (
+    CSV_COLUMNS,
+    area_under_curve,
+    max_compression_within,
+    paired_difference,
+    rank_level,
+    summarize,
+)
+from sparsebench.curves_report import (
+    curves_csv,
+    curves_markdown,
+    difference_cell,
+    outlier_methods,
+    plot_accuracy_vs_compression,
+    read_curves_csv,
+    write_curves_report,
+)
+
+LEVELS = [8.0, 16.0, 32.0]
+QUALITY = {"magnitude": 0.0, "gmp": 0.004, "admm": 0.006, "grda": 0.002, "random": -0.08}
+NOISE = [0.0011, -0.0007, 0.0003]  # per seed, fixed
+
+
+def run(method: str, level: float, seed: int, acc: float, **extra) -> dict:
+    return {"method": method, "level": float(level), "level_sparsity": 1 - 1 / level,
+            "seed": seed, "test_accuracy": acc, "sparsity": 1 - 1 / level,
+            "compression": float(level) * (1 + 0.001 * seed),
+            "flop_speedup": 0.8 * level if level > 1 else 1.0, "epochs": 60 if level > 1 else 30,
+            "train_seconds": 100.0 + 7.25 * seed, "interpolated": False, **extra}
+
+
+def suite_rows() -> list[dict]:
+    """Dense and five methods at 8x, 16x, 32x, 3 seeds; accuracy falls with compression;
+    grda's 32x points are interpolated."""
+    rows = [run("dense", 1, s, 0.990 + NOISE[s]) for s in range(3)]
+    for method, bonus in QUALITY.items():
+        for level in LEVELS:
+            for seed in range(3):
+                drop = 0.005 * (math.log2(level) - 3) ** 2 + 0.002
+                acc = 0.99 - drop + bonus * (math.log2(level) - 2) / 3 + NOISE[seed] * (
+                    1 + 0.5 * (seed == 2 and method == "admm"))
+                rows.append(run(method, level, seed, acc,
+                                interpolated=method == "grda" and level == 32))
+    return rows
+
+
+ROWS = suite_rows()
+
+
+def pct(value: float) -> float:
+    return round(100 * value, 2)
+
+
+def tables(markdown: str) -> dict[str, list[dict[str, str]]]:
+    """Each ``## `` section's table as dicts by header."""
+    sections = {}
+    for section in markdown.split("\n## ")[1:]:
+        title, *lines = section.splitlines()
+        cells = [[c.strip() for c in line.strip("|").split("|")]
+                 for line in lines if line.startswith("|") and not line.startswith("|---")]
+        if cells:
+            sections[title] = [dict(zip(cells[0], row, strict=True)) for row in cells[1:]]
+    return sections
+
+
+def mean_std(cell: str) -> tuple[float, float]:
+    """``98.10 ± 0.14`` / ``8.0x ± 0.0`` / ``97.1 ± 0.2*`` as two numbers."""
+    mean, std = cell.rstrip("*").split(" ± ")
+    return float(mean.rstrip("x")), float(std)
+
+
+def signed(text: str) -> float:
+    return float(text.replace("\u2212", "-"))
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def test_csv_round_trip_equals_the_rows():
+    rows = [{**row, "tuned": "yes" if row["method"] == "admm" else "no"} for row in ROWS]
+    text = curves_csv(rows)
+    assert text.splitlines()[0] == ",".join([*CSV_COLUMNS, "tuned"])
+    assert read_curves_csv(text) == rows
+    raw = list(csv.DictReader(io.StringIO(text)))
+    assert {r["interpolated"] for r in raw} == {"true", "false"}
+    assert len(raw) == len(ROWS)
+
+
+def test_csv_columns_can_be_chosen():
+    rows = [{**row, "a": 1, "b": 2} for row in ROWS[:2]]
+    text = curves_csv(rows, [*CSV_COLUMNS, "b"])
+    assert text.splitlines()[0].endswith("interpolated,b")
+    assert text.splitlines()[1].endswith("false,2")
+
+
+def test_csv_refuses_a_bad_row_and_a_bad_boolean():
+    with pytest.raises(ValueError, match="key 'test_accuracy'"):
+        curves_csv([{**ROWS[0], "test_accuracy": math.nan}])
+    text = curves_csv(ROWS[:1]).replace("false", "no")
+    with pytest.raises(ValueError, match="interpolated 'no'; allowed: true, false"):
+        read_curves_csv(text)
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def test_level_tables_hold_the_summaries():
+    markdown = curves_markdown(ROWS, suite="default", budget=60)
+    sections = tables(markdown)
+    summary = summarize(ROWS)
+    for s in summary:
+        if s["method"] == "dense":
+            continue
+        title = f"{s['level']:g}x ({100 * s['level_sparsity']:.2f}% sparse)"
+        line = next(r for r in sections[title] if r["method"].rstrip("*") == s["method"])
+        assert mean_std(line["test acc (%)"]) == (pct(s["test_accuracy_mean"]),
+                                                  pct(s["test_accuracy_std"]))
+        assert mean_std(line["sparsity (%)"]) == (pct(s["sparsity_mean"]),
+                                                  pct(s["sparsity_std"]))
+        assert mean_std(line["compression"]) == (round(s["compression_mean"], 1),
+                                                 round(s["compression_std"], 1))
+        assert mean_std(line["FLOP speedup"])[0] == round(s["flop_speedup_mean"], 1)
+        assert mean_std(line["train (s)"]) == (round(s["train_seconds_mean"], 1),
+                                               round(s["train_seconds_std"], 1))
+        assert mean_std(line["epochs"]) == (60.0, 0.0)
+        assert line["seeds"].split()[0] == "3"
+
+
+def test_differences_to_magnitude_and_gmp_are_the_paired_intervals():
+    sections = tables(curves_markdown(ROWS, suite="default", budget=60))
+    pattern = re.compile(r"([+\u2212]\d+\.\d\d) \[([+\u2212]\d+\.\d\d), ([+\u2212]\d+\.\d\d)\]"
+                         r"(\*?)( \(noise\))?$")
+    checked = 0
+    for title, table in sections.items():
+        if not title.endswith("sparse)"):
+            continue
+        level = float(title.split("x")[0])
+        for line in table:
+            method = line["method"].rstrip("*")
+            for baseline in ("magnitude", "gmp"):
+                cell = line[f"Δ vs {baseline} (pp)"]
+                if method == baseline:
+                    assert cell == "—"
+                    continue
+                diff = paired_difference(ROWS, method, baseline, level)
+                mean, low, high, star, noise = pattern.match(cell).groups()
+                assert (signed(mean), signed(low), signed(high)) == (
+                    pct(diff["mean"]), pct(diff["low"]), pct(diff["high"]))
+                assert bool(noise) == diff["within_noise"]
+                assert bool(star) == diff["interpolated"]
+                checked += 1
+    assert checked == 3 * (3 * 2 + 2)  # 3 levels: 3 methods against both, the 2 baselines
+
+
+def test_difference_cell_format():
+    diff = {"mean": 0.0012, "low": -0.0005, "high": 0.0029, "within_noise": True,
+            "interpolated": False}
+    assert difference_cell(diff) == "+0.12 [\u22120.05, +0.29] (noise)"
+    assert difference_cell({**diff, "low": 0.0001, "within_noise": False,
+                            "interpolated": True}) == "+0.12 [+0.01, +0.29]*"
+    assert difference_cell({**diff, "low": -0.00001}).startswith("+0.12 [\u22120.00,")
+    assert difference_cell(None) == "n/a"
+
+
+def test_one_seed_gives_n_a_differences_and_unknown_ranks():
+    rows = [r for r in ROWS if r["seed"] == 0]
+    markdown = curves_markdown(rows, suite="default", budget=None)
+    line = tables(markdown)["8x (87.50% sparse)"][2]
+    assert line["Δ vs magnitude (pp)"] == "n/a" and line["Δ vs gmp (pp)"] == "n/a"
+    rankings = [line for line in markdown.splitlines() if line.startswith("Ranking: ")]
+    assert all(line.split()[3::3] == ["?"] * 4 for line in rankings)
+    assert "Mean ± sample standard deviation over 1 seeds" in markdown
+
+
+def test_ranking_lines_follow_rank_level():
+    markdown = curves_markdown(ROWS, suite="default", budget=60)
+    lines = [line for line in markdown.splitlines() if line.startswith("Ranking: ")]
+    assert len(lines) == len(LEVELS)
+    for level, line in zip(LEVELS, lines, strict=True):
+        ranking = rank_level(ROWS, level)
+        expected = []
+        for entry in ranking:
+            name = entry["method"] + ("*" if entry["interpolated"] else "")
+            expected += [name, f"{100 * entry['mean']:.2f}", entry["relation"]]
+        assert line == "Ranking: " + " ".join(expected).rstrip()
+    assert lines[0].startswith("Ranking: admm ")
+    assert lines[0].split()[-3:-1] == [">", "random"]
+
+
+def test_interpolated_points_are_marked_everywhere():
+    markdown = curves_markdown(ROWS, suite="default", budget=60)
+    sections = tables(markdown)
+    at32 = {r["method"]: r for r in sections["32x (96.88% sparse)"]}
+    assert at32["grda*"]["seeds"] == "3 (3 interp.)"
+    assert at32["grda*"]["test acc (%)"].endswith("*")
+    assert "*" in at32["grda*"]["Δ vs gmp (pp)"]
+    assert not at32["admm"]["test acc (%)"].endswith("*")
+    assert "grda" in {r["method"] for r in sections["16x (93.75% sparse)"]}  # measured there
+    rankings = [line for line in markdown.splitlines() if line.startswith("Ranking: ")]
+    assert "grda* " in rankings[2] and "grda*" not in rankings[0]
+    assert "Values marked * are built from interpolated points" in markdown
+    assert re.search(r"\| grda\* \| \d+\.\d\d\* \|", markdown)  # its AUC uses them
+
+
+def test_per_method_table_holds_auc_and_max_compression():
+    markdown = curves_markdown(ROWS, suite="default", budget=60)
+    table = {r["method"].rstrip("*"): r for r in tables(markdown)["Per method"]}
+    summary = summarize(ROWS)
+    dense = next(s for s in summary if s["method"] == "dense")["test_accuracy_mean"]
+    assert set(table) == set(QUALITY)
+    for method, line in table.items():
+        auc = line["AUC: mean acc over log2 compression (%)"].rstrip("*")
+        assert float(auc) == pct(area_under_curve(summary, method, LEVELS))
+        for points in (0.5, 1.0):
+            cell = line[f"max compression within {points} pp of dense"].rstrip("*")
+            best = max_compression_within(summary, method, dense, points)
+            assert cell == ("none" if best is None else f"{best:g}x")
+    assert table["random"]["max compression within 1.0 pp of dense"] == "none"
+
+
+def test_header_states_dense_budget_and_suite():
+    markdown = curves_markdown(ROWS, suite="default", budget=60)
+    dense = next(s for s in summarize(ROWS) if s["method"] == "dense")
+    assert markdown.startswith("# sparsebench: accuracy against compression, suite `default`")
+    assert (f"Dense (no pruning): test accuracy {pct(dense['test_accuracy_mean']):.2f} ± "
+            f"{pct(dense['test_accuracy_std']):.2f} % (mean ± std over 3 seeds).") in markdown
+    assert "Epoch budget: 60 epochs per run; runs used 30–60 epochs" in markdown
+    assert "Over the budget" not in markdown
+    assert "Values marked * are built from interpolated points" in markdown
+    measured = [r for r in ROWS if not r["interpolated"]]
+    assert "Values marked *" not in curves_markdown(measured, suite="s", budget=None)
+    sparse = [r for r in ROWS if r["method"] != "dense"]
+    assert "every run used 60 epochs." in curves_markdown(sparse, suite="s", budget=60)
+    assert "**Over the budget:** admm, gmp" in curves_markdown(ROWS, suite="s", budget=50)
+    assert "Epoch budget: none set; runs used 30–60" in curves_markdown(ROWS, suite="s",
+                                                                       budget=None)
+
+
+def test_without_dense_the_within_dense_columns_are_n_a():
+    rows = [r for r in ROWS if r["method"] != "dense"]
+    markdown = curves_markdown(rows, suite="default", budget=60)
+    assert "Dense: not in these runs" in markdown
+    line = tables(markdown)["Per method"][0]
+    assert line["max compression within 0.5 pp of dense"] == "n/a"
+
+
+def test_a_missing_level_gives_n_a_auc():
+    rows = [r for r in ROWS if not (r["method"] == "gmp" and r["level"] == 16)]
+    table = {r["method"]: r for r in tables(curves_markdown(rows, suite="s", budget=1))[
+        "Per method"]}
+    assert table["gmp"]["AUC: mean acc over log2 compression (%)"] == "n/a"
+
+
+def test_no_rows_is_refused():
+    with pytest.raises(ValueError, match="no rows"):
+        curves_markdown([], suite="s", budget=None)
+
+
+# --------------------------------------------------------------------------- plot and files
+
+
+def test_random_is_the_outlier_of_the_zoom_panel():
+    assert outlier_methods(summarize(ROWS)) == ["random"]
+    assert outlier_methods(summarize([r for r in ROWS if r["method"] != "random"])) == []
+
+
+def test_plot_is_a_png():
+    png = plot_accuracy_vs_compression(summarize(ROWS))
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_write_curves_report_writes_every_file(tmp_path):
+    files = write_curves_report(ROWS, tmp_path / "reports", suite="default", budget=60)
+    base = tmp_path / "reports"
+    assert files == [base / "curves.csv", base / "curves.md",
+                     base / "plots" / "accuracy_vs_compression.csv",
+                     base / "plots" / "accuracy_vs_compression.png"]
+    assert all(p.is_file() for p in files)
+    assert files[3].read_bytes().startswith(b"\x89PNG")
+    assert read_curves_csv(files[0].read_text()) == ROWS
+    assert files[1].read_text() == curves_markdown(ROWS, suite="default", budget=60)
+    points = list(csv.DictReader(io.StringIO(files[2].read_text())))
+    summary = summarize(ROWS)
+    assert len(points) == len(summary)
+    for point, s in zip(points, summary, strict=True):
+        assert (point["method"], float(point["compression"])) == (s["method"], s["level"])
+        assert float(point["test_accuracy"]) == s["test_accuracy_mean"]
+        assert point["interpolated"] == ("true" if s["interpolated"] else "false")
+    assert not list(base.rglob(".*.tmp"))
+
+
+def test_a_bad_row_writes_nothing(tmp_path):
+    rows = [*ROWS, run("admm", 0.5, 9, 0.9)]
+    with pytest.raises(ValueError, match=r"\(method='admm', level=0.5, seed=9\): key 'level'"):
+        write_curves_report(rows, tmp_path, suite="default", budget=60)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_plot_writes_nothing(tmp_path, monkeypatch):
+    def broken(summaries):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(curves_report, "plot_accuracy_vs_compression", broken)
+    with pytest.raises(RuntimeError):
+        write_curves_report(ROWS, tmp_path, suite="default", budget=60)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_keeps_the_previous_report(tmp_path):
+    old = write_curves_report(ROWS, tmp_path, suite="default", budget=60)
+    before = {p: p.read_bytes() for p in old}
+    (tmp_path / "plots" / ".accuracy_vs_compression.png.tmp").mkdir()  # the PNG cannot be written
+    with pytest.raises(IsADirectoryError):
+        write_curves_report(ROWS[:-1], tmp_path, suite="other", budget=60)
+    assert {p: p.read_bytes() for p in old} == before
+    assert [p.name for p in tmp_path.rglob(".*.tmp")] == [".accuracy_vs_compression.png.tmp"]
