@@ -59,6 +59,29 @@ def small_params(tmp_path: Path, **overrides) -> Path:
     return path
 
 
+def write_calibration(root: Path, params_path: Path, key: str, value: float) -> Path:
+    """A calibration of ``methods.<key>`` that puts every level at strength ``value`` (as if
+    the search had hit each one), so that the method's runs can go without a search."""
+    from sparsebench.calibrate import CalibrationFile, LevelResult, config_digest
+    from sparsebench.config import load_params
+    from sparsebench.levels import level_name
+    from sparsebench.methods import method_class
+
+    params, methods = load_params(params_path)
+    method = methods[key]
+    strength = method_class(key, method.model_dump()).strength
+    levels = params.levels.ratios(method.levels)
+    found = CalibrationFile(
+        method=key, strength=strength, config_digest=config_digest(key, method), seed=0,
+        tolerance=params.levels.tolerance, trials=1, history=[],
+        levels={level_name(lv): LevelResult(level=lv, status="reached", value=value,
+                                            compression=lv) for lv in levels})
+    path = root / "calibrated" / f"{key}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(found.model_dump(mode="json")))
+    return path
+
+
 @pytest.fixture(scope="session")
 def pretrained_workspace(tmp_path_factory) -> Path:
     """A workspace with prepared synthetic data, the pretrained models and an empty MLflow

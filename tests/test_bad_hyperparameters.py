@@ -54,7 +54,7 @@ def _with(workspace, key: str, values: dict):
     return path
 
 
-@pytest.mark.parametrize("stage", ["check-params", "prune", "evaluate"])
+@pytest.mark.parametrize("stage", ["check-params", "run", "calibrate"])
 @pytest.mark.parametrize("key, values, expected", BAD)
 def test_a_value_outside_the_bounds_is_one_line_and_exit_2(workspace, capsys, stage, key,
                                                            values, expected):

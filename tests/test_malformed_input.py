@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 
 from sparsebench.cli import main
 
-STAGES = ["check-params", "prepare", "pretrain", "prune", "retrain", "evaluate", "report",
+STAGES = ["check-params", "prepare", "pretrain", "run", "calibrate", "report",
           "tune"]
-PER_METHOD = {"prune", "retrain", "evaluate", "tune"}
-REQUIRED = [("seeds",), ("pretrain",), ("retrain",), ("methods",), ("pretrain", "epochs")]
+PER_METHOD = {"run", "calibrate", "tune"}
+REQUIRED = [("seeds",), ("pretrain",), ("retrain",), ("methods",), ("pretrain", "epochs"),
+            ("levels",)]
 FREE_KEYS = {("methods",), ("tune", "spaces")}  # keys there are names other keys refer to
 
 

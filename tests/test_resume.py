@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import small_params
+from conftest import small_params, write_calibration
 from safetensors import safe_open
 from torch import nn
 
@@ -106,22 +106,24 @@ def test_stage_work_starts_over_when_the_fingerprint_changes(tmp_path):
     assert not (target / "FINGERPRINT").exists()
 
 
-# SIGKILL of a real stage process. Each case: the stage, the method, and what it trains.
-KILLS = [("retrain", "magnitude"), ("prune", "admm"), ("prune", "grda")]
+# SIGKILL of a real stage process (and so of its workers). Each case: the method it trains.
+KILLS = ["magnitude", "admm", "grda"]
 
 
 def _workspace(root: Path) -> Path:
     root.mkdir()
-    path = small_params(root, tracking={"enabled": False},
-                        evaluate={"latency_batch_sizes": [], "latency_repeats": 1})
+    path = small_params(root, tracking={"enabled": False})
     params = yaml.safe_load(path.read_text())
     params["seeds"] = [0, 1]
     params["data"]["limit"] = 3000  # epochs long enough to be killed in the middle
     params["retrain"]["epochs"] = 4
+    params["levels"]["compression"] = [8]
+    params["execution"] = {"threads": 1, "workers": 2}
+    params["budget"] = None
     params["methods"] = {
-        "magnitude": {"target_sparsity": 0.9},
-        "admm": {"target_sparsity": 0.9, "iterations": 3, "epochs_per_iteration": 2,
-                 "rho": 0.01, "rho_growth": 2.0, "batch_size": 32},
+        "magnitude": {},
+        "admm": {"iterations": 3, "epochs_per_iteration": 2, "rho": 0.01, "rho_growth": 2.0,
+                 "batch_size": 32},
         "grda": {"epochs": 5, "lr": 0.05, "c": 0.005, "mu": 0.6, "batch_size": 32},
     }
     spaces = params["tune"]["spaces"]
@@ -130,14 +132,15 @@ def _workspace(root: Path) -> Path:
     return root
 
 
-def _stage_outputs(root: Path, stage: str, key: str) -> dict[str, object]:
+def _run_outputs(root: Path, key: str) -> dict[str, object]:
     out = {}
-    for seed_dir in sorted((root / "runs" / key / stage).iterdir()):
+    for seed_dir in sorted((root / "runs" / key / "c8").iterdir()):
         for name in ("model", "masks"):  # tensors bit for bit, and the metadata
             out[f"{seed_dir.name}/{name}"] = _safetensors(seed_dir / f"{name}.safetensors")
-        rows = json.loads((seed_dir / "curves.json").read_text())
-        out[f"{seed_dir.name}/curves"] = [{k: v for k, v in r.items() if k != "seconds"}
-                                          for r in rows]
+        curves = json.loads((seed_dir / "curves.json").read_text())
+        out[f"{seed_dir.name}/curves"] = {
+            phase: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+            for phase, rows in curves.items()}
     return out
 
 
@@ -149,33 +152,31 @@ def _safetensors(path: Path) -> tuple[dict, dict]:
 
 def _metrics(root: Path, key: str) -> dict:
     summary = json.loads((root / "metrics" / f"{key}.json").read_text())
-    return summary["mean"]
+    return {k: v for k, v in summary["levels"]["c8"]["mean"].items() if "seconds" not in k}
 
 
-@pytest.mark.parametrize("stage, key", KILLS)
+@pytest.mark.parametrize("key", KILLS)
 def test_sigkill_at_a_random_epoch_then_rerun_matches_an_uninterrupted_run(
-        stage, key, tmp_path, monkeypatch):
+        key, tmp_path, monkeypatch):
     runs = {}
     for name in ("uninterrupted", "killed"):
         root = _workspace(tmp_path / name)
         monkeypatch.chdir(root)
         monkeypatch.setenv("SPARSEBENCH_ROOT", str(root))
-        before = ("prepare", "pretrain") + (("prune",) if stage == "retrain" else ())
-        for step in before:
-            args = [step, "--params", "params.yaml"]
-            assert main(args + (["--method", key] if step == "prune" else [])) == 0
+        if key == "grda":
+            write_calibration(root, root / "params.yaml", "grda", 0.005)
+        for step in ("prepare", "pretrain"):
+            assert main([step, "--params", "params.yaml"]) == 0
         runs[name] = root
     monkeypatch.chdir(runs["uninterrupted"])
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(runs["uninterrupted"]))
-    after = ("retrain", "evaluate") if stage == "prune" else ("evaluate",)
-    for step in (stage, *after):
-        assert main([step, "--params", "params.yaml", "--method", key]) == 0
+    assert main(["run", "--params", "params.yaml", "--method", key]) == 0
 
     root = runs["killed"]
-    epochs_per_seed = 4 if stage == "retrain" else (3 if key == "admm" else 5)
-    kill_after = random.Random(f"{stage}{key}").randint(1, 2 * epochs_per_seed - 2)
+    epochs_per_run = {"magnitude": 4, "admm": 3 + 4, "grda": 5 + 4}[key]
+    kill_after = random.Random(key).randint(1, 2 * epochs_per_run - 2)
     env = {**os.environ, "SPARSEBENCH_ROOT": str(root)}
-    proc = subprocess.Popen([sys.executable, "-m", "sparsebench.cli", stage, "--params",
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", "run", "--params",
                              "params.yaml", "--method", key], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     seen = 0
@@ -186,14 +187,14 @@ def test_sigkill_at_a_random_epoch_then_rerun_matches_an_uninterrupted_run(
             break
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL, "the stage ended before it could be killed"
-    assert not (root / "runs" / key / stage).exists()  # nothing half-written in place
-    work = root / "runs" / key / f".{stage}.work"
-    assert list(work.glob("*.resume.pt")) or list(work.glob("seed*")), "nothing to resume"
+    level = root / "runs" / key / "c8"
+    finished = [d for d in level.iterdir() if not d.name.startswith(".")]
+    assert all((d / "result.json").exists() for d in finished)  # nothing half-written in place
+    assert list(level.glob(".seed*.work")), "nothing to resume"
 
     monkeypatch.chdir(root)
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(root))
-    for step in (stage, *after):
-        assert main([step, "--params", "params.yaml", "--method", key]) == 0
-    assert not work.exists()
-    assert _stage_outputs(root, stage, key) == _stage_outputs(runs["uninterrupted"], stage, key)
+    assert main(["run", "--params", "params.yaml", "--method", key]) == 0
+    assert not list(level.glob(".*"))
+    assert _run_outputs(root, key) == _run_outputs(runs["uninterrupted"], key)
     assert _metrics(root, key) == _metrics(runs["uninterrupted"], key)

@@ -424,7 +424,7 @@ def report(params: Params, methods: dict[str, MethodParams]) -> None:
     results = load_results(methods)
     rows = curve_rows(results)
     files = write_curves_report(rows, Path("reports"), suite=params.suite, budget=params.budget)
-    print(Path("reports/summary.md").read_text())
+    print(Path("reports/curves.md").read_text())
     if params.tracking.enabled:
         from sparsebench.tracking import log_run, logged, tracking_uri
 

@@ -61,7 +61,22 @@ def setup_process(threads: int) -> None:
     flush_subnormals(True)
 
 
-def _child(fn: Callable[[], None], threads: int, conn) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this worker when its parent (the stage) dies, even by SIGKILL,
+    so no orphan goes on writing outputs after a killed stage."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child(fn: Callable[[], None], threads: int, conn, parent: int) -> None:
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         setup_process(threads)
@@ -116,7 +131,7 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
             while pending and len(running) < workers:
                 task = pending.pop()
                 receive, send = context.Pipe(duplex=False)
-                process = context.Process(target=_child, args=(task.fn, threads, send),
+                process = context.Process(target=_child, args=(task.fn, threads, send, os.getpid()),
                                           name=task.name, daemon=True)
                 process.start()
                 send.close()

@@ -29,10 +29,7 @@ import torch
 
 from sparsebench.config import Params, Range
 from sparsebench.errors import UsageError
-from sparsebench.methods import Context, build_method, method_class, method_params
-from sparsebench.methods.retrain import masked_retrain
-from sparsebench.metrics import sparsity_summary
-from sparsebench.train import evaluate, seed_everything
+from sparsebench.methods import build_method, method_class, method_params
 from sparsebench.tuned import overlay
 
 OBJECTIVES = ("accuracy_at_sparsity", "pareto")
@@ -141,39 +138,39 @@ class Objective:
 
     def _run(self, trial: Any, values: dict[str, Any],
              curves: dict[str, list[dict]]) -> dict[str, float]:
-        from sparsebench.stages import fresh_model, load_run_model, retrain_phase
+        """The suite's run protocol (`sparsebench.run.run`) at the study's level, on the
+        training split; the figures are the validation split's."""
+        from sparsebench.paths import run_dir, seed_dir
+        from sparsebench.run import RunSpec, run, validation_figures
+        from sparsebench.suite import at_level, layer_sizes, model_spec, retrain_phase
 
         s = self.setup
-        params = method_params(s.key, overlay(s.cfg, values))
-        method = build_method(s.key, params)
-        phase = retrain_phase(s.params, params).to_phase(f"tune {s.key} retrain")
-        step = [0]
-        ctx = self._context(trial, curves["prune"], step)  # seeds, as the prune stage does
-        if method.from_pretrained:
-            from sparsebench.paths import run_dir, seed_dir
-
-            model = load_run_model(seed_dir(run_dir("pretrain"), s.seed), self.device,
-                                   masked=False)
-        else:
-            model = fresh_model(s.params).to(self.device)
-        method.prune(model, ctx)
-        masked_retrain(model, phase, self._context(trial, curves["retrain"], step))
-        val_loss, val_acc = evaluate(model, *self.data["val"], device=self.device)
-        figures = {"val_accuracy": val_acc, "val_loss": val_loss,
-                   "sparsity": sparsity_summary(model)["sparsity"]}
+        sampled = method_params(s.key, overlay(s.cfg, values))
+        spec_model = model_spec(s.params)
+        level = 1.0 / (1.0 - s.target_sparsity)
+        at = sampled
+        if method_class(s.key, s.cfg).kind() == "target":
+            [(_, at)] = at_level(s.params, s.key, sampled, level, layer_sizes(spec_model))
+        pretrained = (seed_dir(run_dir("pretrain"), s.seed)
+                      if build_method(s.key, at).from_pretrained else None)
+        spec = RunSpec(s.key, at, level, s.seed, retrain_phase(s.params, at), spec_model,
+                       pretrained)
+        outcome = run(spec, self.data, self.device, on_epoch=self._on_epoch(trial, curves))
+        figures = validation_figures(outcome.model, self.data["val"], self.device)
+        figures.pop("compression")
         for name, value in figures.items():
             trial.set_user_attr(name, value)
         return figures
 
-    def _context(self, trial: Any, rows: list[dict], step: list[int]) -> Context:
-        """A seeded context whose per-epoch rows are kept, reported and may prune the trial."""
+    def _on_epoch(self, trial: Any, curves: dict[str, list[dict]]):
+        """Each epoch's row is kept, reported, and may prune the trial (single objective)."""
         import optuna
 
-        s = self.setup
-        single = s.objective == "accuracy_at_sparsity"
+        single = self.setup.objective == "accuracy_at_sparsity"
+        step = [0]
 
-        def on_epoch(row: dict) -> None:
-            rows.append(row)
+        def on_epoch(phase: str, row: dict) -> None:
+            curves[phase].append(row)
             step[0] += 1
             if single:
                 trial.report(row["val_accuracy"], step[0])
@@ -181,9 +178,7 @@ class Objective:
                     raise optuna.TrialPruned(f"epoch {step[0]}: val_accuracy "
                                              f"{row['val_accuracy']:.4f} below the median")
 
-        return Context(train=self.data["train"], val=self.data["val"], device=self.device,
-                       generator=seed_everything(s.seed), seed=s.seed, progress=False,
-                       on_epoch=on_epoch)
+        return on_epoch
 
     def _end(self, trial: Any, values: dict[str, Any], state: str, figures: dict[str, float],
              curves: dict[str, list[dict]], start: float) -> None:
