@@ -55,21 +55,24 @@ def test_full_disk_gives_one_line_and_no_partial_file(workspace, capsys):
 
 def test_full_disk_while_writing_the_report_keeps_the_previous_report(workspace, capsys):
     path = small_params(workspace, tracking={"enabled": False})
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"] = {k: raw["methods"][k] for k in ("dense", "magnitude", "gmp")}
+    raw["tune"]["spaces"] = {"gmp": raw["tune"]["spaces"]["gmp"]}
+    path.write_text(yaml.safe_dump(raw))
     args = ["--params", str(path)]
     for stage in ("prepare", "pretrain"):
         assert main([stage, *args]) == 0
-    for key in yaml.safe_load(path.read_text())["methods"]:
-        for stage in ("prune", "retrain", "evaluate"):
-            assert main([stage, *args, "--method", key]) == 0
+    for key in ("dense", "magnitude", "gmp"):
+        assert main(["run", *args, "--method", key]) == 0
     assert main(["report", *args]) == 0
     before = {f: (workspace / "reports" / f).read_bytes() for f in _files(workspace / "reports")}
     capsys.readouterr()
     with mounted(workspace / "reports", "size=16k") as reports:  # room for the text, not PNGs
-        (reports / "summary.md").write_text("the previous report")
+        (reports / "curves.md").write_text("the previous report")
         assert main(["report", *args]) == 1
         assert "No space left on device" in _one_line(capsys)
-        assert _files(reports) == ["summary.md"]  # nothing half-written beside it
-        assert (reports / "summary.md").read_text() == "the previous report"
+        assert _files(reports) == ["curves.md"]  # nothing half-written beside it
+        assert (reports / "curves.md").read_text() == "the previous report"
     assert {f: (workspace / "reports" / f).read_bytes()
             for f in _files(workspace / "reports")} == before
 
@@ -110,19 +113,21 @@ def test_tracking_failure_mid_run_keeps_the_results_and_marks_the_run_failed(wor
     args = ["--params", str(path)]
     for stage in ("prepare", "pretrain"):
         assert main([stage, *args]) == 0
-    for stage in ("prune", "retrain"):
-        assert main([stage, *args, "--method", "magnitude"]) == 0
     client_for(tracking_uri(), "sparsebench-default")  # the store and experiment exist
     capsys.readouterr()
     # The artifact store turns read-only: logging fails after the run and its metrics exist.
     with mounted(workspace / "mlruns" / "artifacts", "ro"):
-        assert main(["evaluate", *args, "--method", "magnitude"]) == 1
+        assert main(["run", *args, "--method", "magnitude"]) == 1
     err = _one_line(capsys)
-    assert "tracking: logging evaluate@magnitude seed 0" in err and "FAILED" in err
+    assert "tracking: logging run magnitude c" in err and "FAILED" in err
     summary = json.loads((workspace / "metrics" / "magnitude.json").read_text())
-    assert summary["mean"]["sparsity"] == pytest.approx(0.95)  # the results are on disk
+    assert summary["levels"]["c8"]["mean"]["sparsity"] == pytest.approx(0.875, abs=1e-3)
+    assert len(summary["levels"]) == 5  # every run is on disk, none was stopped
     runs = MlflowClient(tracking_uri()).search_runs(
-        [client_for(tracking_uri(), "sparsebench-default")[1]])
-    assert [r.info.status for r in runs] == ["FAILED"]
-    seed0 = json.loads((workspace / "evaluation" / "magnitude.json").read_text())["seeds"]["0"]
-    assert runs[0].data.metrics["test_accuracy"] == seed0["test_accuracy"]
+        [client_for(tracking_uri(), "sparsebench-default")[1]], "tags.run_kind = 'seed'")
+    assert [r.info.status for r in runs] == ["FAILED"]  # the first, then logging stopped
+    tags = runs[0].data.tags
+    on_disk = next(r for r in json.loads(
+        (workspace / "evaluation" / "magnitude.json").read_text())["runs"]
+        if str(r["seed"]) == tags["seed"] and str(r["level"]) == tags["level"])
+    assert runs[0].data.metrics["test_accuracy"] == on_disk["figures"]["test_accuracy"]

@@ -30,7 +30,7 @@ from sparsebench.data import (
     save_splits,
     synthetic_splits,
 )
-from sparsebench.errors import Incomplete, UsageError
+from sparsebench.errors import Incomplete, TrackingFailed, UsageError
 from sparsebench.methods import MethodParams, method_class
 from sparsebench.paths import atomic_write_many, repo_root, run_dir, seed_dir
 from sparsebench.resume import StageWork, fingerprint
@@ -180,9 +180,14 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         print(f"run {p.name}: test_accuracy {r['figures']['test_accuracy']:.4f} compression "
               f"{r['figures']['compression_ratio']:.2f}x in {r['seconds']['run']:.1f}s "
               f"(training {r['seconds']['train']:.1f}s)", flush=True)
+        nonlocal tracker, tracking_failed
         if tracker is not None:
-            tracker.log(p, r)
+            try:
+                tracker.log(p, r)
+            except TrackingFailed as exc:  # the runs go on; reported once they are on disk
+                tracker, tracking_failed = None, exc
 
+    tracking_failed: TrackingFailed | None = None
     failures = run_tasks([task(p, fp) for p, fp in todo], workers=workers, threads=threads,
                          on_done=done, in_process=in_process)
     _remove_stale(key, planned)
@@ -190,9 +195,11 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         raise Incomplete(f"run {key}: {len(failures)} of {len(planned)} runs failed "
                          f"({'; '.join(f'{k}: {v}' for k, v in failures.items())}); the "
                          "others are kept: run the stage again")
+    summary = write_method_metrics(params, key, planned, results)
+    if tracking_failed is not None:
+        raise tracking_failed
     if tracker is not None:
         tracker.finish(results)
-    summary = write_method_metrics(params, key, planned, results)
     print(f"run {key}: done in {time.perf_counter() - started:.1f}s", flush=True)
     return summary
 
@@ -310,7 +317,8 @@ class _Tracker:
                 "method_key": self.key, "suite": self.params.suite, "seed": str(p.spec.seed),
                 "level": str(result["level"]), "level_name": level_name,
                 "point": p.spec.point, "dvc_stage": f"run@{self.key}",
-                "params_source": params_source(self.key)["source"], "fingerprint": fp}
+                "params_source": params_source(self.key)["source"], "fingerprint": fp,
+                "run_kind": "seed"}
         metrics = {k: v for k, v in result["figures"].items() if isinstance(v, (int, float))}
         metrics.update({f"seconds_{k}": v for k, v in result["seconds"].items()})
         metrics.update({f"layer_sparsity/{n}": v["sparsity"]

@@ -93,6 +93,12 @@ def _child(fn: Callable[[], None], threads: int, conn, parent: int) -> None:
 
 
 def one_line(exc: BaseException) -> str:
+    """A failure as one line; a failed write names its file (a full disk, a read-only one)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename!r}: " if exc.filename else ""
+        return f"output: {where}{exc.strerror}"
+    if isinstance(exc, UsageError):
+        return str(exc).strip().splitlines()[0]
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -151,8 +157,6 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
                            if code < 0 else f"exited with code {code}")
                     message = f"its worker process {how}"
                 failures[task.name] = message
-                print(f"sparsebench: run {task.name} failed: {message}", file=sys.stderr,
-                      flush=True)
     finally:
         for _, process, _ in running.values():
             process.kill()
