@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, small_params
+from conftest import ROOT, small_params, write_calibration
 
 from sparsebench.cli import main
 
@@ -18,70 +19,95 @@ METHODS = list(yaml.safe_load((ROOT / "params.yaml").read_text())["methods"])
 TARGETED = ["magnitude", "gmp", "random", "admm", "admm_l1", "sas_admm"]
 
 
-def _run_all(params):
+def _run_all(params, root):
     args = ["--params", str(params)]
     assert main(["prepare", *args]) == 0
     assert main(["pretrain", *args]) == 0
     for m in METHODS:
-        for stage in ("prune", "retrain", "evaluate"):
-            assert main([stage, *args, "--method", m]) == 0, (stage, m)
+        if m in REGULARISED:
+            write_calibration(root, params, m, REGULARISED[m])
+        assert main(["run", *args, "--method", m]) == 0, m
     assert main(["report", *args]) == 0
+
+
+REGULARISED = {"grda": 0.01, "linbreg": 0.05, "adabreg": 0.5, "proxsgd": 1e-4}
 
 
 def test_stages_run_end_to_end_and_track_in_mlflow(workspace):
     from mlflow import MlflowClient
 
     params = small_params(workspace)
-    _run_all(params)
+    raw = yaml.safe_load(params.read_text())
+    raw["levels"]["compression"] = [8, 32]
+    raw["budget"] = None
+    params.write_text(yaml.safe_dump(raw))
+    _run_all(params, workspace)
 
-    results = {m: {**json.loads((workspace / "metrics" / f"{m}.json").read_text()),
-                   **json.loads((workspace / "evaluation" / f"{m}.json").read_text())}
-               for m in METHODS}
-    assert set(json.loads((workspace / "metrics" / "gmp.json").read_text())) == {
-        "method", "params", "epochs", "mean", "std"}
+    results = {m: json.loads((workspace / "metrics" / f"{m}.json").read_text()) for m in METHODS}
+    assert set(results["gmp"]) == {"method", "params", "levels"}
     assert results["gmp"]["params"] == {"source": "default"}  # no tuned/gmp.yaml here
-    assert results["dense"]["mean"]["sparsity"] == 0.0
+    assert results["grda"]["params"]["calibrated"] == "calibrated/grda.yaml"
+    assert list(results["dense"]["levels"]) == ["dense"]
+    assert results["dense"]["levels"]["dense"]["mean"]["sparsity"] == 0.0
     for m in TARGETED:
-        assert results[m]["mean"]["sparsity"] == pytest.approx(0.95, abs=0.005)
-        assert results[m]["mean"]["compression_ratio"] == pytest.approx(20, rel=0.05)
-        assert results[m]["mean"]["theoretical_speedup"] > 10
-        assert results[m]["mean"]["checkpoint_ratio"] > 3  # the sparse file is really smaller
-        seed0 = workspace / "runs" / m / "eval" / "seed0" / "model.sparse.safetensors"
-        assert seed0.stat().st_size == results[m]["seeds"]["0"]["checkpoint_bytes"]
-    assert results["gmp"]["epochs"] == {"pretrain": 2, "prune": 2, "retrain": 1, "total": 5}
-    assert results["dense"]["epochs"] == {"pretrain": 2, "prune": 0, "retrain": 0, "total": 2}
-    assert set(results["gmp"]["seeds"]) == {"0", "1"}
+        assert list(results[m]["levels"]) == ["c8", "c32"]
+        for name, level in (("c8", 8), ("c32", 32)):
+            mean = results[m]["levels"][name]["mean"]
+            assert mean["compression_ratio"] == pytest.approx(level, rel=0.01), (m, name)
+            assert mean["sparsity"] == pytest.approx(1 - 1 / level, abs=0.001)
+            assert mean["theoretical_speedup"] > level / 2
+            seed0 = workspace / "runs" / m / name / "seed0" / "model.sparse.safetensors"
+            run0 = next(r for r in json.loads((workspace / "evaluation" / f"{m}.json")
+                                              .read_text())["runs"]
+                        if r["seed"] == 0 and r["level"] == level)
+            assert seed0.stat().st_size == run0["figures"]["checkpoint_bytes"]
+    gmp8 = results["gmp"]["levels"]["c8"]
+    assert gmp8["epochs"] == {"pretrain": 2, "prune": 2, "retrain": 4, "total": 8}
+    assert gmp8["seeds"] == 2
+    assert results["grda"]["levels"]["c8"]["epochs"]["pretrain"] == 0
 
-    table = (workspace / "reports" / "summary.md").read_text()
+    rows = list(csv.DictReader((workspace / "reports" / "curves.csv").open()))
+    assert len(rows) == 2 + (len(METHODS) - 1) * 2 * 2  # dense, then methods x levels x seeds
+    for row in rows:  # the table's numbers are the runs' own
+        if row["method"] == "dense":
+            continue
+        run = next(r for r in json.loads((workspace / "evaluation" / f"{row['method']}.json")
+                                         .read_text())["runs"]
+                   if r["seed"] == int(row["seed"]) and r["level"] == float(row["level"]))
+        assert float(row["test_accuracy"]) == run["figures"]["test_accuracy"]
+        assert float(row["compression"]) == run["figures"]["compression_ratio"]
+    table = (workspace / "reports" / "curves.md").read_text()
     for m in METHODS:
         assert f"| {m} |" in table
-    assert (workspace / "reports" / "summary.csv").read_text().count("\n") == 1 + len(METHODS)
-    for plot in ("accuracy_vs_sparsity", "val_accuracy", "sparsity", "layer_sparsity"):
-        assert (workspace / "reports" / "plots" / f"{plot}.png").stat().st_size > 1000
+    assert (workspace / "reports" / "plots" / "accuracy_vs_compression.png").stat().st_size > 1000
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("sparsebench-default")
-    runs = client.search_runs([experiment.experiment_id], "tags.dvc_stage LIKE 'evaluate@%'")
-    assert sorted((r.data.tags["method"], r.data.tags["seed"]) for r in runs) == sorted(
-        (m, s) for m in METHODS for s in ("0", "1"))
-    gmp0 = next(r for r in runs if r.data.tags["method"] == "gmp" and r.data.tags["seed"] == "0")
+    children = client.search_runs([experiment.experiment_id], "tags.run_kind = 'seed'")
+    parents = client.search_runs([experiment.experiment_id], "tags.run_kind = 'parent'")
+    assert len(children) == len(rows)
+    assert len(parents) == 1 + (len(METHODS) - 1) * 2
+    by_id = {p.info.run_id: p for p in parents}
+    gmp0 = next(r for r in children if r.data.tags["method"] == "gmp"
+                and r.data.tags["seed"] == "0" and r.data.tags["level_name"] == "c8")
+    parent = by_id[gmp0.data.tags["mlflow.parentRunId"]]
+    assert parent.data.tags["level_name"] == "c8" and parent.data.tags["method"] == "gmp"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(
+        results["gmp"]["levels"]["c8"]["mean"]["test_accuracy"])
     assert gmp0.info.status == "FINISHED"
-    assert gmp0.data.metrics["test_accuracy"] == pytest.approx(
-        results["gmp"]["seeds"]["0"]["test_accuracy"])
-    assert gmp0.data.params["method.target_sparsity"] == "0.95"
-    assert {"git_commit", "suite"} <= set(gmp0.data.tags)
+    assert gmp0.data.params["method.target_sparsity"] == "0.875"
+    assert {"git_commit", "suite", "level", "fingerprint"} <= set(gmp0.data.tags)
     history = client.get_metric_history(gmp0.info.run_id, "prune/sparsity")
     assert [m.step for m in history] == [1, 2]
-    assert len(client.get_metric_history(gmp0.info.run_id, "pretrain/val_accuracy")) == 2
-    artifacts = [a.path for a in client.list_artifacts(gmp0.info.run_id, "masks")]
-    assert artifacts == ["masks/masks.safetensors"]
     artifacts = [a.path for a in client.list_artifacts(gmp0.info.run_id, "model")]
     assert artifacts == ["model/model.sparse.safetensors"]
-    for key in ("checkpoint_bytes", "checkpoint_ratio", "checkpoint_bound_ratio",
-                "latency_b1_ratio", "latency_b256_ratio"):
-        assert key in gmp0.data.metrics
     report_runs = client.search_runs([experiment.experiment_id], "tags.dvc_stage = 'report'")
     assert len(report_runs) == 1
+
+    assert main(["run", "--params", str(params), "--method", "gmp"]) == 0  # all cached
+    assert len(client.search_runs([experiment.experiment_id], "tags.run_kind = 'seed'")) == \
+        len(children)  # nothing logged twice
 
 
 def test_masked_entries_are_zero_in_every_saved_model(workspace):
@@ -92,14 +118,14 @@ def test_masked_entries_are_zero_in_every_saved_model(workspace):
     args = ["--params", str(params)]
     for stage in ("prepare", "pretrain"):
         assert main([stage, *args]) == 0
-    for stage in ("prune", "retrain"):
-        assert main([stage, *args, "--method", "gmp"]) == 0
+    assert main(["run", *args, "--method", "gmp"]) == 0
     for seed in (0, 1):
-        model, _ = load_model(workspace / f"runs/gmp/retrain/seed{seed}/model.safetensors")
-        masks = load_masks(workspace / f"runs/gmp/retrain/seed{seed}/masks.safetensors")
-        assert masks
-        for name, mask in masks.items():
-            assert (model.get_submodule(name).weight[~mask] == 0).all()
+        for level in ("c8", "c128"):
+            model, _ = load_model(workspace / f"runs/gmp/{level}/seed{seed}/model.safetensors")
+            masks = load_masks(workspace / f"runs/gmp/{level}/seed{seed}/masks.safetensors")
+            assert masks
+            for name, mask in masks.items():
+                assert (model.get_submodule(name).weight[~mask] == 0).all()
     assert not (workspace / "mlruns").exists()
 
 
@@ -146,7 +172,7 @@ def test_missing_params_file_is_refused(workspace):
 
 def test_unknown_method_flag_is_refused(workspace):
     path = small_params(workspace)
-    result = _cli("prune", "--params", str(path), "--method", "lottery", cwd=workspace)
+    result = _cli("run", "--params", str(path), "--method", "lottery", cwd=workspace)
     assert result.returncode == 2
     allowed = ", ".join(sorted(METHODS))  # small_params writes the keys sorted
     assert f"--method: unknown method key 'lottery'; allowed: {allowed}" in result.stderr
@@ -176,7 +202,8 @@ def test_failed_stage_keeps_previous_outputs(workspace):
     result = _cli("pretrain", "--params", str(path), cwd=workspace)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
-    for part in ("pretrain seed 0: diverged", "nan at epoch 1", "optimizer.lr=1e+30"):
+    for part in ("pretrain seed 0: diverged", "pretrain seed 1: diverged", "nan at epoch 1",
+                 "optimizer.lr=1e+30"):
         assert part in result.stderr
     assert (workspace / "runs/pretrain/seed0/model.safetensors").read_bytes() == before
     assert sorted(p.name for p in (workspace / "runs").iterdir()

@@ -22,15 +22,17 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from sparsebench.checkpoint import load_model, save_model
-from sparsebench.errors import UsageError
+from sparsebench.errors import Diverged, UsageError
 from sparsebench.methods import Context, MethodParams, build_method
 from sparsebench.methods.retrain import masked_retrain
 from sparsebench.metrics import evaluate_model_metrics, sparsity_summary
@@ -131,6 +133,22 @@ def save_run_model(path: Path, model: nn.Module, curves: list[dict] | dict) -> N
     (path / CURVES).write_text(json.dumps(curves, indent=1))
 
 
+@contextmanager
+def diverged(where: str, hyper: dict[str, BaseModel]):
+    """A NaN or infinite loss becomes one line (`Diverged`): where, the epoch and the
+    hyperparameters."""
+    from sparsebench.tracking import flatten
+
+    try:
+        yield
+    except FloatingPointError as exc:
+        dumped = {k: v.model_dump(exclude={"retrain", "method", "levels"})
+                  for k, v in hyper.items()}
+        values = ", ".join(f"{k}={v}" for k, v in flatten("", dumped).items())
+        raise Diverged(f"{where}: diverged ({exc}); hyperparameters: {values}; lower the "
+                       "learning rate or change them") from None
+
+
 def _context(spec: RunSpec, data: dict, device: torch.device, checkpoint: EpochCheckpoint | None,
              on_epoch: Callable[[dict], None] | None) -> Context:
     return Context(train=data["train"], val=data["val"], device=device,
@@ -176,7 +194,8 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
             model = spec.model.build().to(device)
         checkpoint = _checkpoint(work, "prune")
         ctx = _context(spec, data, device, checkpoint, _phase_hook("prune", on_epoch))
-        outcome.curves["prune"] = method.prune(model, ctx)
+        with diverged(f"prune {spec.key} seed {spec.seed}", {f"methods.{spec.key}": spec.method}):
+            outcome.curves["prune"] = method.prune(model, ctx)
         outcome.seconds["prune"] = time.perf_counter() - start
         if pruned is not None:
             _keep(pruned, model, {"rows": outcome.curves["prune"],
@@ -186,8 +205,10 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     start = time.perf_counter()
     ctx = _context(spec, data, device, _checkpoint(work, "retrain"),
                    _phase_hook("retrain", on_epoch))
-    outcome.curves["retrain"] = masked_retrain(model, spec.retrain.to_phase(f"{spec.key} retrain"),
-                                               ctx)
+    with diverged(f"retrain {spec.key} seed {spec.seed}", {"retrain.optimizer":
+                                                           spec.retrain.optimizer}):
+        outcome.curves["retrain"] = masked_retrain(
+            model, spec.retrain.to_phase(f"{spec.key} retrain"), ctx)
     outcome.seconds["retrain"] = time.perf_counter() - start
     outcome.model = model
     return outcome

@@ -30,14 +30,14 @@ from sparsebench.data import (
     save_splits,
     synthetic_splits,
 )
-from sparsebench.errors import Incomplete, TrackingFailed, UsageError
+from sparsebench.errors import TrackingFailed, UsageError
 from sparsebench.methods import MethodParams, method_class
 from sparsebench.paths import atomic_write_many, repo_root, run_dir, seed_dir
 from sparsebench.resume import StageWork, fingerprint
 from sparsebench.run import RESULT, cached, environment
 from sparsebench.suite import DATA_FILE, Planned, model_spec, plan, pretrained_file
 from sparsebench.train import resolve_device
-from sparsebench.workers import Task, check_workers, default_workers, run_tasks
+from sparsebench.workers import Task, check_workers, default_workers, raise_failures, run_tasks
 
 
 def prepare(params: Params) -> None:
@@ -102,21 +102,22 @@ def pretrain(params: Params) -> None:
         def one(seed: int) -> None:
             from sparsebench.resume import Resume
 
+            from sparsebench.run import diverged
+
             generator = seed_everything(seed)
             model = spec.build().to(device)
             resume = Resume(work.checkpoint(f"seed{seed}"), "pretrain")
-            curves = fit(model, data["train"], data["val"], phase, generator=generator,
-                         device=device, on_epoch=lambda row: _log_epoch(f"seed {seed}")(
-                             "pretrain", row), resume=resume)
+            with diverged(f"pretrain seed {seed}", {"pretrain.optimizer":
+                                                    params.pretrain.optimizer}):
+                curves = fit(model, data["train"], data["val"], phase, generator=generator,
+                             device=device, on_epoch=lambda row: _log_epoch(f"seed {seed}")(
+                                 "pretrain", row), resume=resume)
             work.finish(f"seed{seed}", save_run_model, model, curves)
 
         tasks = [Task(f"pretrain seed {s}", lambda s=s: one(s)) for s in params.seeds
                  if not work.done(f"seed{s}")]
         failures = run_tasks(tasks, workers=workers, threads=threads, in_process=in_process)
-        if failures:
-            raise Incomplete(f"pretrain: {len(failures)} of {len(tasks)} seeds failed "
-                             f"({'; '.join(f'{k}: {v}' for k, v in failures.items())}); the "
-                             "others are kept: run the stage again")
+        raise_failures("pretrain", failures, len(tasks))
 
 
 def run_fingerprint(params: Params, planned: Planned) -> str:
@@ -191,10 +192,7 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     failures = run_tasks([task(p, fp) for p, fp in todo], workers=workers, threads=threads,
                          on_done=done, in_process=in_process)
     _remove_stale(key, planned)
-    if failures:
-        raise Incomplete(f"run {key}: {len(failures)} of {len(planned)} runs failed "
-                         f"({'; '.join(f'{k}: {v}' for k, v in failures.items())}); the "
-                         "others are kept: run the stage again")
+    raise_failures(f"run {key}", failures, len(planned))
     summary = write_method_metrics(params, key, planned, results)
     if tracking_failed is not None:
         raise tracking_failed

@@ -29,6 +29,18 @@ from sparsebench.errors import UsageError
 
 
 @dataclass
+class Failure:
+    """Why a task failed, in one line; ``usage`` when the user's input caused it (a bad value,
+    a diverging learning rate), so that the stage exits with code 2."""
+
+    message: str
+    usage: bool = False
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
 class Task:
     """A named unit of work; ``fn`` writes its own outputs (returns nothing of use)."""
 
@@ -85,7 +97,7 @@ def _child(fn: Callable[[], None], threads: int, conn, parent: int) -> None:
     except BaseException as exc:  # the parent reports it as the run's one line
         if not isinstance(exc, (UsageError, FloatingPointError, OSError)):
             traceback.print_exc()
-        conn.send(one_line(exc))
+        conn.send(Failure(one_line(exc), isinstance(exc, UsageError)))
         conn.close()
         os._exit(3)
     conn.close()
@@ -105,8 +117,8 @@ def one_line(exc: BaseException) -> str:
 
 def run_tasks(tasks: list[Task], *, workers: int, threads: int,
               on_done: Callable[[Task], None] | None = None,
-              in_process: bool = False) -> dict[str, str]:
-    """Run every task, at most ``workers`` at a time; return name -> failure line.
+              in_process: bool = False) -> dict[str, Failure]:
+    """Run every task, at most ``workers`` at a time; return name -> its failure.
 
     Args:
         tasks: the runs.
@@ -115,14 +127,14 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
         on_done: called in this process after each task that succeeded (tracking, progress).
         in_process: run the tasks one after another here (CUDA), not in children.
     """
-    failures: dict[str, str] = {}
+    failures: dict[str, Failure] = {}
     if in_process or (workers == 1 and len(tasks) <= 1):
         setup_process(threads)
         for task in tasks:
             try:
                 task.fn()
             except (UsageError, FloatingPointError) as exc:
-                failures[task.name] = one_line(exc)
+                failures[task.name] = Failure(one_line(exc), isinstance(exc, UsageError))
                 continue
             if on_done is not None:
                 on_done(task)
@@ -155,10 +167,25 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
                     code = process.exitcode
                     how = (f"killed by signal {-code} ({signal.Signals(-code).name})"
                            if code < 0 else f"exited with code {code}")
-                    message = f"its worker process {how}"
+                    message = Failure(f"its worker process {how}")
                 failures[task.name] = message
     finally:
         for _, process, _ in running.values():
             process.kill()
             process.join()
     return failures
+
+
+def raise_failures(what: str, failures: dict[str, Failure], total: int) -> None:
+    """The stage's one line for its failed tasks: a `UsageError` (exit 2) when the user's input
+    caused every one, else `Incomplete` (exit 1); the finished tasks' outputs are kept."""
+    from sparsebench.errors import Incomplete
+
+    if not failures:
+        return
+    listed = "; ".join(str(f) if str(f).startswith(name) else f"{name}: {f}"
+                       for name, f in failures.items())
+    if all(f.usage for f in failures.values()):
+        raise UsageError(listed if len(failures) == 1 else f"{what}: {listed}")
+    raise Incomplete(f"{what}: {len(failures)} of {total} runs failed ({listed}); the others "
+                     "are kept: run the stage again")
