@@ -6,6 +6,7 @@ reruns only that method's stages and the report.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,8 @@ def _ran(output: str) -> list[str]:
 def project(tmp_path):
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "tuned", tmp_path / "tuned")  # a dependency of the method stages
+    shutil.copytree(ROOT / "tuned", tmp_path / "tuned")  # dependencies of the method stages
+    (tmp_path / "calibrated").mkdir()
     shutil.copytree(ROOT / "src", tmp_path / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load(small_params(tmp_path).read_text())
@@ -54,20 +56,38 @@ def project(tmp_path):
     return tmp_path, env
 
 
-def test_repro_then_nothing_then_only_the_changed_method(project):
+def _trained(output: str, key: str) -> tuple[int, int, int]:
+    """(runs, cached, to train) that ``run@<key>`` printed."""
+    found = re.search(rf"run {key}: (\d+) runs, (\d+) cached, (\d+) to train", output)
+    assert found, output[-2000:]
+    return tuple(int(g) for g in found.groups())
+
+
+def test_repro_then_nothing_then_only_the_runs_a_change_touches(project):
     path, env = project
-    first = _ran(_sh("dvc", "repro", cwd=path, env=env))
-    assert set(first) == {"prepare", "pretrain", "prune@dense", "prune@gmp", "retrain@dense",
-                          "retrain@gmp", "evaluate@dense", "evaluate@gmp", "report"}
-    assert (path / "reports" / "summary.md").exists()
+    first = _sh("dvc", "repro", cwd=path, env=env)
+    assert set(_ran(first)) == {"prepare", "pretrain", "run@dense", "run@gmp", "report"}
+    assert _trained(first, "gmp") == (10, 0, 10)  # 5 levels x 2 seeds
+    assert (path / "reports" / "curves.md").exists()
     assert _ran(_sh("dvc", "repro", cwd=path, env=env)) == []
 
-    _sh("git", "add", "-A", cwd=path, env=env)
-    _sh("git", "commit", "-qm", "baseline", cwd=path, env=env)
-    out = _sh("dvc", "exp", "run", "-S", "methods.gmp.target_sparsity=0.9", cwd=path, env=env)
-    assert set(_ran(out)) == {"prune@gmp", "retrain@gmp", "evaluate@gmp", "report"}
-    metrics = _sh("dvc", "metrics", "show", "--json", cwd=path, env=env)
-    assert '"sparsity": 0.9' in metrics.replace("0.9000000000000001", "0.9")
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["levels"]["compression"].append(256)  # a new level: only its runs train
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _sh("dvc", "repro", cwd=path, env=env)
+    assert set(_ran(out)) == {"run@dense", "run@gmp", "report"}
+    assert _trained(out, "gmp") == (12, 10, 2)
+    assert _trained(out, "dense") == (2, 2, 0)
+
+    params["methods"]["gmp"]["optimizer"]["lr"] = 0.01  # one method's parameters
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _sh("dvc", "repro", cwd=path, env=env)
+    assert set(_ran(out)) == {"run@gmp", "report"}
+    assert _trained(out, "gmp") == (12, 0, 12)
+    metrics = json.loads(_sh("dvc", "metrics", "show", "--json", cwd=path, env=env))
+    shown = next(iter(metrics.values()))["data"]["metrics/gmp.json"]["data"]
+    assert shown["levels"]["c256"]["mean"]["sparsity"] == pytest.approx(1 - 1 / 256, abs=1e-3)
+    assert shown["levels"]["c8"]["mean"]["sparsity"] == pytest.approx(0.875, abs=1e-3)
 
 
 def test_the_tuning_pipeline_feeds_nothing_of_the_benchmark():
@@ -81,4 +101,4 @@ def test_the_tuning_pipeline_feeds_nothing_of_the_benchmark():
         assert f'"pretrain" -> {stage}' in tune
         assert f'{stage} -> "pipelines/tune/dvc.yaml:report"' in tune
     bench = _sh("dvc", "dag", "--dot", "report", cwd=ROOT, env=env)
-    assert "tune" not in bench and '"prune@admm"' in bench
+    assert "tune" not in bench and '"run@admm"' in bench
