@@ -1,0 +1,124 @@
+"""The last epoch of a prune phase against its first: ADMM, ADMM-l1, gmp and SAS-ADMM on the
+default suite, same process.
+
+Before the fix (benchmarks/late_epochs.md), entries decaying toward zero turned subnormal and
+the late epochs of ADMM ran 10 to 40 times slower than the first ones, gmp's twice as slow.
+
+    python benchmarks/late_epochs.py [--methods admm admm_l1 gmp sas_admm]
+        [--pretrained PATH] [--no-fix]
+
+Each method runs its prune phase with the default suite's settings (params.yaml read and
+validated by `sparsebench.config.load_params`, tuned values laid over it as the pipeline does)
+from the suite's pretrained model: ``--pretrained PATH``, else runs/pretrain/seed0 when it
+exists, else one trained here from the seed-0 initialisation as params.yaml's ``pretrain`` says.
+The figure is the seconds of the last epoch over those of the first (SAS-ADMM: the last and the
+first iteration, per minibatch step, since M_k grows). Target: <= 1.10. ``--no-fix`` runs
+without the fix (optimizer state of masked entries left to decay) and without the guard
+(`sparsebench.numerics.flush_subnormals`), for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sparsebench.checkpoint import load_model
+from sparsebench.config import Params, load_params
+from sparsebench.data import load_splits
+from sparsebench.methods import build_method
+from sparsebench.methods.base import Context
+from sparsebench.numerics import flush_subnormals
+from sparsebench.stages import DATA_FILE, MODEL, fresh_model
+from sparsebench.train import fit, seed_everything
+
+PRETRAINED = Path("runs", "pretrain", "seed0", MODEL)
+METHODS = ("admm", "admm_l1", "gmp", "sas_admm")
+
+
+def suite(path: str = "params.yaml") -> tuple[Params, dict, dict]:
+    """The validated params, the method params and the train / val splits."""
+    params, methods = load_params(path)
+    return params, methods, load_splits(DATA_FILE, ("train", "val"))
+
+
+def pretrained_model(params: Params, data: dict,
+                     path: str | None = None) -> Callable[[], torch.nn.Module]:
+    """A factory of fresh copies of the suite's seed-0 pretrained model."""
+    source = Path(path) if path else PRETRAINED
+    if source.exists():
+        print(f"pretrained model: {source}", flush=True)
+        return lambda: load_model(source, "cpu")[0]
+    print(f"pretrained model: training one ({params.pretrain.epochs} epochs, seed 0)", flush=True)
+    generator = seed_everything(0)
+    model = fresh_model(params)
+    fit(model, data["train"], data["val"], params.pretrain.to_phase("pretrain"),
+        generator=generator, device=torch.device("cpu"), progress=False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def copy() -> torch.nn.Module:
+        fresh = fresh_model(params)
+        fresh.load_state_dict(state)
+        return fresh
+    return copy
+
+
+def without_fix() -> None:
+    """Undo the fix in this process: masks leave the optimizer state of pruned entries as is."""
+    import sparsebench.sparsity as sparsity
+
+    sparsity.zero_masked_state = lambda *args, **kwargs: None
+
+
+def epoch_seconds(key: str, methods: dict, model: torch.nn.Module, data: dict) -> list[dict]:
+    """The prune phase of ``methods.<key>`` from ``model``, seed 0; its rows with the seconds
+    and (SAS-ADMM) the minibatch steps of every epoch."""
+    method = build_method(key, methods[key])
+    rows, last = [], [time.perf_counter()]
+
+    def seen(row: dict) -> None:
+        now = time.perf_counter()
+        rows.append({"epoch": row["epoch"], "seconds": row.get("seconds", now - last[0]),
+                     "steps": row.get("inner_steps", 1)})
+        last[0] = now
+
+    ctx = Context(train=data["train"], val=data["val"], device=torch.device("cpu"),
+                  generator=seed_everything(0), seed=0, progress=False, on_epoch=seen)
+    method.prune(model, ctx)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--pretrained", help="a dense model file (sparsebench save_model)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--no-fix", action="store_true",
+                        help="without the fix and the guard: the figures as they were")
+    args = parser.parse_args()
+    if args.no_fix:
+        without_fix()
+        flushed = flush_subnormals(False) and False
+    else:
+        flushed = flush_subnormals(True)
+    params, methods, data = suite(args.params)
+    pretrained = pretrained_model(params, data, args.pretrained)
+    print(f"LeNet-300-100, MNIST {len(data['train'][1])} samples, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, fix {'off' if args.no_fix else 'on'}, "
+          f"subnormals {'flushed' if flushed else 'kept'}")
+    for key in args.methods:
+        rows = epoch_seconds(key, methods, pretrained(), data)
+        first, last = rows[0], rows[-1]
+        per = "s/step" if key == "sas_admm" else "s"
+        a, b = first["seconds"] / first["steps"], last["seconds"] / last["steps"]
+        every = " ".join(f"{r['seconds']:.1f}" for r in rows)
+        print(f"{key:9s} epochs (s): {every}")
+        print(f"{key:9s} first {a:.4g} {per}, last {b:.4g} {per}, "
+              f"ratio last/first: {b / a:.3f}  (target <= 1.10)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
