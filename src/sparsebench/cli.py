@@ -16,6 +16,7 @@ from sparsebench.errors import Incomplete, TrackingFailed, UsageError
 STAGES = ("prepare", "pretrain", "prune", "retrain", "evaluate", "report", "check-params",
           "export", "inspect", "tune", "tune-report")
 PER_METHOD = ("prune", "retrain", "evaluate")
+TRAINING = ("pretrain", "prune", "retrain", "tune")  # flush subnormals first (numerics)
 TRACKED = ("pretrain", "prune", "retrain", "evaluate", "report")  # check the tracker first
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 FILE_TOOLS = ("export", "inspect")  # work on model files alone: no params.yaml
@@ -76,6 +77,10 @@ def run_file_tool(args: argparse.Namespace) -> None:
 
 def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
+    if args.stage in TRAINING:  # before any tensor operation starts PyTorch's threads
+        from sparsebench.numerics import flush_subnormals
+
+        flush_subnormals()
     if args.stage in FILE_TOOLS:
         return run_file_tool(args)
     if args.stage == "tune":

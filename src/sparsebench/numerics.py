@@ -19,17 +19,28 @@ from __future__ import annotations
 import torch
 
 
+PROBE = 1 << 18  # entries: enough for every intra-op thread to take a share (grain 32768)
+
+
 def flush_subnormals(enabled: bool = True) -> bool:
     """Flush subnormal floats to zero on the CPU (`torch.set_flush_denormal`) in this process.
 
-    The setting belongs to the calling thread and the threads PyTorch starts for it; call it at
-    the start of every process (or worker) that trains.
+    The setting is per thread. Threads started afterwards inherit it (Linux), but PyTorch's
+    intra-op (OpenMP) threads, once started by a first parallel operation, keep what they had:
+    call this at the start of every process (or worker) that trains, before its first tensor
+    operation. With ``enabled``, a parallel probe checks that every thread flushes.
 
     Args:
         enabled: True flushes subnormals; False restores IEEE gradual underflow.
 
     Returns:
-        Whether the setting took effect: False on CPUs and platforms where PyTorch cannot set it
-        (an x86 CPU without SSE3, some non-x86 builds), where it is a no-op.
+        Whether the setting took effect: False on CPUs and platforms where PyTorch cannot set
+        it (an x86 CPU without SSE3, some non-x86 builds), where it is a no-op, and when some
+        intra-op thread started before the call still computes subnormals.
     """
-    return bool(torch.set_flush_denormal(enabled))
+    if not torch.set_flush_denormal(enabled):
+        return False
+    if enabled:
+        probe = torch.full((PROBE,), 1e-30) * 1e-10  # 1e-40: subnormal unless flushed
+        return not torch.count_nonzero(probe)
+    return True
