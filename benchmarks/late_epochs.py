@@ -1,18 +1,20 @@
 """The last epoch of a prune phase against its first: ADMM, ADMM-l1, gmp and SAS-ADMM on the
 default suite, same process.
 
-Before the fix (benchmarks/late_epochs.md), entries decaying toward zero turned subnormal and
-the late epochs of ADMM ran 10 to 40 times slower than the first ones, gmp's twice as slow.
+Entries decaying toward zero turn subnormal in the late epochs (benchmarks/late_epochs.md: gmp's
+masked momentum buffers, ADMM's W, U and Adam moments of dead units), which some CPUs compute
+many times slower (issue 13: late ADMM epochs 10 to 36 s against 0.8 s, gmp 1.7 s against 0.8 s).
 
     python benchmarks/late_epochs.py [--methods admm admm_l1 gmp sas_admm]
-        [--pretrained PATH] [--no-fix]
+        [--pretrained PATH] [--threads 1] [--no-fix]
 
 Each method runs its prune phase with the default suite's settings (params.yaml read and
 validated by `sparsebench.config.load_params`, tuned values laid over it as the pipeline does)
 from the suite's pretrained model: ``--pretrained PATH``, else runs/pretrain/seed0 when it
 exists, else one trained here from the seed-0 initialisation as params.yaml's ``pretrain`` says.
 The figure is the seconds of the last epoch over those of the first (SAS-ADMM: the last and the
-first iteration, per minibatch step, since M_k grows). Target: <= 1.10. ``--no-fix`` runs
+first iteration, per minibatch step, since M_k grows), in CPU seconds of one intra-op thread
+(``--threads``) after an uncounted warm-up epoch. Target: <= 1.10. ``--no-fix`` runs
 without the fix (optimizer state of masked entries left to decay) and without the guard
 (`sparsebench.numerics.flush_subnormals`), for comparison.
 """

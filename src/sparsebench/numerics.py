@@ -2,9 +2,9 @@
 
 Values that decay geometrically toward zero (a momentum buffer or Adam moment whose gradient
 has become zero, an entry an l1 or ADMM penalty pulls to zero) pass through the subnormal range
-0 < |x| < torch.finfo(float32).tiny (about 1.2e-38), where x86 CPUs compute many times slower
-(a microcode assist per operation). On the default suite this made ADMM's late prune epochs 10
-to 40 times slower than its first ones (benchmarks/late_epochs.md).
+0 < |x| < torch.finfo(float32).tiny (about 1.2e-38), where many x86 CPUs compute many times
+slower (a microcode assist per operation): issue 13 measured ADMM's late prune epochs on the
+default suite at 10 to 36 s against 0.8 s (benchmarks/late_epochs.md).
 
 Where a value is meant to be exactly zero, sparsebench keeps it so at the cause
 (`sparsebench.sparsity.apply_masks` zeroes the optimizer state of masked entries).
