@@ -9,7 +9,7 @@ default suite at 10 to 36 s against 0.8 s (benchmarks/late_epochs.md).
 Where a value is meant to be exactly zero, sparsebench keeps it so at the cause
 (`sparsebench.sparsity.apply_masks` zeroes the optimizer state of masked entries).
 `flush_subnormals` is the guard for what remains: the CPU treats subnormal inputs and results as
-zero (the FTZ and DAZ bits of MXCSR on x86, FZ on ARM). A subnormal float32 is below 1.2e-38,
+zero (the FTZ and DAZ bits of MXCSR on x86). A subnormal float32 is below 1.2e-38,
 far below anything the methods' updates can resolve against a weight of order 1e-3, so flushing
 does not change a result beyond the last bits of values that are already negligible.
 """

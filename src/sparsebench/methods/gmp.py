@@ -4,7 +4,7 @@ prune"; ALGORITHMS.md section 1).
 From the pretrained model, train for ``epochs`` epochs; between ``start_epoch`` and
 ``end_epoch`` re-prune by magnitude every ``frequency`` steps to
 s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3, then keep training with the final mask.
-Each re-pruning zeroes the optimizer state of the newly masked entries too
+Each re-pruning zeroes the optimizer state of the masked entries too
 (`sparsebench.sparsity.zero_masked_state`), so they stay exactly zero rather than decaying
 through the subnormal floats; no unmasked value changes.
 """
