@@ -182,3 +182,37 @@ def test_bregman_sparse_init_starts_sparse(tiny_data):
 def test_grda_with_c_zero_leaves_weights_dense(tiny_data):
     _, curves = _pruned("grda", tiny_data, c=0.0)
     assert curves[-1]["sparsity"] == 0.0
+
+
+def _gmp_with_its_optimizer(tiny_data):
+    """gmp's prune phase; the model and the optimizer it trained with."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    seen = []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: seen.append(opt))
+    try:
+        model, _ = _pruned("gmp", tiny_data, target_sparsity=0.8, epochs=3, end_epoch=2,
+                           frequency=3, optimizer={"lr": 0.1, "momentum": 0.9})
+    finally:
+        handle.remove()
+    return model, seen[-1]
+
+
+def test_gmp_leaves_no_momentum_at_masked_entries(tiny_data):
+    model, optimizer = _gmp_with_its_optimizer(tiny_data)
+    for mask, module in zip(get_masks(model).values(), (model[1], model[3]), strict=True):
+        buffer = optimizer.state[module.weight_orig]["momentum_buffer"]
+        assert torch.count_nonzero(buffer[~mask]) == 0
+        assert torch.count_nonzero(buffer[mask]) > 0
+
+
+def test_gmp_result_is_the_same_without_zeroing_the_masked_state(tiny_data, monkeypatch):
+    import sparsebench.sparsity as sparsity
+
+    fixed, _ = _gmp_with_its_optimizer(tiny_data)
+    monkeypatch.setattr(sparsity, "zero_masked_state", lambda optimizer, model: None)
+    unfixed, optimizer = _gmp_with_its_optimizer(tiny_data)
+    masked = ~get_masks(unfixed)["1"]
+    assert torch.count_nonzero(optimizer.state[unfixed[1].weight_orig]["momentum_buffer"][masked])
+    for a, b in zip(fixed.state_dict().values(), unfixed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the final apply_masks re-zeroes the drifted weight_orig

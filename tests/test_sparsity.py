@@ -18,6 +18,7 @@ from sparsebench.sparsity import (
     random_masks,
     save_masks,
     topk_mask,
+    zero_masked_state,
 )
 
 
@@ -167,3 +168,91 @@ def test_pruned_entries_are_positive_zero(tiny_mlp):
     make_permanent(tiny_mlp)
     zeros = tiny_mlp[1].weight[tiny_mlp[1].weight == 0]
     assert len(zeros) > 0 and not torch.signbit(zeros).any()
+
+
+def _two_layer(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_apply_masks_with_optimizer_zeroes_the_state_of_masked_entries(name):
+    model = _two_layer()
+    optimizer = OPTIMIZERS[name](model.parameters())
+    _train(model, optimizer, 5, seed=1)
+    masks = magnitude_masks(model, 0.5)
+    apply_masks(model, masks, optimizer)
+    for layer, mask in masks.items():
+        state = optimizer.state[model.get_submodule(layer).weight_orig]
+        moments = [v for k, v in state.items() if k != "step"]
+        assert moments and all(v.abs().sum() > 0 for v in moments)  # the kept entries have some
+        for value in moments:
+            assert torch.count_nonzero(value[~mask]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_masked_entries_stay_exactly_zero_while_training_on(name):
+    model = _two_layer()
+    optimizer = OPTIMIZERS[name](model.parameters())
+    _train(model, optimizer, 5, seed=1)
+    masks = magnitude_masks(model, 0.5)
+    apply_masks(model, masks, optimizer)
+    _train(model, optimizer, 20, seed=2)
+    for layer, mask in masks.items():
+        module = model.get_submodule(layer)
+        assert torch.count_nonzero(module.weight_orig[~mask]) == 0
+        for key, value in optimizer.state[module.weight_orig].items():
+            if key != "step":
+                assert torch.count_nonzero(value[~mask]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_zeroing_the_masked_state_leaves_the_unmasked_trajectory_identical(name):
+    trained = []
+    for with_optimizer in (True, False):
+        model = _two_layer()
+        optimizer = OPTIMIZERS[name](model.parameters())
+        _train(model, optimizer, 5, seed=1)
+        masks = magnitude_masks(model, 0.5)
+        apply_masks(model, masks, optimizer if with_optimizer else None)
+        _train(model, optimizer, 20, seed=2)
+        apply_masks(model, magnitude_masks(model, 0.75), optimizer if with_optimizer else None)
+        _train(model, optimizer, 20, seed=3)
+        trained.append(model)
+    fixed, unfixed = trained
+    for layer in ("0", "2"):
+        a, b = fixed.get_submodule(layer), unfixed.get_submodule(layer)
+        kept = a.weight_mask.bool()
+        assert torch.equal(a.weight_mask, b.weight_mask)
+        assert torch.equal(a.weight, b.weight)  # the effective weights: bit for bit
+        assert torch.equal(a.weight_orig[kept], b.weight_orig[kept])
+        assert torch.equal(a.bias, b.bias)
+    first = unfixed.get_submodule("0")
+    pruned = ~first.weight_mask.bool()
+    assert torch.count_nonzero(first.weight_orig[pruned]) > 0  # what the fix removes: drift
+    assert torch.count_nonzero(fixed.get_submodule("0").weight_orig[pruned]) == 0
+
+
+def test_zero_masked_state_leaves_other_state_alone():
+    model = _two_layer()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    apply_masks(model, magnitude_masks(model, 0.5))
+    orig = model.get_submodule("0").weight_orig
+    optimizer.state[orig]["v"] = torch.ones_like(orig)  # e.g. a Bregman subgradient
+    zero_masked_state(optimizer, model)
+    assert torch.equal(optimizer.state[orig]["v"], torch.ones_like(orig))

@@ -26,6 +26,7 @@ STAGES = {  # command -> its one line in --help
     "tune-report": "the tables and plots of every study",
 }
 PER_METHOD = ("run", "calibrate")
+TRAINING = ("pretrain", "run", "calibrate", "tune")  # flush subnormals first (numerics)
 TRACKED = ("pretrain", "run", "report")  # check the tracker first
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 FILE_TOOLS = ("export", "inspect")  # work on model files alone: no params.yaml
@@ -89,6 +90,10 @@ def run_file_tool(args: argparse.Namespace) -> None:
 
 def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
+    if args.stage in TRAINING:  # before any tensor operation starts PyTorch's threads
+        from sparsebench.numerics import flush_subnormals
+
+        flush_subnormals()
     if args.stage in FILE_TOOLS:
         return run_file_tool(args)
     if args.stage == "tune":

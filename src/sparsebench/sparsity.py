@@ -100,11 +100,20 @@ def random_masks(
     return masks_from_scores(scores, sparsity, scope)
 
 
-def apply_masks(model: nn.Module, masks: Masks) -> None:
+def apply_masks(model: nn.Module, masks: Masks,
+                optimizer: torch.optim.Optimizer | None = None) -> None:
     """Apply (or update) masks in the ``torch.nn.utils.prune`` form.
 
-    The pruned entries of ``weight_orig`` are set to zero too, so that momentum and weight decay
-    have nothing to move there and the masked entries stay exactly zero.
+    The pruned entries of ``weight_orig`` are set to zero too, and with ``optimizer`` (the one
+    training the model, when masks change during training) so is their optimizer state
+    (`zero_masked_state`): a masked entry then has weight, gradient and state exactly zero, and
+    no step moves it. Without it, a momentum buffer or Adam moment left from before the mask
+    keeps moving ``weight_orig`` and decays geometrically through the subnormal floats.
+
+    Args:
+        model: the network; its prunable layers named in ``masks`` get (new) masks.
+        masks: layer name -> bool mask shaped like its weight (True = kept).
+        optimizer: the optimizer training ``model``, if any.
     """
     modules = dict(prunable_modules(model))
     unknown = set(masks) - set(modules)
@@ -120,6 +129,32 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
         with torch.no_grad():  # masked_fill, not mul: a pruned entry is +0.0, never -0.0
             module.weight_orig.masked_fill_(mask == 0, 0.0)
             module.weight = module.weight_orig * module.weight_mask
+    if optimizer is not None:
+        zero_masked_state(optimizer, model)
+
+
+MOMENTS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # SGD's and Adam's
+
+
+def zero_masked_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Set the momentum buffer (SGD) and moments (Adam) of every masked entry to exactly zero.
+
+    A masked entry has weight 0 in ``weight_orig`` and gradient 0 (the forward pass multiplies
+    it by the mask), and SGD and Adam update each entry from its own gradient and state alone,
+    so zeroing the state of masked entries changes no unmasked value and no effective weight:
+    the masked entries of ``weight_orig`` simply stay 0 instead of drifting with a decaying
+    remainder of momentum. Only the per-entry moments named in `MOMENTS` are touched; other
+    optimizers' state (e.g. a Bregman subgradient) is the algorithm's and left alone.
+    """
+    for _, module in prunable_modules(model):
+        if not hasattr(module, "weight_mask"):
+            continue
+        state = optimizer.state.get(module.weight_orig, {})
+        pruned = module.weight_mask == 0
+        for key in MOMENTS:
+            value = state.get(key)
+            if torch.is_tensor(value) and value.shape == pruned.shape:
+                value.masked_fill_(pruned, 0.0)
 
 
 def get_masks(model: nn.Module) -> Masks:

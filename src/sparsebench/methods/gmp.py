@@ -4,6 +4,9 @@ prune"; ALGORITHMS.md section 1).
 From the pretrained model, train for ``epochs`` epochs; between ``start_epoch`` and
 ``end_epoch`` re-prune by magnitude every ``frequency`` steps to
 s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3, then keep training with the final mask.
+Each re-pruning zeroes the optimizer state of the masked entries too
+(`sparsebench.sparsity.zero_masked_state`), so they stay exactly zero rather than decaying
+through the subnormal floats; no unmasked value changes.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from torch import nn
 from sparsebench.data import Batches
 from sparsebench.methods.base import Context, Method, OptimizerPhaseParams
 from sparsebench.sparsity import agp_sparsity, apply_masks, magnitude_masks
-from sparsebench.train import Phase, fit
+from sparsebench.train import Phase, fit, make_optimizer
 
 
 class GMPParams(OptimizerPhaseParams):
@@ -57,13 +60,14 @@ class GMP(Method):
         def reprune(step: int) -> None:
             if step < t0 or (step - t0) % p.frequency or step > t0 + n * p.frequency:
                 return
-            apply_masks(model, magnitude_masks(model, at(step), p.scope))
+            apply_masks(model, magnitude_masks(model, at(step), p.scope), optimizer)
 
         if p.initial_sparsity > 0 and t0 == 0:
             apply_masks(model, magnitude_masks(model, p.initial_sparsity, p.scope))
         phase = Phase(p.epochs, p.batch_size, p.optimizer.to_config(), "gmp")
+        optimizer = make_optimizer(model.parameters(), phase.optim)  # re-pruning zeroes its state
         curves = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
-                     device=ctx.device, after_step=reprune, progress=ctx.progress,
-                     on_epoch=ctx.on_epoch, resume=ctx.resume())
+                     device=ctx.device, optimizer=optimizer, after_step=reprune,
+                     progress=ctx.progress, on_epoch=ctx.on_epoch, resume=ctx.resume())
         apply_masks(model, magnitude_masks(model, final, p.scope))
         return curves
