@@ -32,7 +32,8 @@ from sparsebench.data import load_splits
 from sparsebench.methods import build_method
 from sparsebench.methods.base import Context
 from sparsebench.sparsity import apply_masks, magnitude_masks
-from sparsebench.stages import DATA_FILE, load_run_model
+from sparsebench.run import load_run_model
+from sparsebench.suite import DATA_FILE
 from sparsebench.train import evaluate, seed_everything
 
 

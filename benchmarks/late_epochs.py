@@ -34,7 +34,8 @@ from sparsebench.data import load_splits
 from sparsebench.methods import build_method
 from sparsebench.methods.base import Context
 from sparsebench.numerics import flush_subnormals
-from sparsebench.stages import DATA_FILE, MODEL, fresh_model
+from sparsebench.run import MODEL
+from sparsebench.suite import DATA_FILE, model_spec
 from sparsebench.train import OptimConfig, Phase, fit, seed_everything
 
 PRETRAINED = Path("runs", "pretrain", "seed0", MODEL)
@@ -56,13 +57,13 @@ def pretrained_model(params: Params, data: dict,
         return lambda: load_model(source, "cpu")[0]
     print(f"pretrained model: training one ({params.pretrain.epochs} epochs, seed 0)", flush=True)
     generator = seed_everything(0)
-    model = fresh_model(params)
+    model = model_spec(params).build()
     fit(model, data["train"], data["val"], params.pretrain.to_phase("pretrain"),
         generator=generator, device=torch.device("cpu"), progress=False)
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     def copy() -> torch.nn.Module:
-        fresh = fresh_model(params)
+        fresh = model_spec(params).build()
         fresh.load_state_dict(state)
         return fresh
     return copy
@@ -75,10 +76,15 @@ def without_fix() -> None:
     sparsity.zero_masked_state = lambda *args, **kwargs: None
 
 
-def epoch_seconds(key: str, methods: dict, model: torch.nn.Module, data: dict) -> list[dict]:
-    """The prune phase of ``methods.<key>`` from ``model``, seed 0: per epoch (SAS-ADMM: per
-    iteration) its CPU and wall seconds, validation pass included, and its minibatch steps."""
-    method = build_method(key, methods[key])
+def epoch_seconds(key: str, methods: dict, model: torch.nn.Module, data: dict,
+                  params: Params, level: float) -> list[dict]:
+    """The prune phase of ``methods.<key>`` at compression ``level`` from ``model``, seed 0:
+    per epoch (SAS-ADMM: per iteration) its CPU and wall seconds, validation pass included, and
+    its minibatch steps."""
+    from sparsebench.suite import at_level, layer_sizes
+
+    [(_, at)] = at_level(params, key, methods[key], level, layer_sizes(model_spec(params)))
+    method = build_method(key, at)
     rows, last = [], [time.process_time(), time.perf_counter()]
 
     def seen(row: dict) -> None:
@@ -98,6 +104,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--pretrained", help="a dense model file (sparsebench save_model)")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--level", type=float, default=32.0,
+                        help="the compression level the methods prune to (a suite level)")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads (1: CPU time is then robust to other load)")
     parser.add_argument("--no-fix", action="store_true",
@@ -119,7 +127,7 @@ def main() -> None:
     fit(pretrained(), data["train"], data["val"], warm, generator=seed_everything(0),
         device=torch.device("cpu"), progress=False)  # not counted: the process's first epoch
     for key in args.methods:
-        rows = epoch_seconds(key, methods, pretrained(), data)
+        rows = epoch_seconds(key, methods, pretrained(), data, params, args.level)
         first, last = rows[0], rows[-1]
         unit = "s/step" if key == "sas_admm" else "s"
         a, b = first["cpu"] / first["steps"], last["cpu"] / last["steps"]

@@ -137,8 +137,8 @@ def tune_workspace(tmp_path, monkeypatch, pretrained_workspace):
         path = small_params(tmp_path, tracking={"enabled": tracking})
         raw = yaml.safe_load(path.read_text())
         raw["tune"].update({"trials": 4, "heartbeat_interval": 1, "grace_period": 2,
-                            "spaces": {"gmp": {"target_sparsity": {"low": 0.9,
-                                                                   "high": 0.99}}}})
+                            "spaces": {"gmp": {"optimizer.lr": {"low": 0.005,
+                                                                  "high": 0.05}}}})
         raw["tune"].update(tune)
         for key, cfg in (methods or {}).items():
             raw["methods"][key].update(cfg)

@@ -268,6 +268,9 @@ def params_source(key: str) -> dict[str, Any]:
         info = {"source": "tuned", "study": tuned.study, "trials": tuned.finished_trials,
                 "values": tuned.params, "val_accuracy": tuned.best.val_accuracy,
                 "val_sparsity": tuned.best.sparsity}
+        if tuned.handset is not None:
+            info["handset_val_accuracy"] = tuned.handset.val_accuracy
+            info["handset_val_sparsity"] = tuned.handset.sparsity
     if calibrated_path(key).exists():
         info["calibrated"] = str(calibrated_path(key))
     return info

@@ -93,7 +93,7 @@ def run_worker(spec: WorkerSpec) -> str:
 
     from sparsebench.config import load_params
     from sparsebench.data import load_splits
-    from sparsebench.stages import DATA_FILE
+    from sparsebench.suite import DATA_FILE
     from sparsebench.train import resolve_device
     from sparsebench.tuning.storage import Claim, open_storage
     from sparsebench.tuning.trial import Objective, Setup, TrialTracker
