@@ -252,7 +252,7 @@ def _check_levels(levels: LevelsParams, key: str, method: Any) -> None:
     suite = levels.compression or levels.sparsity or []
     for value in method.levels or []:
         if not any(math.isclose(value, v, rel_tol=1e-9) for v in suite):
-            raise UsageError(f"methods.{key}.levels: {value} is not a level of this suite; "
+            raise UsageError(f"methods.{key}.levels: {value:g} is not a level of this suite; "
                              f"allowed: {', '.join(f'{v:g}' for v in suite)} "
                              f"(levels.{levels.unit})")
     if getattr(method, "scope", None) == "global":

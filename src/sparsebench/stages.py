@@ -193,7 +193,7 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
                          on_done=done, in_process=in_process)
     _remove_stale(key, planned)
     raise_failures(f"run {key}", failures, len(planned))
-    summary = write_method_metrics(params, key, planned, results)
+    summary = write_method_metrics(key, methods[key], planned, results)
     if tracking_failed is not None:
         raise tracking_failed
     if tracker is not None:
@@ -225,14 +225,14 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def write_method_metrics(params: Params, key: str, planned: list[Planned],
+def write_method_metrics(key: str, method: MethodParams, planned: list[Planned],
                          results: dict[str, dict]) -> dict:
     """``metrics/<key>.json`` (mean and std per level) and ``evaluation/<key>.json`` (every
     run's figures and layers), all or nothing."""
     by_level: dict[str, list[dict]] = {}
     for p in planned:
         by_level.setdefault(p.out.parent.name, []).append(results[p.name])
-    summary: dict[str, Any] = {"method": results[planned[0].name]["method"],
+    summary: dict[str, Any] = {"method": method_class(key, method.model_dump()).name,
                                "params": params_source(key), "levels": {}}
     for name, runs in by_level.items():
         figures = [r["figures"] for r in runs if not r["point"]]

@@ -1,0 +1,207 @@
+"""Levels: the per-layer rule, the suite's level list and each bad input, and the calibration's
+search (interpolation, bracketing, a level it cannot reach)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+from conftest import small_params
+
+from sparsebench.calibrate import Trial, next_guess, settle
+from sparsebench.cli import main
+from sparsebench.errors import UsageError
+from sparsebench.levels import layer_densities, layer_targets, level_name, within
+from sparsebench.sparsity import keep_count
+
+SIZES = {"fc1": 235200, "fc2": 30000, "fc3": 1000}  # LeNet-300-100
+
+
+@pytest.mark.parametrize("level", [8, 16, 32, 64, 128, 71.2])
+def test_the_level_holds_over_all_layers_with_the_classifier_floor(level):
+    d = layer_densities(SIZES, level, classifier_density=0.1)
+    kept = sum(d[n] * SIZES[n] for n in SIZES)
+    assert kept == pytest.approx(sum(SIZES.values()) / level, rel=1e-9)
+    assert d["fc3"] >= 0.1 - 1e-12
+    kept_counts = sum(keep_count(SIZES[n], 1 - d[n]) for n in SIZES)  # what a prune keeps
+    assert sum(SIZES.values()) / kept_counts == pytest.approx(level, rel=1e-3)
+
+
+def test_at_128x_the_classifier_keeps_its_floor_and_the_others_pay_for_it():
+    d = layer_densities(SIZES, 128, classifier_density=0.1)
+    assert d["fc3"] == pytest.approx(0.1)  # 100 of 1,000 weights, not 8
+    assert d["fc1"] == pytest.approx(d["fc2"]) and d["fc1"] < 1 / 128
+
+
+def test_without_a_floor_the_rule_is_uniform():
+    d = layer_densities(SIZES, 16)
+    assert all(v == pytest.approx(1 / 16) for v in d.values())
+
+
+def test_a_profile_is_scaled_as_a_whole_and_capped_at_dense():
+    profile = {"fc1": 0.01, "fc2": 0.1, "fc3": 1.0}
+    d = layer_densities(SIZES, 20, profile=profile)
+    assert d["fc3"] == 1.0  # capped
+    assert d["fc2"] / d["fc1"] == pytest.approx(10)  # the ratios kept below the cap
+    targets = layer_targets(SIZES, 20, profile=profile)
+    assert targets["fc3"] == 0.0 and targets["fc1"] == pytest.approx(1 - d["fc1"])
+
+
+def test_a_floor_that_alone_breaks_the_level_is_refused():
+    with pytest.raises(UsageError, match=r"levels.classifier_density: 0.9 keeps 900 weights"):
+        layer_densities({"a": 100, "b": 1000}, 10, classifier_density=0.9)
+
+
+def test_level_names_and_tolerance():
+    assert [level_name(c) for c in (8, 71.2, 128.0)] == ["c8", "c71.2", "c128"]
+    assert within(8.39, 8, 0.05) and not within(8.41, 8, 0.05)
+    assert not within(math.inf, 8, 0.05)
+
+
+@pytest.mark.parametrize("levels, expected", [
+    ({"compression": []}, "levels.compression: [] is not allowed; the list is empty"),
+    ({"compression": [16, 8]}, "levels.compression: [16, 8] is not allowed; the levels must be "
+                               "strictly increasing"),
+    ({"compression": [8, 8]}, "the levels must be strictly increasing"),
+    ({"compression": [0.5, 8]}, "levels.compression.0: 0.5 is not allowed; input should be "
+                                "greater than 1"),
+    ({"compression": [1, 8]}, "levels.compression.0: 1 is not allowed; input should be greater "
+                              "than 1"),
+    ({"sparsity": [0.9, 1.0]}, "levels.sparsity.1: 1.0 is not allowed; input should be less "
+                               "than 1"),
+    ({"sparsity": [0.0, 0.9]}, "levels.sparsity.0: 0.0 is not allowed; input should be greater "
+                               "than 0"),
+    ({"sparsity": [-0.5]}, "levels.sparsity.0: -0.5 is not allowed"),
+    ({"compression": [8], "sparsity": [0.9]}, "is not allowed; give the levels as compression "
+                                              "or as sparsity (exactly one)"),
+    ({"classifier_density": 0.1}, "levels: {'classifier_density': 0.1} is not allowed; give the "
+                                  "levels as compression or as sparsity"),
+    ({"compression": [8, 16], "tolerance": 0}, "levels.tolerance: 0 is not allowed"),
+])
+def test_a_bad_level_list_is_one_line_and_exit_2(workspace, capsys, levels, expected):
+    path = small_params(workspace, levels=levels)
+    assert main(["check-params", "--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
+@pytest.mark.parametrize("subset, expected", [
+    ([8, 24], "methods.gmp.levels: 24 is not a level of this suite; allowed: 8, 16, 32, 64, 128 "
+              "(levels.compression)"),
+    ([], "methods.gmp.levels: [] is not allowed"),
+])
+def test_a_method_naming_a_level_the_suite_lacks_is_refused(workspace, capsys, subset,
+                                                            expected):
+    path = small_params(workspace)
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["gmp"]["levels"] = subset
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check-params", "--params", str(path)]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_global_scope_is_refused_under_the_per_layer_rule(workspace, capsys):
+    path = small_params(workspace)
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["magnitude"]["scope"] = "global"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check-params", "--params", str(path)]) == 2
+    assert "methods.magnitude.scope: 'global' is not allowed" in capsys.readouterr().err
+
+
+def test_sparsity_levels_are_the_same_levels_as_compression(workspace):
+    from sparsebench.config import load_params
+
+    path = small_params(workspace, levels={"sparsity": [0.875, 0.9375]})
+    params, _ = load_params(path)
+    assert params.levels.ratios() == pytest.approx([8, 16])
+
+
+def test_an_over_budget_method_is_refused_before_training(workspace, capsys):
+    path = small_params(workspace, tracking={"enabled": False}, budget=4)
+    assert main(["prepare", "--params", str(path)]) == 0
+    assert main(["run", "--params", str(path), "--method", "gmp"]) == 2
+    err = capsys.readouterr().err
+    assert "methods.gmp: 8 epochs a run (2 pretrain + 2 prune + 4 retrain) is over the " \
+           "suite's budget; allowed: at most budget: 4" in err, err
+    assert not (workspace / "runs" / "gmp").exists()
+
+
+def _t(value: float, compression: float) -> Trial:
+    return Trial(value=value, compression=compression, val_accuracy=0.9, round=1)
+
+
+def test_the_next_guess_interpolates_in_log_log_between_the_points_around_the_level():
+    history = [_t(0.001, 4.0), _t(0.01, 16.0)]
+    assert next_guess(history, 8.0) == pytest.approx(math.sqrt(0.001 * 0.01))
+
+
+def test_the_next_guess_steps_out_beyond_the_measured_range():
+    history = [_t(0.001, 4.0), _t(0.01, 16.0)]
+    assert next_guess(history, 64.0) == pytest.approx(0.04)
+    assert next_guess(history, 2.0) == pytest.approx(0.00025)
+
+
+def test_settle_reached_bracketed_and_unreachable():
+    history = [_t(0.001, 7.0), _t(0.002, 8.2), _t(0.01, 50.0), _t(0.1, 90.0)]
+    reached = settle(history, 8.0, 0.05)
+    assert reached.status == "reached" and reached.value == 0.002
+    bracketed = settle(history, 32.0, 0.05)
+    assert bracketed.status == "bracketed"
+    assert (bracketed.low.compression, bracketed.high.compression) == (8.2, 50.0)
+    assert settle(history, 128.0, 0.05).status == "unreachable"  # every point is below it
+
+
+def test_a_calibration_that_cannot_reach_a_level_stops_and_says_so(workspace, capsys):
+    """LinBreg from a 1% sparse initialisation cannot pass 100x: the search runs its rounds,
+    records the level as unreachable, and the method's runs skip it."""
+    import json
+
+    path = small_params(workspace, tracking={"enabled": False})
+    raw = yaml.safe_load(path.read_text())
+    raw["levels"] = {"compression": [2, 1000]}
+    raw["methods"] = {"linbreg": {**raw["methods"]["linbreg"], "epochs": 1,
+                                  "init_density": 0.01, "retrain": {"epochs": 0}}}
+    raw["tune"]["spaces"] = {}
+    raw["budget"] = None
+    path.write_text(yaml.safe_dump(raw))
+    args = ["--params", str(path)]
+    assert main(["prepare", *args]) == 0
+    assert main(["calibrate", *args, "--method", "linbreg", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrate linbreg: level c1000 unreachable after 2 rounds" in out
+    found = yaml.safe_load((workspace / "calibrated" / "linbreg.yaml").read_text())
+    assert found["levels"]["c1000"]["status"] == "unreachable"
+    assert found["trials"] == len(found["history"]) >= 4
+    assert main(["run", *args, "--method", "linbreg"]) == 0
+    levels = json.loads((workspace / "metrics" / "linbreg.json").read_text())["levels"]
+    assert "c1000" not in levels
+
+
+def test_a_calibration_of_a_target_driven_method_is_refused(workspace, capsys):
+    path = small_params(workspace, tracking={"enabled": False})
+    assert main(["prepare", "--params", str(path)]) == 0
+    assert main(["calibrate", "--params", str(path), "--method", "gmp"]) == 2
+    assert "--method: 'gmp' takes its level as a target" in capsys.readouterr().err
+
+
+def test_a_stale_calibration_is_refused(workspace, capsys):
+    from conftest import write_calibration
+
+    path = small_params(workspace, tracking={"enabled": False})
+    write_calibration(workspace, path, "grda", 0.01)
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["grda"]["lr"] = 0.05  # the calibration was made for lr 0.1
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["prepare", "--params", str(path)]) == 0
+    assert main(["run", "--params", str(path), "--method", "grda"]) == 2
+    assert "calibrated/grda.yaml: made for other parameters of methods.grda" in \
+        capsys.readouterr().err
+
+
+def test_a_missing_calibration_is_one_line(workspace, capsys):
+    path = small_params(workspace, tracking={"enabled": False})
+    assert main(["prepare", "--params", str(path)]) == 0
+    assert main(["run", "--params", str(path), "--method", "adabreg"]) == 2
+    assert "calibrated/adabreg.yaml: missing" in capsys.readouterr().err
