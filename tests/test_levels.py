@@ -153,6 +153,14 @@ def test_settle_reached_bracketed_and_unreachable():
     assert settle(history, 128.0, 0.05).status == "unreachable"  # every point is below it
 
 
+def test_a_saturated_search_stops():
+    from sparsebench.calibrate import saturated
+
+    assert saturated([_t(1.0, 99.0), _t(4.0, 100.2), _t(16.0, 100.3)], 128.0)
+    assert not saturated([_t(1.0, 60.0), _t(4.0, 99.0)], 128.0)  # still climbing
+    assert not saturated([_t(1.0, 99.0), _t(4.0, 99.1)], 64.0)  # past the level
+
+
 def test_a_calibration_that_cannot_reach_a_level_stops_and_says_so(workspace, capsys):
     """LinBreg from a 1% sparse initialisation cannot pass 100x: the search runs its rounds,
     records the level as unreachable, and the method's runs skip it."""

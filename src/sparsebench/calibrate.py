@@ -142,6 +142,15 @@ def next_guess(history: list[Trial], level: float) -> float:
     return math.exp(math.log(lo.value) + frac * (math.log(hi.value) - math.log(lo.value)))
 
 
+def saturated(history: list[Trial], level: float) -> bool:
+    """Whether stronger regularisation stopped adding sparsity below ``level``: the two
+    strongest runs are both short of it and within 1% of each other (LinBreg from a 1% sparse
+    initialisation cannot pass about 100x, whatever its lambda)."""
+    strongest = sorted(history, key=lambda t: t.value)[-2:]
+    return (len(strongest) == 2 and all(t.compression < level for t in strongest)
+            and abs(strongest[1].compression / strongest[0].compression - 1) < 0.01)
+
+
 def settle(history: list[Trial], level: float, tolerance: float) -> LevelResult:
     """What the measured points say about ``level``: reached, bracketed or unreachable."""
     hits = [t for t in history if within(t.compression, level, tolerance)]
@@ -218,7 +227,8 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
             if not history:
                 raise UsageError(f"calibrate {key}: every run of round {number} failed "
                                  f"({next(iter(failures.values()))})")
-            missed = [lv for lv in levels if settle(history, lv, tol).status != "reached"]
+            missed = [lv for lv in levels if settle(history, lv, tol).status != "reached"
+                      and not saturated(history, lv)]
             if not missed:
                 break
             guesses = [next_guess(history, lv) for lv in missed]

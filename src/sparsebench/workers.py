@@ -156,7 +156,10 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
                 running[process.sentinel] = (task, process, receive)
             for sentinel in wait(list(running)):
                 task, process, receive = running.pop(sentinel)
-                message = receive.recv() if receive.poll() else None
+                try:
+                    message = receive.recv() if receive.poll() else None
+                except EOFError:  # the worker died before it could say anything
+                    message = None
                 process.join()
                 receive.close()
                 if process.exitcode == 0:
