@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import time
 import warnings
 
 from sparsebench.errors import Incomplete, TrackingFailed, UsageError
@@ -24,12 +25,14 @@ STAGES = {  # command -> its one line in --help
     "inspect": "the per-layer table of a model file",
     "tune": "an Optuna study of one method's hyperparameters",
     "tune-report": "the tables and plots of every study",
+    "profile": "where the last dvc repro spent its time, from the stages' records",
 }
 PER_METHOD = ("run", "calibrate")
 TRAINING = ("pretrain", "run", "calibrate", "tune")  # flush subnormals first (numerics)
 TRACKED = ("pretrain", "run", "report")  # check the tracker first
+PROFILED = ("prepare", "pretrain", "run", "report")  # write .cache/profile/<stage>.json
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-FILE_TOOLS = ("export", "inspect")  # work on model files alone: no params.yaml
+FILE_TOOLS = ("export", "inspect", "profile")  # work on model files alone: no params.yaml
 EXPORT_TO = ("compressed", "dense", "prune")  # = sparsebench.checkpoint.EXPORT_FORMATS
 
 
@@ -49,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--to", required=True, choices=EXPORT_TO, help="the output form")
         elif stage == "inspect":
             s.add_argument("file", help="a compressed checkpoint or a dense model file")
+        elif stage == "profile":
+            pass
         else:
             s.add_argument("--params", default="params.yaml", help="the params file (params.yaml)")
         if stage in PER_METHOD or stage == "tune":
@@ -86,6 +91,10 @@ def run_file_tool(args: argparse.Namespace) -> None:
         print(f"{args.out}: written ({args.to})")
     elif args.stage == "inspect":
         print(checkpoint.inspect_table(args.file))
+    elif args.stage == "profile":
+        from sparsebench import profile
+
+        print(profile.table(profile.load()))
 
 
 def run(argv: list[str]) -> None:
@@ -109,6 +118,7 @@ def run(argv: list[str]) -> None:
         from sparsebench.tracking import check_reachable, tracking_uri
 
         check_reachable(tracking_uri(params.tracking.uri))
+    ready = time.time()  # the stage's own work starts: what came before is start-up
     if args.stage == "check-params":
         print(f"{args.params}: valid ({len(methods)} methods, {len(params.seeds)} seeds)")
     elif args.stage == "prepare":
@@ -130,6 +140,11 @@ def run(argv: list[str]) -> None:
 
         for path in all_methods(target=params.tune.target_sparsity):
             print(f"{path}: written")
+    if args.stage in PROFILED:
+        from sparsebench import profile
+
+        name = f"{args.stage}@{args.method}" if args.stage == "run" else args.stage
+        profile.write(name, ready)
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:

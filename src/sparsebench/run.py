@@ -275,6 +275,7 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     wall = time.perf_counter()
     outcome = run(spec, data, device, work=work, on_epoch=on_epoch)
     model = outcome.model
+    evaluating = time.perf_counter()
     test_loss, test_acc = evaluate(model, *data["test"], device=device)
     figures = evaluate_model_metrics(model, shape)
     layers = figures.pop("layers")
@@ -284,6 +285,7 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     save_run_model(tmp, model, outcome.curves)
     save(model, tmp / CHECKPOINT)
     size, dense = (tmp / CHECKPOINT).stat().st_size, (tmp / MODEL).stat().st_size
+    evaluated = time.perf_counter() - evaluating
     result = {
         "key": spec.key, "method": build_method(spec.key, spec.method).name,
         "level": spec.level, "point": spec.point, "seed": spec.seed,
@@ -294,7 +296,7 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
                     "checkpoint_bound_ratio": size / information_bound(model)},
         "layers": layers, "epochs": budget,
         "seconds": {"train": outcome.train_seconds, **outcome.seconds,
-                    "run": time.perf_counter() - wall},
+                    "evaluate": evaluated, "run": time.perf_counter() - wall},
         "params": spec.method.model_dump(mode="json"),
         "environment": env, "fingerprint": fingerprint,
     }

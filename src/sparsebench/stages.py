@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sparsebench import profile
 from sparsebench.config import Params
 from sparsebench.data import (
     SYNTHETIC,
@@ -118,6 +119,10 @@ def pretrain(params: Params) -> None:
                  if not work.done(f"seed{s}")]
         failures = run_tasks(tasks, workers=workers, threads=threads, in_process=in_process)
         raise_failures("pretrain", failures, len(tasks))
+    epochs = [row for s in params.seeds for row in json.loads(
+        (seed_dir(run_dir("pretrain"), s) / "curves.json").read_text())]
+    profile.record(train=sum(r["seconds"] for r in epochs), workers=workers,
+                   trained=len(tasks))
 
 
 def run_fingerprint(params: Params, planned: Planned) -> str:
@@ -182,9 +187,11 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
               f"{r['figures']['compression_ratio']:.2f}x in {r['seconds']['run']:.1f}s "
               f"(training {r['seconds']['train']:.1f}s)", flush=True)
         nonlocal tracker, tracking_failed
+        profile.record(train=r["seconds"]["train"], evaluate=r["seconds"]["evaluate"])
         if tracker is not None:
             try:
-                tracker.log(p, r)
+                with profile.timed("tracking"):
+                    tracker.log(p, r)
             except TrackingFailed as exc:  # the runs go on; reported once they are on disk
                 tracker, tracking_failed = None, exc
 
@@ -197,7 +204,9 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     if tracking_failed is not None:
         raise tracking_failed
     if tracker is not None:
-        tracker.finish(results)
+        with profile.timed("tracking"):
+            tracker.finish(results)
+    profile.record(workers=workers, trained=len(todo))
     print(f"run {key}: done in {time.perf_counter() - started:.1f}s", flush=True)
     return summary
 

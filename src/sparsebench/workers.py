@@ -73,6 +73,12 @@ def setup_process(threads: int) -> None:
     flush_subnormals(True)
 
 
+def _warm_up() -> None:
+    """Import here, once, what every run would otherwise import in its own worker: the first
+    torch optimizer loads torch._dynamo (3 to 8 s), and a forked worker inherits it loaded."""
+    import torch._dynamo  # noqa: F401
+
+
 def _die_with_parent(parent: int) -> None:
     """Linux: the kernel kills this worker when its parent (the stage) dies, even by SIGKILL,
     so no orphan goes on writing outputs after a killed stage."""
@@ -139,6 +145,7 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
             if on_done is not None:
                 on_done(task)
         return failures
+    _warm_up()
     context = mp.get_context("fork")
     pending = list(reversed(tasks))
     running: dict[int, tuple[Task, mp.Process, object]] = {}
