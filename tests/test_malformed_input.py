@@ -14,6 +14,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import small_params
 from hypothesis import HealthCheck, given, settings
@@ -95,6 +96,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
     err, out = io.StringIO(), io.StringIO()
     with redirect_stderr(err), redirect_stdout(out):
         code = main(argv)
+    torch.set_flush_denormal(False)  # the training stages flush; hypothesis draws floats next
     return code, err.getvalue()
 
 
