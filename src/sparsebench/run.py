@@ -262,7 +262,8 @@ def _cpu_model() -> str:
 def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
             device: torch.device, out: Path, *, fingerprint: str, budget: dict[str, int],
             shape: tuple[int, ...], env: dict[str, Any],
-            on_epoch: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
+            on_epoch: Callable[[str, dict], None] | None = None,
+            latency: tuple[tuple[int, ...], int] | None = None) -> dict[str, Any]:
     """`run`, then the test figures; write the run's directory ``out`` whole.
 
     ``out`` receives the model (masks folded in), the masks, the compressed checkpoint, the
@@ -285,6 +286,14 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     save_run_model(tmp, model, outcome.curves)
     save(model, tmp / CHECKPOINT)
     size, dense = (tmp / CHECKPOINT).stat().st_size, (tmp / MODEL).stat().st_size
+    if latency is not None and latency[0]:
+        from sparsebench.latency import compare_latency
+
+        timed = compare_latency(model.cpu(), shape, latency[0], repeats=latency[1])
+        for batch, row in timed["batch"].items():
+            figures[f"latency_b{batch}_dense_ms"] = 1000 * row["dense_s"]
+            figures[f"latency_b{batch}_sparse_ms"] = 1000 * row["sparse_s"]
+            figures[f"latency_b{batch}_ratio"] = row["ratio"]
     evaluated = time.perf_counter() - evaluating
     result = {
         "key": spec.key, "method": build_method(spec.key, spec.method).name,

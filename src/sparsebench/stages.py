@@ -175,8 +175,11 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
 
     def task(p: Planned, fp: str) -> Task:
         def fn() -> None:
+            latency = ((tuple(params.evaluate.latency_batch_sizes),
+                        params.evaluate.latency_repeats)
+                       if p.spec.seed == params.seeds[0] else None)
             execute(p.spec, data, device, p.out, fingerprint=fp, budget=p.budget, shape=shape,
-                    env=env, on_epoch=_log_epoch(p.name))
+                    env=env, on_epoch=_log_epoch(p.name), latency=latency)
         return Task(p.name, fn)
 
     def done(t: Task) -> None:
@@ -222,6 +225,8 @@ def _remove_stale(key: str, planned: list[Planned]) -> None:
     if not root.is_dir():
         return
     for level in root.iterdir():
+        if level.name.startswith("."):  # work directories, DVC's .gitignore
+            continue
         if level.resolve() not in levels:
             shutil.rmtree(level) if level.is_dir() else level.unlink()
             continue
@@ -249,8 +254,8 @@ def write_method_metrics(key: str, method: MethodParams, planned: list[Planned],
                                  "seeds": len({r["seed"] for r in runs})}
         if figures:
             keys = [k for k in figures[0] if isinstance(figures[0][k], (int, float))]
-            entry["mean"] = {k: statistics.fmean(f[k] for f in figures) for k in keys}
-            entry["std"] = {k: _std([f[k] for f in figures]) for k in keys}
+            entry["mean"] = {k: statistics.fmean(f[k] for f in figures if k in f) for k in keys}
+            entry["std"] = {k: _std([f[k] for f in figures if k in f]) for k in keys}
             for part in ("train", "run"):
                 values = [r["seconds"][part] for r in runs]
                 entry["mean"][f"{part}_seconds"] = statistics.fmean(values)
@@ -357,11 +362,11 @@ class _Tracker:
         for name, runs in groups.items():
             parent = self._parent(name, runs[0]["level"], runs[0]["method"])
             figures = [r["figures"] for r in runs]
-            keys = [k for k in figures[0] if isinstance(figures[0][k], (int, float))]
-            metrics = [Metric(f"{k}_mean", statistics.fmean(f[k] for f in figures), now, 0)
-                       for k in keys]
-            metrics += [Metric(f"{k}_std", _std([f[k] for f in figures]), now, 0)
-                        for k in keys]
+            keys = {k for f in figures for k, v in f.items() if isinstance(v, (int, float))}
+            metrics = [Metric(f"{k}_mean", statistics.fmean(f[k] for f in figures if k in f),
+                              now, 0) for k in sorted(keys)]
+            metrics += [Metric(f"{k}_std", _std([f[k] for f in figures if k in f]), now, 0)
+                        for k in sorted(keys)]
             log_batches(self.client, parent, metrics, [])
             self.client.set_terminated(parent, status="FINISHED")
 
