@@ -413,8 +413,10 @@ def _interpolated(key: str, low: dict, high: dict, level: float) -> dict[str, An
     the two measured runs (`sparsebench.calibrate`), marked interpolated."""
     import math
 
+    from sparsebench.calibrate import MAX_COMPRESSION
+
     a, b = _row(key, low, level), _row(key, high, level)
-    x0, x1 = math.log2(a["compression"]), math.log2(b["compression"])
+    x0, x1 = (math.log2(min(r["compression"], MAX_COMPRESSION)) for r in (a, b))
     t = (math.log2(level) - x0) / (x1 - x0) if x1 != x0 else 0.5
     row = dict(a)
     for field in ("test_accuracy", "flop_speedup", "checkpoint_bytes"):
