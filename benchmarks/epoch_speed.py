@@ -70,6 +70,8 @@ def epoch_arguments(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--samples", type=int, default=55000)
     parser.add_argument("--real", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (the pipeline's runs use execution.threads: 1)")
     return parser
 
 
@@ -88,6 +90,8 @@ def interleaved(rounds: int, sides: dict[str, Callable[[int], float]]) -> dict[s
 
 def main() -> None:
     args = epoch_arguments(__doc__).parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     x, y, vx, vy = data(args.real, args.samples)
     times = {"bare": [], "project": []}
     runners = {"bare": bare_epoch, "project": project_epoch}

@@ -22,6 +22,7 @@ f alone: their h is rho W^k, a proximal anchor at the current point.
 from __future__ import annotations
 
 import math
+import time
 from typing import Literal
 
 import torch
@@ -255,6 +256,7 @@ class SASADMMPruning(Method):
         for k in range(first, p.iterations + 1):
             Mk, eta = inner_steps(k, p.M, p.k0, p.q), step_size(k, p.M, p.k0, p.q, p.v)
             h, loss_sum = sas.begin(), 0.0
+            started = time.perf_counter()
             model.train()
             for t in range(1, Mk + 1):
                 x, y = next(batches)
@@ -265,7 +267,7 @@ class SASADMMPruning(Method):
                 sas.inner_step(t, eta, h)
                 loss_sum += loss.item()
             row = {"epoch": k, "train_loss": loss_sum / Mk, "inner_steps": Mk, "eta": eta,
-                   **sas.dual_step()}
+                   **sas.dual_step(), "seconds": time.perf_counter() - started}
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(f"sas_admm: the training loss is {row['train_loss']} "
                                          f"at iteration {k}; lower beta or raise v ({p.v})")
