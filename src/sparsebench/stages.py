@@ -419,8 +419,11 @@ def _interpolated(key: str, low: dict, high: dict, level: float) -> dict[str, An
     x0, x1 = (math.log2(min(r["compression"], MAX_COMPRESSION)) for r in (a, b))
     t = (math.log2(level) - x0) / (x1 - x0) if x1 != x0 else 0.5
     row = dict(a)
-    for field in ("test_accuracy", "flop_speedup", "checkpoint_bytes"):
+    for field in ("test_accuracy", "checkpoint_bytes"):
         row[field] = a[field] + t * (b[field] - a[field])
+    # FLOP speedup in proportion to compression from the lower point (the upper one may be an
+    # all-zero model, whose speedup is infinite)
+    row["flop_speedup"] = a["flop_speedup"] * level / a["compression"]
     row.update(compression=level, sparsity=1.0 - 1.0 / level, interpolated=True,
                train_seconds=(a["train_seconds"] + b["train_seconds"]) / 2)
     return row
