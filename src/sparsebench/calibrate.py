@@ -171,10 +171,9 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
               workers: int = 1, threads: int = 1) -> CalibrationFile:
     """Search the strength of ``methods.<key>`` per level; write ``calibrated/<key>.yaml``."""
     from sparsebench.data import load_splits
-    from sparsebench.run import run, validation_figures
     from sparsebench.suite import DATA_FILE, levels_of, model_spec, retrain_phase
     from sparsebench.train import resolve_device
-    from sparsebench.workers import Task, run_tasks
+    from sparsebench.workers import run_tasks
 
     method = methods[key]
     cls = method_class(key, method.model_dump())
@@ -196,28 +195,14 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
         for number in range(1, rounds + 1):
             seen = {round(t.value, 12) for t in history}
             todo = sorted({g for g in guesses if round(g, 12) not in seen})
-            tasks = []
-            for i, value in enumerate(todo):
-                out = Path(scratch, f"{number}-{i}.json")
-                at = method_params(key, {**method.model_dump(exclude_none=True),
-                                         cls.strength: value})
-                from sparsebench.run import RunSpec
-
-                spec = RunSpec(key, at, None, seed, retrain, spec_model,
-                               _pretrained(at, key, seed))
-
-                def trial(spec: RunSpec = spec, out: Path = out) -> None:
-                    outcome = run(spec, data, device)
-                    out.write_text(json.dumps(validation_figures(outcome.model, data["val"],
-                                                                 device)))
-
-                tasks.append(Task(f"calibrate {key} {cls.strength}={value:.4g}", trial))
+            outs = [Path(scratch, f"{number}-{i}.json") for i in range(len(todo))]
+            tasks = [_trial(key, method, cls.strength, value, out, seed, retrain, spec_model,
+                            data, device) for value, out in zip(todo, outs, strict=True)]
             failures = run_tasks(tasks, workers=workers, threads=threads)
-            for task, value in zip(tasks, todo, strict=True):
+            for task, value, out in zip(tasks, todo, outs, strict=True):
                 if task.name in failures:
                     continue
-                figures = json.loads(Path(scratch, f"{number}-{todo.index(value)}.json")
-                                     .read_text())
+                figures = json.loads(out.read_text())
                 history.append(Trial(value=value, compression=min(figures["compression"],
                                                                    MAX_COMPRESSION),
                                      val_accuracy=figures["val_accuracy"], round=number))
@@ -239,15 +224,27 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
     for name, found in result.levels.items():
         if found.status != "reached":
             print(f"calibrate {key}: level {name} {found.status} after {rounds} rounds "
-                  f"({len(history)} runs)", flush=True)
+                  f"or fewer ({len(history)} runs)", flush=True)
     atomic_write_text(calibrated_path(key), yaml.safe_dump(result.model_dump(mode="json"),
                                                            sort_keys=False))
     return result
 
 
-def _pretrained(method: MethodParams, key: str, seed: int) -> Path | None:
+def _trial(key: str, method: MethodParams, strength: str, value: float, out: Path, seed: int,
+           retrain: Any, spec_model: Any, data: dict, device: Any) -> Any:
+    """One calibration run at ``strength = value``: its validation figures go to ``out``."""
     from sparsebench.methods import build_method
     from sparsebench.paths import run_dir, seed_dir
+    from sparsebench.run import RunSpec, run, validation_figures
+    from sparsebench.workers import Task
 
-    return seed_dir(run_dir("pretrain"), seed) if build_method(key, method).from_pretrained \
+    at = method_params(key, {**method.model_dump(exclude_none=True), strength: value})
+    pretrained = seed_dir(run_dir("pretrain"), seed) if build_method(key, at).from_pretrained \
         else None
+    spec = RunSpec(key, at, None, seed, retrain, spec_model, pretrained)
+
+    def trial() -> None:
+        outcome = run(spec, data, device)
+        out.write_text(json.dumps(validation_figures(outcome.model, data["val"], device)))
+
+    return Task(f"calibrate {key} {strength}={value:.4g}", trial)

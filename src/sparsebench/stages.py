@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -239,6 +238,13 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def mean_std(figures: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample std over runs of every number any of them has (latency: one seed)."""
+    keys = sorted({k for f in figures for k, v in f.items() if isinstance(v, (int, float))})
+    return ({k: statistics.fmean(f[k] for f in figures if k in f) for k in keys},
+            {k: _std([f[k] for f in figures if k in f]) for k in keys})
+
+
 def write_method_metrics(key: str, method: MethodParams, planned: list[Planned],
                          results: dict[str, dict]) -> dict:
     """``metrics/<key>.json`` (mean and std per level) and ``evaluation/<key>.json`` (every
@@ -253,9 +259,7 @@ def write_method_metrics(key: str, method: MethodParams, planned: list[Planned],
         entry: dict[str, Any] = {"level": runs[0]["level"], "epochs": runs[0]["epochs"],
                                  "seeds": len({r["seed"] for r in runs})}
         if figures:
-            keys = [k for k in figures[0] if isinstance(figures[0][k], (int, float))]
-            entry["mean"] = {k: statistics.fmean(f[k] for f in figures if k in f) for k in keys}
-            entry["std"] = {k: _std([f[k] for f in figures if k in f]) for k in keys}
+            entry["mean"], entry["std"] = mean_std(figures)
             for part in ("train", "run"):
                 values = [r["seconds"][part] for r in runs]
                 entry["mean"][f"{part}_seconds"] = statistics.fmean(values)
@@ -361,12 +365,9 @@ class _Tracker:
         now = int(time.time() * 1000)
         for name, runs in groups.items():
             parent = self._parent(name, runs[0]["level"], runs[0]["method"])
-            figures = [r["figures"] for r in runs]
-            keys = {k for f in figures for k, v in f.items() if isinstance(v, (int, float))}
-            metrics = [Metric(f"{k}_mean", statistics.fmean(f[k] for f in figures if k in f),
-                              now, 0) for k in sorted(keys)]
-            metrics += [Metric(f"{k}_std", _std([f[k] for f in figures if k in f]), now, 0)
-                        for k in sorted(keys)]
+            mean, std = mean_std([r["figures"] for r in runs])
+            metrics = [Metric(f"{k}_mean", v, now, 0) for k, v in mean.items()]
+            metrics += [Metric(f"{k}_std", v, now, 0) for k, v in std.items()]
             log_batches(self.client, parent, metrics, [])
             self.client.set_terminated(parent, status="FINISHED")
 
