@@ -17,9 +17,10 @@ from epoch_speed import data, epoch_arguments, interleaved
 
 from sparsebench.methods.admm import ADMM
 from sparsebench.models import build_model
-from sparsebench.train import OptimConfig, Phase, fit
+from sparsebench.schema import OptimizerParams
+from sparsebench.train import Phase, fit
 
-PHASE = Phase(1, 128, OptimConfig(name="adam", lr=1e-3, schedule="constant"))
+PHASE = Phase(1, 128, OptimizerParams(name="adam", lr=1e-3, schedule="constant"))
 
 
 def epoch(with_penalty: bool, x, y, vx, vy, seed: int) -> float:

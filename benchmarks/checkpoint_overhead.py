@@ -25,9 +25,10 @@ from epoch_speed import data, epoch_arguments, interleaved
 from sparsebench import train
 from sparsebench.models import build_model
 from sparsebench.resume import EpochCheckpoint, Resume
-from sparsebench.train import OptimConfig, Phase, fit
+from sparsebench.schema import OptimizerParams
+from sparsebench.train import Phase, fit
 
-PHASE = Phase(1, 128, OptimConfig(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4))
+PHASE = Phase(1, 128, OptimizerParams(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4))
 
 
 class Timed(EpochCheckpoint):

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 
 from sparsebench.data import load_splits
 from sparsebench.models import build_model
-from sparsebench.train import OptimConfig, Phase, fit
+from sparsebench.schema import OptimizerParams
+from sparsebench.train import Phase, fit
 
 BATCH = 128
-OPTIM = OptimConfig(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="cosine")
+OPTIM = OptimizerParams(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="cosine")
 
 
 def bare_epoch(model, x, y, vx, vy, generator) -> float:

@@ -36,7 +36,8 @@ from sparsebench.methods.base import Context
 from sparsebench.numerics import flush_subnormals
 from sparsebench.run import MODEL
 from sparsebench.suite import DATA_FILE, model_spec
-from sparsebench.train import OptimConfig, Phase, fit, seed_everything
+from sparsebench.schema import OptimizerParams
+from sparsebench.train import Phase, fit, seed_everything
 
 PRETRAINED = Path("runs", "pretrain", "seed0", MODEL)
 METHODS = ("admm", "admm_l1", "gmp", "sas_admm")
@@ -123,7 +124,7 @@ def main() -> None:
     print(f"LeNet-300-100, MNIST {len(data['train'][1])} samples, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, fix {'off' if args.no_fix else 'on'}, "
           f"subnormals {'flushed' if flushed else 'kept'}; CPU seconds (wall in brackets)")
-    warm = Phase(1, 128, OptimConfig(name="adam", lr=1e-3, schedule="constant"), "warm-up")
+    warm = Phase(1, 128, OptimizerParams(name="adam", lr=1e-3, schedule="constant"), "warm-up")
     fit(pretrained(), data["train"], data["val"], warm, generator=seed_everything(0),
         device=torch.device("cpu"), progress=False)  # not counted: the process's first epoch
     for key in args.methods:

@@ -7,7 +7,8 @@ from sparsebench.methods import METHODS, Context, build_method, method_params
 from sparsebench.methods.retrain import masked_retrain
 from sparsebench.metrics import sparsity_summary
 from sparsebench.sparsity import get_masks, keep_count
-from sparsebench.train import OptimConfig, Phase, seed_everything
+from sparsebench.schema import OptimizerParams
+from sparsebench.train import Phase, seed_everything
 
 SMALL = {  # settings that keep each method's test to a second on the tiny problem
     "gmp": {"epochs": 2, "end_epoch": 1, "frequency": 2, "batch_size": 32},
@@ -50,7 +51,7 @@ def test_every_method_prunes_to_its_target(name, tiny_data):
 def test_masked_retrain_keeps_masked_entries_zero(name, tiny_data):
     model, _ = _pruned(name, tiny_data, **({"target_sparsity": 0.8} if name in TARGETED else {}))
     masks = get_masks(model)
-    phase = Phase(2, 32, OptimConfig(lr=0.05, momentum=0.9, weight_decay=1e-3))
+    phase = Phase(2, 32, OptimizerParams(lr=0.05, momentum=0.9, weight_decay=1e-3))
     curves = masked_retrain(model, phase, _ctx(tiny_data, seed=1))
     assert len(curves) == 2
     assert get_masks(model).keys() == masks.keys()

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from sparsebench.errors import UsageError
+from sparsebench.schema import OptimizerParams, validate
 from sparsebench.train import (
-    OptimConfig,
     Phase,
     evaluate,
     fit,
@@ -24,7 +24,7 @@ def _model():
 def _train(tiny_data, seed=0, epochs=3, **optim):
     generator = seed_everything(seed)
     model = _model()
-    phase = Phase(epochs, 32, OptimConfig(**{"lr": 0.1, "momentum": 0.9, **optim}))
+    phase = Phase(epochs, 32, OptimizerParams(**{"lr": 0.1, "momentum": 0.9, **optim}))
     curves = fit(model, tiny_data["train"], tiny_data["val"], phase, generator=generator,
                  device=torch.device("cpu"), progress=False)
     return model, curves
@@ -69,8 +69,8 @@ def test_evaluate_matches_a_hand_count(tiny_data):
 
 
 def test_cosine_schedule_decays_to_zero():
-    opt = make_optimizer([nn.Parameter(torch.zeros(1))], OptimConfig(lr=1.0))
-    sched = make_scheduler(opt, OptimConfig(lr=1.0, schedule="cosine"), epochs=2,
+    opt = make_optimizer([nn.Parameter(torch.zeros(1))], OptimizerParams(lr=1.0))
+    sched = make_scheduler(opt, OptimizerParams(lr=1.0, schedule="cosine"), epochs=2,
                            steps_per_epoch=5)
     lrs = []
     for _ in range(10):
@@ -82,7 +82,7 @@ def test_cosine_schedule_decays_to_zero():
 
 
 def test_step_schedule_multiplies_by_gamma_each_step_size():
-    cfg = OptimConfig(lr=1.0, schedule="step", step_size=1, gamma=0.5)
+    cfg = OptimizerParams(lr=1.0, schedule="step", step_size=1, gamma=0.5)
     opt = make_optimizer([nn.Parameter(torch.zeros(1))], cfg)
     sched = make_scheduler(opt, cfg, epochs=3, steps_per_epoch=2)
     lrs = []
@@ -94,13 +94,13 @@ def test_step_schedule_multiplies_by_gamma_each_step_size():
 
 
 def test_adam_is_available():
-    opt = make_optimizer([nn.Parameter(torch.zeros(1))], OptimConfig(name="adam", lr=1e-3))
+    opt = make_optimizer([nn.Parameter(torch.zeros(1))], OptimizerParams(name="adam", lr=1e-3))
     assert isinstance(opt, torch.optim.Adam)
 
 
 def test_unknown_optimizer_is_refused():
-    with pytest.raises(UsageError, match=r"optimizer\.name: unknown name 'lion'"):
-        make_optimizer([nn.Parameter(torch.zeros(1))], OptimConfig(name="lion"))
+    with pytest.raises(UsageError, match=r"^pretrain\.optimizer\.name: 'lion' is not allowed"):
+        validate(OptimizerParams, {"name": "lion"}, prefix="pretrain.optimizer.")
 
 
 def test_device_auto_is_cpu_without_cuda():
@@ -117,13 +117,13 @@ def test_device_cuda_without_cuda_is_refused():
 def test_diverging_loss_stops_with_a_message(tiny_data):
     x, y = tiny_data["train"]
     with pytest.raises(FloatingPointError, match="training loss is nan at epoch 1"):
-        fit(_model(), (x * float("nan"), y), tiny_data["val"], Phase(1, 32, OptimConfig()),
+        fit(_model(), (x * float("nan"), y), tiny_data["val"], Phase(1, 32, OptimizerParams()),
             generator=seed_everything(0), device=torch.device("cpu"), progress=False)
 
 
 def test_after_step_hook_sees_every_step(tiny_data):
     seen = []
-    fit(_model(), tiny_data["train"], tiny_data["val"], Phase(2, 64, OptimConfig()),
+    fit(_model(), tiny_data["train"], tiny_data["val"], Phase(2, 64, OptimizerParams()),
         generator=seed_everything(0), device=torch.device("cpu"), after_step=seen.append,
         progress=False)
     assert seen == list(range(1, 2 * 256 // 64 + 1))

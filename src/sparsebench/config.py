@@ -8,26 +8,35 @@ this module holds the sections every suite shares.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
 from sparsebench.errors import UsageError, unknown_name
-from sparsebench.schema import OptimizerParams, PhaseParams, Strict, validate
+from sparsebench.schema import OptimizerParams, PhaseParams, Strict, merge_phase, validate
 
 __all__ = ["OptimizerParams", "Params", "PhaseParams", "Strict", "load_params", "validate"]
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+#: a name that becomes a path (``runs/<method key>/``, the suite's experiment): letters,
+#: digits, ``_`` and ``-``, starting with a letter or a digit, at most 64 characters
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+SAFE_NAME_RULE = ("letters, digits, _ and -, starting with a letter or digit, at most 64 "
+                  "characters (it becomes a directory name)")
+
+
+def check_name(key: str, value: str) -> str:
+    """``value`` if it is a safe path component, else a one-line `UsageError` naming ``key``."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        what = "the key" if key == "methods" else "the value"
+        raise UsageError(f"{key}: {what} {value!r} is not allowed; allowed: {SAFE_NAME_RULE}")
+    return value
 
 
 class DataParams(Strict):
@@ -175,8 +184,11 @@ class TuneParams(Strict):
 
 
 class Params(Strict):
+    """The whole file. Rules across sections are checked by `load_params` (they need the
+    registries and the data set's size): see its docstring."""
+
     suite: str = "default"
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     device: str = "auto"
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -213,6 +225,7 @@ def load_params(path: str | Path = "params.yaml", *,
     from sparsebench.data import DATASETS, SYNTHETIC
     from sparsebench.methods import method_params
     from sparsebench.models import MODELS
+    from sparsebench.train import resolve_device
     from sparsebench.tuning.space import check_spaces
 
     path = Path(path)
@@ -229,6 +242,11 @@ def load_params(path: str | Path = "params.yaml", *,
     if not isinstance(raw, dict):
         raise UsageError(f"params: {str(path)!r} must hold a mapping of sections, not {raw!r:.40}")
     params = validate(Params, raw)
+    check_name("suite", params.suite)
+    for key in params.methods:
+        check_name("methods", key)
+    resolve_device(params.device)
+    n_train = _check_data(params.data)
     if params.data.dataset not in (*DATASETS, SYNTHETIC):
         raise unknown_name("data.dataset", params.data.dataset, (*DATASETS, SYNTHETIC))
     if params.model.name not in MODELS:
@@ -243,13 +261,49 @@ def load_params(path: str | Path = "params.yaml", *,
         if hasattr(method, "targets"):
             method.targets(model, name)  # a layer name the model does not have is refused
         _check_levels(params.levels, name, method)
+        merge_phase(params.retrain, method.retrain.model_dump(), prefix=f"methods.{name}.retrain.")
+        check_budget(params, name, method, n_train)
     return params, methods
+
+
+def _check_data(data: DataParams) -> int:
+    """``val_size`` against the data set's training set; return the training samples a run
+    sees (after the validation split and ``limit``)."""
+    from sparsebench.data import SYNTHETIC, get_spec
+
+    if data.dataset == SYNTHETIC:
+        return data.limit or 256  # the synthetic training set (`stages.prepare`)
+    pool = get_spec(data.dataset).train_size
+    if data.val_size >= pool:
+        raise UsageError(f"data.val_size: {data.val_size} is not allowed; {data.dataset} has "
+                         f"{pool} training samples; allowed: 1 .. {pool - 1}")
+    return min(pool - data.val_size, data.limit or pool)
+
+
+def check_budget(params: Params, key: str, method: Any, n_train: int) -> None:
+    """Refuse a run of ``methods.<key>`` (pretrain share + prune + retrain) within ``budget``."""
+    from sparsebench.suite import epoch_budget
+
+    if params.budget is None:
+        return
+    budget = epoch_budget(params, key, method, n_train)
+    if budget["total"] > params.budget:
+        raise UsageError(
+            f"methods.{key}: {budget['total']} epochs a run ({budget['pretrain']} pretrain + "
+            f"{budget['prune']} prune + {budget['retrain']} retrain) is over the suite's "
+            f"budget; allowed: at most budget: {params.budget}")
 
 
 def _check_levels(levels: LevelsParams, key: str, method: Any) -> None:
     """A method's own ``levels`` must be a subset of the suite's; a per-layer rule needs
     per-layer scope."""
     suite = levels.compression or levels.sparsity or []
+    initial = getattr(method, "initial_sparsity", 0.0)
+    lowest = 1.0 - 1.0 / min(levels.ratios(method.levels))
+    if initial > lowest:
+        raise UsageError(f"methods.{key}.initial_sparsity: {initial:g} is not allowed; it is "
+                         f"above the lowest level's sparsity {lowest:.4g}; allowed: 0 .. "
+                         f"{lowest:.4g}")
     for value in method.levels or []:
         if not any(math.isclose(value, v, rel_tol=1e-9) for v in suite):
             raise UsageError(f"methods.{key}.levels: {value:g} is not a level of this suite; "

@@ -3,39 +3,57 @@
 A method owns its parameter model (``sparsebench.methods``) and builds it from these parts; the
 suite schema (`sparsebench.config`) composes the methods' models from the registry. So imports
 run one way: config -> methods -> schema, and this module imports no other sparsebench module
-but `train` (for the optimizer configuration it builds) and `errors`.
+but `errors` (`train` imports it: `OptimizerParams` is the one optimizer configuration type).
+
+Every number must be finite (``allow_inf_nan=False``), and a rule between two keys is a
+validator of the model that holds both, so ``sparsebench check-params`` sees all of them.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sparsebench.errors import UsageError
-from sparsebench.train import OptimConfig, Phase
+
+if TYPE_CHECKING:
+    from sparsebench.train import Phase
 
 
 class Strict(BaseModel):
-    """A params section: unknown keys are refused."""
+    """A params section: unknown keys are refused, and so are infinite and NaN numbers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class OptimizerParams(Strict):
+    """The optimizer and LR schedule of a training phase (`sparsebench.train.make_optimizer`),
+    with torch's defaults: ``momentum`` and ``nesterov`` are SGD's, ``betas`` Adam's.
+
+    Rule: ``nesterov`` needs ``momentum`` > 0 (Nesterov's step is a momentum step).
+    """
+
     name: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     step_size: int = Field(10, gt=0)
     gamma: float = Field(0.1, gt=0, le=1)
 
-    def to_config(self) -> OptimConfig:
-        return OptimConfig(**self.model_dump())
+    @model_validator(mode="after")
+    def _nesterov(self) -> OptimizerParams:
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: true needs momentum > 0 (got momentum 0); allowed: "
+                             "nesterov: false, or a momentum in (0, 1)")
+        return self
 
 
 class PhaseParams(Strict):
@@ -44,7 +62,19 @@ class PhaseParams(Strict):
     optimizer: OptimizerParams = OptimizerParams()
 
     def to_phase(self, name: str) -> Phase:
-        return Phase(self.epochs, self.batch_size, self.optimizer.to_config(), name)
+        from sparsebench.train import Phase  # train imports this module
+
+        return Phase(self.epochs, self.batch_size, self.optimizer, name)
+
+
+def merge_phase(shared: PhaseParams, override: dict[str, Any], prefix: str) -> PhaseParams:
+    """``shared`` with ``override`` (a method's ``retrain:``, any subset) laid over it, checked
+    by the same rules as the shared section; an error names the key under ``prefix``."""
+    merged = shared.model_dump()
+    override = {k: v for k, v in override.items() if v is not None}
+    merged["optimizer"].update(override.pop("optimizer", {}))
+    merged.update(override)
+    return validate(PhaseParams, merged, prefix=prefix)
 
 
 def validate(model: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> Any:
@@ -69,7 +99,7 @@ def _first_error(exc: ValidationError, model: type[BaseModel], raw: Any, prefix:
         return f"{key}: missing; a value is required"
     msg = err["msg"].removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
-    if not loc:  # a check across several keys: the message names them
+    if not loc or isinstance(err.get("input"), dict):  # a rule across keys: msg names them
         return f"{key}: {msg}"
     return f"{key}: {err.get('input')!r} is not allowed; {msg}"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.config import Params
+from sparsebench.config import Params, check_budget
 from sparsebench.data import dataset_info
 from sparsebench.errors import UsageError
 from sparsebench.levels import layer_targets, level_name
@@ -23,7 +23,7 @@ from sparsebench.methods import MethodParams, build_method, method_class, method
 from sparsebench.metrics import prunable_modules
 from sparsebench.paths import run_dir, seed_dir
 from sparsebench.run import MODEL, ModelSpec, RunSpec
-from sparsebench.schema import PhaseParams, validate
+from sparsebench.schema import PhaseParams, merge_phase
 
 DATA_FILE = Path("data", "prepared", "splits.safetensors")
 
@@ -38,11 +38,7 @@ def model_spec(params: Params, data_file: Path = DATA_FILE) -> ModelSpec:
 
 def retrain_phase(params: Params, method: MethodParams) -> PhaseParams:
     """The shared ``retrain`` section with the method's own overrides applied."""
-    merged = params.retrain.model_dump()
-    override = method.retrain.model_dump(exclude_none=True)
-    merged["optimizer"].update(override.pop("optimizer", {}))
-    merged.update(override)
-    return validate(PhaseParams, merged, prefix="retrain.")
+    return merge_phase(params.retrain, method.retrain.model_dump(), prefix="retrain.")
 
 
 def levels_of(params: Params, key: str, method: MethodParams) -> list[float | None]:
@@ -118,11 +114,7 @@ def plan(params: Params, methods: dict[str, MethodParams], key: str,
     for level in levels_of(params, key, method):
         for point, at in at_level(params, key, method, level, sizes, calibration):
             budget = epoch_budget(params, key, at, n_train)
-            if params.budget is not None and budget["total"] > params.budget:
-                raise UsageError(
-                    f"methods.{key}: {budget['total']} epochs a run ({budget['pretrain']} "
-                    f"pretrain + {budget['prune']} prune + {budget['retrain']} retrain) is "
-                    f"over the suite's budget; allowed: at most budget: {params.budget}")
+            check_budget(params, key, at, n_train)
             for seed in params.seeds:
                 pretrained = (seed_dir(run_dir("pretrain"), seed)
                               if build_method(key, at).from_pretrained else None)

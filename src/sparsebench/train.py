@@ -23,21 +23,30 @@ from sparsebench.data import Batches
 from sparsebench.errors import UsageError
 from sparsebench.metrics import sparsity_summary
 from sparsebench.resume import Resume, restore_training, training_state
+from sparsebench.schema import OptimizerParams
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine", "step")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; otherwise the named device."""
+    """``auto`` is CUDA when available, else the CPU; otherwise the named device, refused
+    (one line, key ``device``) unless it can run here: ``cpu``, ``cuda`` or ``cuda:N`` with a
+    GPU N present, ``mps`` where Metal is available."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device: {name!r} is not available here; allowed: auto, cpu")
+    here = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        here += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        here.append("mps")
     try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"device: {name!r} is not a device; allowed: auto, cpu, cuda") from None
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"device: {name!r} is not a device; allowed here: "
+                         f"{', '.join(here)}") from None
+    if str(device) not in here:
+        raise UsageError(f"device: {name!r} is not available here; allowed here: "
+                         f"{', '.join(here)}")
+    return device
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -47,35 +56,16 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@dataclass
-class OptimConfig:
-    """Optimizer and LR schedule of one training phase (a section of params.yaml)."""
-
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "cosine"
-    step_size: int = 10  # epochs, for schedule "step"
-    gamma: float = 0.1  # factor, for schedule "step"
-
-
-def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Build the optimizer named in the config."""
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
+def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerParams) -> torch.optim.Optimizer:
+    """Build the optimizer named in the config (the schema allows sgd and adam)."""
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    raise UsageError(f"optimizer.name: unknown name {cfg.name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, cfg: OptimizerParams, epochs: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-step LR schedule: constant, cosine to zero over the phase, or step decay by epoch."""
     total = max(1, epochs * steps_per_epoch)
@@ -85,11 +75,8 @@ def make_scheduler(
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
         )
-    if cfg.schedule == "step":
-        every = cfg.step_size * steps_per_epoch
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: cfg.gamma ** (t // every))
-    raise UsageError(f"optimizer.schedule: unknown name {cfg.schedule!r}; allowed: "
-                     f"{', '.join(SCHEDULES)}")
+    every = cfg.step_size * steps_per_epoch  # "step", the schema's third schedule
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: cfg.gamma ** (t // every))
 
 
 @torch.no_grad()
@@ -122,7 +109,7 @@ class Phase:
 
     epochs: int
     batch_size: int
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimizerParams = field(default_factory=OptimizerParams)
     name: str = "train"
 
 

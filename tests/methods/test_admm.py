@@ -10,7 +10,8 @@ from torch import nn
 
 from sparsebench.methods import ADMM, Context, build_method, method_params
 from sparsebench.sparsity import get_masks, keep_count
-from sparsebench.train import OptimConfig, Phase, fit, seed_everything
+from sparsebench.schema import OptimizerParams
+from sparsebench.train import Phase, fit, seed_everything
 
 
 def _mlp():
@@ -56,7 +57,7 @@ def test_rho_zero_makes_the_w_step_plain_training(tiny_data):
     def train(with_admm: bool):
         model = _mlp()
         admm = ADMM.for_model(model, sparsity=0.9, rho=0.0)
-        fit(model, tiny_data["train"], tiny_data["val"], Phase(2, 32, OptimConfig(lr=0.1)),
+        fit(model, tiny_data["train"], tiny_data["val"], Phase(2, 32, OptimizerParams(lr=0.1)),
             generator=seed_everything(0), device=torch.device("cpu"), progress=False,
             regularizer=admm.penalty if with_admm else None)
         return model

@@ -52,6 +52,8 @@ class DatasetSpec:
         layouts: The accepted forms of the raw files, preferred first.
         shape: Image shape (C, H, W).
         num_classes: Number of classes; labels are in ``[0, num_classes)``.
+        train_size: Samples in the official training set (the validation split is carved from
+            it); fixed by the files' digests, so known before the data are fetched.
         mean: Per-channel mean of the images scaled to [0, 1], for normalisation.
         std: Per-channel standard deviation of the images scaled to [0, 1].
         torchvision_class: Class name in ``torchvision.datasets``, for the download.
@@ -62,6 +64,7 @@ class DatasetSpec:
     layouts: tuple[Layout, ...]
     shape: tuple[int, int, int]
     num_classes: int
+    train_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     torchvision_class: str
@@ -116,6 +119,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         shape=(1, 28, 28),
         num_classes=10,
+        train_size=60_000,
         mean=(0.1307,),
         std=(0.3081,),
         torchvision_class="MNIST",
@@ -134,6 +138,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         shape=(1, 28, 28),
         num_classes=10,
+        train_size=60_000,
         mean=(0.2860,),
         std=(0.3530,),
         torchvision_class="FashionMNIST",
@@ -144,6 +149,7 @@ DATASETS: dict[str, DatasetSpec] = {
         layouts=(CIFAR_PYTHON, CIFAR_BINARY),
         shape=(3, 32, 32),
         num_classes=10,
+        train_size=50_000,
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
         torchvision_class="CIFAR10",

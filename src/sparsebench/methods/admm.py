@@ -27,7 +27,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from sparsebench.schema import OptimizerParams
@@ -168,7 +168,10 @@ class ADMM:
 
 
 class ADMMParams(SparsityParams):
-    """``target_sparsity`` for every layer, or ``layer_sparsity`` per layer name."""
+    """``target_sparsity`` for every layer, or ``layer_sparsity`` per layer name.
+
+    Rule: ``rho_max`` >= ``rho`` (rho grows by ``rho_growth`` per iteration up to ``rho_max``).
+    """
 
     rho: float = Field(1e-3, gt=0)  # the library's ADMM takes rho = 0 (plain training)
     rho_growth: float = Field(1.0, ge=1)
@@ -177,6 +180,13 @@ class ADMMParams(SparsityParams):
     epochs_per_iteration: int = Field(1, ge=1)  # the W-step's length
     batch_size: int = Field(128, gt=0)
     optimizer: OptimizerParams = OptimizerParams(name="adam", lr=1e-3, schedule="constant")
+
+    @model_validator(mode="after")
+    def _rho_order(self) -> ADMMParams:
+        if self.rho_max < self.rho:
+            raise ValueError(f"rho_max {self.rho_max:g} < rho {self.rho:g}; allowed: rho_max "
+                             ">= rho")
+        return self
 
 
 class ADMML1Params(ADMMParams):
@@ -207,8 +217,8 @@ class ADMMPruning(Method):
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
         p = self.params
         admm = self._admm(model)
-        optimizer = make_optimizer(model.parameters(), p.optimizer.to_config())
-        phase = Phase(p.epochs_per_iteration, p.batch_size, p.optimizer.to_config(), self.name)
+        optimizer = make_optimizer(model.parameters(), p.optimizer)
+        phase = Phase(p.epochs_per_iteration, p.batch_size, p.optimizer, self.name)
         curves, first = [], 1
         saved = ctx.checkpoint.peek() if ctx.checkpoint is not None else None
         if saved is not None and "admm" in saved["extra"]:  # resume inside iteration ``first``

@@ -64,7 +64,7 @@ class GMP(Method):
 
         if p.initial_sparsity > 0 and t0 == 0:
             apply_masks(model, magnitude_masks(model, p.initial_sparsity, p.scope))
-        phase = Phase(p.epochs, p.batch_size, p.optimizer.to_config(), "gmp")
+        phase = Phase(p.epochs, p.batch_size, p.optimizer, "gmp")
         optimizer = make_optimizer(model.parameters(), phase.optim)  # re-pruning zeroes its state
         curves = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
                      device=ctx.device, optimizer=optimizer, after_step=reprune,

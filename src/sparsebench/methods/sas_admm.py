@@ -174,7 +174,10 @@ class SASADMM:
 
 
 class SASADMMParams(SparsityParams):
-    """The released defaults (ResNet-32 CIFAR-10) unless stated otherwise."""
+    """The released defaults (ResNet-32 CIFAR-10) unless stated otherwise.
+
+    Rules: (r, s) in the convergence region of symmetric ADMM; ``last`` < ``iterations``.
+    """
 
     beta: float = Field(0.04, gt=0)
     lam: float = Field(1e-4, ge=0)
@@ -192,6 +195,9 @@ class SASADMMParams(SparsityParams):
     @model_validator(mode="after")
     def _region(self) -> SASADMMParams:
         check_region(self.r, self.s)
+        if self.last >= self.iterations:
+            raise ValueError(f"last {self.last} >= iterations {self.iterations}: no iterate "
+                             "would be averaged; allowed: 0 <= last < iterations")
         return self
 
 

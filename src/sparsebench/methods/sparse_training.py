@@ -24,7 +24,8 @@ from sparsebench.metrics import prunable_modules
 from sparsebench.optim import GRDA, AdaBreg, LinBreg, ProxSGD, param_groups, sparse_init
 from sparsebench.optim._checks import mu_warning
 from sparsebench.sparsity import apply_masks
-from sparsebench.train import OptimConfig, Phase, fit
+from sparsebench.schema import OptimizerParams
+from sparsebench.train import Phase, fit
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
 LinearReg = Literal["l1", "l12_row", "none"]
@@ -98,7 +99,7 @@ class SparseTraining(Method):
         density = getattr(p, "init_density", None)
         if density is not None and not self.from_pretrained:
             sparse_init(model, density, generator=ctx.generator)
-        schedule = OptimConfig(lr=p.lr, schedule=p.schedule, step_size=p.step_size,
+        schedule = OptimizerParams(lr=p.lr, schedule=p.schedule, step_size=p.step_size,
                                gamma=p.gamma)
         curves = fit(model, ctx.train, ctx.val, Phase(p.epochs, p.batch_size, schedule,
                                                       self.name),
