@@ -199,3 +199,14 @@ def test_sigkill_at_a_random_epoch_then_rerun_matches_an_uninterrupted_run(
     assert not list(level.glob(".*"))
     assert _run_outputs(root, key) == _run_outputs(runs["uninterrupted"], key)
     assert _metrics(root, key) == _metrics(runs["uninterrupted"], key)
+
+
+def test_the_code_left_out_of_the_run_digest_exists():
+    """A renamed module must not silently fall back into (or out of) the digest."""
+    from pathlib import Path
+
+    import sparsebench
+    from sparsebench.resume import NOT_RESULT_CODE
+
+    root = Path(sparsebench.__file__).parent
+    assert all((root / name).exists() for name in NOT_RESULT_CODE), NOT_RESULT_CODE

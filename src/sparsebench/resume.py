@@ -173,15 +173,25 @@ def fingerprint(*, stage: str, config: Any, inputs: Iterable[Path] = ()) -> str:
 
 _CODE_DIGEST: str | None = None
 
+#: modules that orchestrate, track or report runs but cannot change a run's numbers or files:
+#: left out of `code_digest`, so editing them keeps the finished runs (DVC still reruns the
+#: stages that list them, and those find every run cached). Everything else counts.
+NOT_RESULT_CODE = ("cli.py", "stages.py", "workers.py", "tracking.py", "curves.py",
+                   "curves_report.py", "calibrate.py", "profile.py", "__main__.py", "tuning/")
+
 
 def code_digest() -> str:
-    """SHA-256 of the package's Python sources: a resume never mixes two versions of it."""
+    """SHA-256 of the package's Python sources that can change a run's result (all but
+    `NOT_RESULT_CODE`): a resume or a cached run never mixes two versions of them."""
     global _CODE_DIGEST
     if _CODE_DIGEST is None:
         digest = hashlib.sha256()
         root = Path(__file__).parent
         for file in sorted(root.rglob("*.py")):
-            digest.update(str(file.relative_to(root)).encode())
+            name = file.relative_to(root).as_posix()
+            if name in NOT_RESULT_CODE or name.startswith(NOT_RESULT_CODE[-1]):
+                continue
+            digest.update(name.encode())
             digest.update(file.read_bytes())
         _CODE_DIGEST = digest.hexdigest()
     return _CODE_DIGEST
