@@ -68,10 +68,10 @@ RULES = [
     ("admm_l1 inherits it", _set("methods.admm_l1.rho_max", 0.0001),
      r"^methods\.admm_l1: rho_max 0\.0001 < rho 0\.001; allowed: rho_max >= rho$",
      _set("methods.admm_l1.rho", 0.1)),
-    ("sas_admm: last < iterations", _set("methods.sas_admm.last", 23),
-     r"^methods\.sas_admm: last 23 >= iterations 23: no iterate would be averaged; "
-     r"allowed: 0 <= last < iterations$",
-     _set("methods.sas_admm.last", 22)),
+    ("sas_admm: last <= iterations", _set("methods.sas_admm.last", 24),
+     r"^methods\.sas_admm: last 24 > iterations 23: no iterate would be averaged; "
+     r"allowed: 0 <= last <= iterations$",
+     _set("methods.sas_admm.last", 23)),
     ("data: val_size < the training set", _set("data.val_size", 60_000),
      r"^data\.val_size: 60000 is not allowed; mnist has 60000 training samples; "
      r"allowed: 1 \.\. 59999$",
@@ -150,6 +150,6 @@ def test_check_params_refuses_before_writing_anything(tmp_path, monkeypatch, cap
     for stage in (["check-params"], ["prepare"], ["pretrain"], ["run", "--method", "admm"]):
         assert main([*stage, "--params", "params.yaml"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == ["sparsebench: error: methods.sas_admm: last 30 >= iterations 23: no "
-                       "iterate would be averaged; allowed: 0 <= last < iterations"], err
+        assert err == ["sparsebench: error: methods.sas_admm: last 30 > iterations 23: no "
+                       "iterate would be averaged; allowed: 0 <= last <= iterations"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before

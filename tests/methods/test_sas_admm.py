@@ -123,3 +123,19 @@ def test_training_with_sas_admm_lowers_the_loss(tiny_data):
                   generator=seed_everything(0), seed=0, progress=False)
     build_method("sas_admm", params).prune(model, ctx)
     assert F.cross_entropy(model(x), y).item() < 0.5 * before
+
+
+@pytest.mark.parametrize(("last", "averaged"), [(0, 4), (1, 4), (2, 3), (4, 1)])
+def test_the_average_runs_over_the_iterations_from_last_on(tiny_data, monkeypatch, last,
+                                                           averaged):
+    """ALGORITHMS.md section 4: iterations k >= last (W_last included) of k = 1..4."""
+    seen = []
+    original = SASADMM.accumulate
+    monkeypatch.setattr(SASADMM, "accumulate", lambda self: (seen.append(1), original(self)))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    params = method_params("sas_admm", {"target_sparsity": 0.5, "iterations": 4, "M": 2,
+                                        "k0": 2, "last": last, "batch_size": 32})
+    ctx = Context(train=tiny_data["train"], val=tiny_data["val"], device=torch.device("cpu"),
+                  generator=seed_everything(0), seed=0, progress=False)
+    build_method("sas_admm", params).prune(model, ctx)
+    assert len(seen) == averaged

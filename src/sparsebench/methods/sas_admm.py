@@ -13,7 +13,9 @@ L = f(W) + lambda ||Z||_1 - <U, W - Z> + (beta / 2) ||W - Z||^2. Outer iteration
    U = U_half - s beta (W - Z).
 3. Schedules: M_k = M for k < k0, else ceil(c k^q) with c = M / k0^q; eta_k = 1 / v for k < k0,
    else M (M + 1) / (v M_k (M_k + 1)).
-4. The ergodic average of W over the iterations k > ``last`` is written into the network.
+4. The ergodic average of W over the iterations k >= ``last`` is written into the network
+   (as the paper and the released sas.py, which set W_ag = W up to k = last, then average
+   each later W into it: W_last is included).
 
 Parameters outside the l1 coupling (biases, normalisation) take the same accelerated steps on
 f alone: their h is rho W^k, a proximal anchor at the current point.
@@ -176,7 +178,7 @@ class SASADMM:
 class SASADMMParams(SparsityParams):
     """The released defaults (ResNet-32 CIFAR-10) unless stated otherwise.
 
-    Rules: (r, s) in the convergence region of symmetric ADMM; ``last`` < ``iterations``.
+    Rules: (r, s) in the convergence region of symmetric ADMM; ``last`` <= ``iterations``.
     """
 
     beta: float = Field(0.04, gt=0)
@@ -186,7 +188,7 @@ class SASADMMParams(SparsityParams):
     q: float = Field(1.1, gt=0)
     v: float = Field(25.0, gt=0)
     iterations: int = Field(190, ge=1)  # maxIter
-    last: int = Field(170, ge=0)  # average W over iterations k > last
+    last: int = Field(170, ge=0)  # average W over iterations k >= last
     r: float = 0.9
     s: float = 1.09
     batch_size: int = Field(256, gt=0)
@@ -195,9 +197,9 @@ class SASADMMParams(SparsityParams):
     @model_validator(mode="after")
     def _region(self) -> SASADMMParams:
         check_region(self.r, self.s)
-        if self.last >= self.iterations:
-            raise ValueError(f"last {self.last} >= iterations {self.iterations}: no iterate "
-                             "would be averaged; allowed: 0 <= last < iterations")
+        if self.last > self.iterations:
+            raise ValueError(f"last {self.last} > iterations {self.iterations}: no iterate "
+                             "would be averaged; allowed: 0 <= last <= iterations")
         return self
 
 
@@ -277,7 +279,7 @@ class SASADMMPruning(Method):
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(f"sas_admm: the training loss is {row['train_loss']} "
                                          f"at iteration {k}; lower beta or raise v ({p.v})")
-            if k > p.last:
+            if k >= p.last:
                 sas.accumulate()
             row["val_loss"], row["val_accuracy"] = evaluate(model, *ctx.val, device=ctx.device)
             row["sparsity"] = row["z_sparsity"]
