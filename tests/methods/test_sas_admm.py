@@ -1,6 +1,7 @@
 """SAS-ADMM (ALGORITHMS.md section 4): schedules, symmetric dual updates, convergence region,
 and a convex problem."""
 
+import copy
 import math
 
 import pytest
@@ -10,7 +11,13 @@ from torch import nn
 
 from sparsebench.errors import UsageError
 from sparsebench.methods import Context, build_method, method_params
-from sparsebench.methods.sas_admm import SASADMM, check_region, inner_steps, step_size
+from sparsebench.methods.sas_admm import (
+    SASADMM,
+    _Minibatches,
+    check_region,
+    inner_steps,
+    step_size,
+)
 from sparsebench.sparsity import get_masks, keep_count
 from sparsebench.train import seed_everything
 
@@ -139,3 +146,56 @@ def test_the_average_runs_over_the_iterations_from_last_on(tiny_data, monkeypatc
                   generator=seed_everything(0), seed=0, progress=False)
     build_method("sas_admm", params).prune(model, ctx)
     assert len(seen) == averaged
+
+
+def test_z_init_w_starts_z_at_w_and_soft_threshold_at_s_of_w():
+    w = nn.Parameter(torch.tensor([1.0, -0.3, 0.02]))
+    assert SASADMM([w], [], beta=2.0, lam=0.4, r=0.5, s=1.2).Z[0].tolist() == \
+        pytest.approx([1.0, -0.3, 0.02])
+    assert SASADMM([w], [], beta=2.0, lam=0.4, r=0.5, s=1.2, z_init="soft_threshold").Z[0] \
+        .tolist() == pytest.approx([0.8, -0.1, 0.0])  # S_{0.4/2}
+
+
+def _pruned(tiny_data, **options) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    before = copy.deepcopy(model)
+    params = method_params("sas_admm", {"target_sparsity": 0.5, "iterations": 2, "M": 3,
+                                        "k0": 2, "last": 1, "batch_size": 32, **options})
+    ctx = Context(train=tiny_data["train"], val=tiny_data["val"], device=torch.device("cpu"),
+                  generator=seed_everything(0), seed=0, progress=False)
+    build_method("sas_admm", params).prune(model, ctx)
+    return before, model
+
+
+def test_biases_stay_frozen_unless_train_non_weights(tiny_data):
+    before, frozen = _pruned(tiny_data)  # the authors' default
+    for name in ("1.bias", "3.bias"):
+        assert torch.equal(frozen.state_dict()[name], before.state_dict()[name]), name
+    before, trained = _pruned(tiny_data, train_non_weights=True)
+    assert not torch.equal(trained.state_dict()["1.bias"], before.state_dict()["1.bias"])
+
+
+def test_sampling_with_replacement_draws_independent_minibatches(tiny_data):
+    ctx = Context(train=tiny_data["train"], val=tiny_data["val"], device=torch.device("cpu"),
+                  generator=torch.Generator().manual_seed(0), seed=0)
+    n = len(tiny_data["train"][1])  # 256 samples, batches of 64: 4 a pass
+    without = _Minibatches(ctx, 64, torch.device("cpu"), replacement=False)
+    seen = torch.cat([next(without)[1] for _ in range(4)])
+    assert sorted(seen.tolist()) == sorted(tiny_data["train"][1].tolist())  # a permutation
+    ctx.generator.manual_seed(0)
+    expected = torch.randint(n, (64,), generator=torch.Generator().manual_seed(0))
+    x, y = next(_Minibatches(ctx, 64, torch.device("cpu"), replacement=True))
+    assert torch.equal(y, tiny_data["train"][1][expected])
+    assert torch.equal(x, tiny_data["train"][0][expected])
+
+
+@pytest.mark.parametrize(("key", "value", "allowed"), [
+    ("z_init", "zero", "'w' or 'soft_threshold'"),
+    ("sampling", "stratified", "'with_replacement' or 'without_replacement'"),
+    ("train_non_weights", "sometimes", "a valid boolean, unable to interpret input"),
+])
+def test_an_unknown_fidelity_option_is_refused(key, value, allowed):
+    with pytest.raises(UsageError, match=rf"^methods\.sas_admm\.{key}: '{value}' is not "
+                                         rf"allowed; input should be {allowed}$"):
+        method_params("sas_admm", {key: value})

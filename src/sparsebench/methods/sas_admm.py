@@ -17,8 +17,13 @@ L = f(W) + lambda ||Z||_1 - <U, W - Z> + (beta / 2) ||W - Z||^2. Outer iteration
    (as the paper and the released sas.py, which set W_ag = W up to k = last, then average
    each later W into it: W_last is included).
 
-Parameters outside the l1 coupling (biases, normalisation) take the same accelerated steps on
-f alone: their h is rho W^k, a proximal anchor at the current point.
+How the released code runs it, and the keys that choose (defaults: the authors' choices):
+``z_init`` ``w`` (Z0 = W, the released code) or ``soft_threshold`` (Z0 = S_{lambda/beta}(W));
+``train_non_weights`` false (the released code updates only the weights; biases and batch norm
+stay frozen) or true: parameters outside the l1 coupling then take the same accelerated steps
+on f alone, with h = rho W^k, a proximal anchor at the current point; ``sampling``
+``with_replacement`` (the released RandomSampler(replacement=True): every minibatch drawn
+independently) or ``without_replacement`` (shuffled passes over the training set).
 """
 
 from __future__ import annotations
@@ -72,10 +77,11 @@ class SASADMM:
         beta: penalty beta (= rho of the linearisation).
         lam: lambda of the l1 term.
         r, s: the symmetric dual step factors.
+        z_init: ``w`` (Z0 = W, the released code) or ``soft_threshold`` (Z0 = S(W)).
     """
 
     def __init__(self, coupled: list[nn.Parameter], free: list[nn.Parameter], *, beta: float,
-                 lam: float, r: float, s: float):
+                 lam: float, r: float, s: float, z_init: str = "w"):
         if beta <= 0:
             raise ValueError(f"Invalid beta: {beta} (must be > 0)")
         if lam < 0:
@@ -86,7 +92,8 @@ class SASADMM:
         with torch.no_grad():
             self.W = [p.detach().clone() for p in coupled + free]
             self.Wb = [w.clone() for w in self.W]
-            self.Z = [F.softshrink(p.detach(), lam / beta) for p in coupled]
+            self.Z = [F.softshrink(p.detach(), lam / beta) if z_init == "soft_threshold"
+                      else p.detach().clone() for p in coupled]
             self.U = [torch.zeros_like(p) for p in coupled]
         self.sums: list[torch.Tensor] | None = None
         self.averaged = 0
@@ -193,6 +200,9 @@ class SASADMMParams(SparsityParams):
     s: float = 1.09
     batch_size: int = Field(256, gt=0)
     layer_types: Literal["all", "conv", "linear"] = "all"  # which layers the prune hits
+    z_init: Literal["w", "soft_threshold"] = "w"  # Z0 = W as the released code
+    train_non_weights: bool = False  # the released code freezes biases and batch norm
+    sampling: Literal["with_replacement", "without_replacement"] = "with_replacement"
 
     @model_validator(mode="after")
     def _region(self) -> SASADMMParams:
@@ -204,17 +214,24 @@ class SASADMMParams(SparsityParams):
 
 
 class _Minibatches:
-    """An endless stream of shuffled minibatches (a new order per pass, as `Batches` draws
-    it), whose position can be saved and restored between two SAS-ADMM iterations."""
+    """An endless stream of minibatches: drawn independently with replacement (the released
+    code), or shuffled passes over the data (a new order per pass, as `Batches` draws it),
+    whose position can be saved and restored between two SAS-ADMM iterations."""
 
-    def __init__(self, ctx: Context, batch_size: int, device: torch.device):
+    def __init__(self, ctx: Context, batch_size: int, device: torch.device,
+                 replacement: bool = True):
         self.x, self.y = ctx.train[0].to(device), ctx.train[1].to(device)
         self.batch_size, self.generator = batch_size, ctx.generator
+        self.replacement = replacement
         self.batches = len(Batches(self.x, self.y, batch_size, shuffle=False))
         self.order: torch.Tensor | None = None
         self.position = 0
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.replacement:
+            index = torch.randint(len(self.x), (self.batch_size,), generator=self.generator)
+            index = index.to(self.x.device)
+            return self.x[index], self.y[index]
         if self.order is None or self.position == self.batches:
             self.order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
             self.position = 0
@@ -251,9 +268,11 @@ class SASADMMPruning(Method):
         p = self.params
         coupled = [m.weight for _, m in prunable_modules(model)]
         ids = {id(w) for w in coupled}
-        free = [q for q in model.parameters() if id(q) not in ids and q.requires_grad]
-        sas = SASADMM(coupled, free, beta=p.beta, lam=p.lam, r=p.r, s=p.s)
-        batches = _Minibatches(ctx, p.batch_size, ctx.device)
+        free = [q for q in model.parameters() if id(q) not in ids and q.requires_grad
+                ] if p.train_non_weights else []
+        sas = SASADMM(coupled, free, beta=p.beta, lam=p.lam, r=p.r, s=p.s, z_init=p.z_init)
+        batches = _Minibatches(ctx, p.batch_size, ctx.device,
+                               replacement=p.sampling == "with_replacement")
         curves, first = [], 1
         saved = ctx.checkpoint.take("sas_admm") if ctx.checkpoint is not None else None
         if saved is not None:  # resume after iteration ``saved["epoch"]``
