@@ -186,3 +186,25 @@ def test_the_penalty_gradient_added_after_backward_is_the_gradient_of_the_penalt
     admm.add_penalty_grad()
     for got, want in zip((p.grad for p in model.parameters()), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("rescale", "expected"), [(False, [0.5, 0.5]), (True, [0.25, 0.25])])
+def test_dual_rescale_keeps_the_unscaled_dual_when_rho_grows(rescale, expected):
+    """Boyd et al. 2011, 3.4.1: U = y / rho, so rho 1 -> 2 halves U (y = rho U stays 0.5)."""
+    w = nn.Parameter(torch.tensor([1.0, 0.5, 0.0, 0.0]))
+    admm = ADMM({"w": w}, rho=1.0, keep={"w": 2}, rho_growth=2.0, dual_rescale=rescale)
+    with torch.no_grad():
+        w.copy_(torch.tensor([1.0, 0.5, 0.5, 0.5]))  # Z = P_2(W + 0) keeps 1.0 and one 0.5
+    admm.step()
+    u = admm.U["w"]
+    assert admm.rho == 2.0
+    assert sorted(u[u != 0].tolist()) == pytest.approx(expected)  # W - Z on the pruned 0.5
+
+
+def test_dual_rescale_stops_when_rho_reaches_its_cap():
+    w = nn.Parameter(torch.tensor([1.0, 0.5]))
+    admm = ADMM({"w": w}, rho=1.0, keep={"w": 1}, rho_growth=2.0, rho_max=2.0,
+                dual_rescale=True)
+    admm.step()  # rho 1 -> 2: U = 0.5 / 2
+    admm.step()  # rho stays 2: U += W - Z, not rescaled
+    assert admm.U["w"].tolist() == pytest.approx([0.0, 0.25 + 0.5])
