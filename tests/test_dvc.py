@@ -90,6 +90,8 @@ def test_repro_then_nothing_then_only_the_runs_a_change_touches(project):
     table = subprocess.run(["dvc", "metrics", "show"], cwd=path, env=env, capture_output=True,
                            text=True, timeout=600)
     assert table.returncode == 0 and "failed to load" not in table.stdout + table.stderr
+    assert table.stdout.split("\n")[0].split() == ["Path", "c008", "c016", "c032", "c064",
+                                                   "c128", "dense"]
     assert [row.split()[0] for row in table.stdout.splitlines()[1:]] == [
         "metrics/dense.json", "metrics/gmp.json"]
     assert _sh("dvc", "params", "diff", cwd=path, env=env) == ""  # params.yaml as committed
@@ -111,10 +113,13 @@ def test_repro_then_nothing_then_only_the_runs_a_change_touches(project):
     out = _sh("dvc", "repro", cwd=path, env=env)
     assert set(_ran(out)) == {"run@gmp", "report"}
     assert _trained(out, "gmp") == (12, 0, 12)
+    evaluation = json.loads((path / "evaluation" / "gmp.json").read_text())["levels"]
+    assert evaluation["c256"]["mean"]["sparsity"] == pytest.approx(1 - 1 / 256, abs=1e-3)
+    assert evaluation["c8"]["mean"]["sparsity"] == pytest.approx(0.875, abs=1e-3)
     metrics = json.loads(_sh("dvc", "metrics", "show", "--json", cwd=path, env=env))
     shown = next(iter(metrics.values()))["data"]["metrics/gmp.json"]["data"]
-    assert shown["levels"]["c256"]["mean"]["sparsity"] == pytest.approx(1 - 1 / 256, abs=1e-3)
-    assert shown["levels"]["c8"]["mean"]["sparsity"] == pytest.approx(0.875, abs=1e-3)
+    assert list(shown) == ["c008", "c016", "c032", "c064", "c128", "c256"]
+    assert shown["c256"] == evaluation["c256"]["mean"]["test_accuracy"]
 
 
 def test_the_tuning_pipeline_feeds_nothing_of_the_benchmark():
@@ -155,3 +160,11 @@ def test_the_root_shows_the_default_suite_alone():
         f"metrics/{key}.json" for key in methods]
     assert "pipelines/" not in _sh("dvc", "params", "diff", "--all", cwd=ROOT, env=env)
 
+
+def test_metric_columns_sort_as_their_levels():
+    from sparsebench.stages import metric_column
+
+    names = ["c8", "c16", "c32", "c35", "c64", "c71.2", "c128", "c142", "dense"]
+    columns = [metric_column(n) for n in names]
+    assert columns == ["c008", "c016", "c032", "c035", "c064", "c071.2", "c128", "c142", "dense"]
+    assert sorted(columns) == columns  # dvc metrics show orders its columns as text
