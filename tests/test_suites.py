@@ -75,6 +75,7 @@ def test_suite_stages_run_in_smoke_mode(suite, tmp_path, monkeypatch):
             write_calibration(tmp_path, tmp_path / "params.yaml", key, getattr(cfg, strength))
         assert main(["run", "--method", key]) == 0, key
     assert main(["report"]) == 0
+    checked = []
     for key, cfg in methods.items():
         if method_class(key, cfg.model_dump()).kind() != "target":
             continue  # sparse training: its sparsity is an outcome, not a target
@@ -83,3 +84,5 @@ def test_suite_stages_run_in_smoke_mode(suite, tmp_path, monkeypatch):
         for run in json.loads(Path("evaluation", f"{key}.json").read_text())["runs"]:
             assert run["figures"]["compression_ratio"] == pytest.approx(run["level"],
                                                                         rel=0.01), key
+            checked.append(run["level"])
+    assert sorted(set(checked)) == sorted(raw["levels"]["compression"])  # every level, checked
