@@ -18,7 +18,7 @@ install: $(STAMP)
 
 repro: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
-	@echo "Results: reports/curves.md; plots: reports/plots/; MLflow: make ui"
+	@echo "Results: reports/curves.md (dvc metrics show); plots: reports/plots/; MLflow: make ui"
 
 test: $(STAMP) postgres
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q

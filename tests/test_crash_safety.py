@@ -120,7 +120,7 @@ def test_tracking_failure_mid_run_keeps_the_results_and_marks_the_run_failed(wor
         assert main(["run", *args, "--method", "magnitude"]) == 1
     err = _one_line(capsys)
     assert "tracking: logging run magnitude c" in err and "FAILED" in err
-    summary = json.loads((workspace / "metrics" / "magnitude.json").read_text())
+    summary = json.loads((workspace / "evaluation" / "magnitude.json").read_text())
     assert summary["levels"]["c8"]["mean"]["sparsity"] == pytest.approx(0.875, abs=1e-3)
     assert len(summary["levels"]) == 5  # every run is on disk, none was stopped
     runs = MlflowClient(tracking_uri()).search_runs(

@@ -1,7 +1,8 @@
 """The real DVC pipeline (dvc.yaml of the repo) on a shrunk params.yaml in tmp_path.
 
 `dvc repro` runs every stage; run again it does nothing; `dvc exp run -S` on one method's key
-reruns only that method's stages and the report.
+reruns only that method's stages and the report. The suites under pipelines/ are DVC projects of
+their own: the root's `dvc status`, `dvc metrics show` and `dvc params diff` never show them.
 """
 
 from __future__ import annotations
@@ -31,9 +32,23 @@ def _ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _stages(status: str) -> list[str]:
+    """The stages that `dvc status` lists (its unindented lines)."""
+    return [line[:-1] for line in status.splitlines() if line.endswith(":") and line[0] != "\t"]
+
+
 @pytest.fixture
 def project(tmp_path):
     for name in ("dvc.yaml", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    tracked = subprocess.run(["git", "ls-files", "-z", "pipelines"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, tracked):  # the suites as a clone has them, never run
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "tuned", tmp_path / "tuned")  # dependencies of the method stages
     (tmp_path / "calibrated").mkdir()
@@ -70,6 +85,16 @@ def test_repro_then_nothing_then_only_the_runs_a_change_touches(project):
     assert _trained(first, "gmp") == (10, 0, 10)  # 5 levels x 2 seeds
     assert (path / "reports" / "curves.md").exists()
     assert _ran(_sh("dvc", "repro", cwd=path, env=env)) == []
+    # the suites under pipelines/ never ran, and the root's status does not list them
+    assert _sh("dvc", "status", cwd=path, env=env).strip() == "Data and pipelines are up to date."
+    table = subprocess.run(["dvc", "metrics", "show"], cwd=path, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert table.returncode == 0 and "failed to load" not in table.stdout + table.stderr
+    assert table.stdout.split("\n")[0].split() == ["Path", "c008", "c016", "c032", "c064",
+                                                   "c128", "dense"]
+    assert [row.split()[0] for row in table.stdout.splitlines()[1:]] == [
+        "metrics/dense.json", "metrics/gmp.json"]
+    assert _sh("dvc", "params", "diff", cwd=path, env=env) == ""  # params.yaml as committed
 
     params = yaml.safe_load((path / "params.yaml").read_text())
     params["levels"]["compression"].append(256)  # a new level: only its runs train
@@ -81,24 +106,65 @@ def test_repro_then_nothing_then_only_the_runs_a_change_touches(project):
 
     params["methods"]["gmp"]["optimizer"]["lr"] = 0.01  # one method's parameters
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    diff = _sh("dvc", "params", "diff", cwd=path, env=env)
+    assert [line.split()[:2] for line in diff.splitlines()] == [
+        ["Path", "Param"], ["params.yaml", "levels.compression"],
+        ["params.yaml", "methods.gmp.optimizer.lr"]]
     out = _sh("dvc", "repro", cwd=path, env=env)
     assert set(_ran(out)) == {"run@gmp", "report"}
     assert _trained(out, "gmp") == (12, 0, 12)
+    evaluation = json.loads((path / "evaluation" / "gmp.json").read_text())["levels"]
+    assert evaluation["c256"]["mean"]["sparsity"] == pytest.approx(1 - 1 / 256, abs=1e-3)
+    assert evaluation["c8"]["mean"]["sparsity"] == pytest.approx(0.875, abs=1e-3)
     metrics = json.loads(_sh("dvc", "metrics", "show", "--json", cwd=path, env=env))
     shown = next(iter(metrics.values()))["data"]["metrics/gmp.json"]["data"]
-    assert shown["levels"]["c256"]["mean"]["sparsity"] == pytest.approx(1 - 1 / 256, abs=1e-3)
-    assert shown["levels"]["c8"]["mean"]["sparsity"] == pytest.approx(0.875, abs=1e-3)
+    assert list(shown) == ["c008", "c016", "c032", "c064", "c128", "c256"]
+    assert shown["c256"] == evaluation["c256"]["mean"]["test_accuracy"]
 
 
 def test_the_tuning_pipeline_feeds_nothing_of_the_benchmark():
-    """pipelines/tune: a study per space after prepare and pretrain, then tune-report; the
-    benchmark's own graph never reaches a study (tuned/ is read, not produced, by it)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    """pipelines/tune, a DVC project of its own: a study per space after the root's prepare and
+    pretrain (its stages work at the root), then tune-report; the benchmark's own graph never
+    reaches a study (tuned/ is read, not produced, by it)."""
+    from dvc.repo import Repo
+
     spaces = yaml.safe_load((ROOT / "params.yaml").read_text())["tune"]["spaces"]
-    tune = _sh("dvc", "dag", "--dot", "pipelines/tune/dvc.yaml:report", cwd=ROOT, env=env)
+    tune = _sh("dvc", "--cd", "pipelines/tune", "dag", "--dot", cwd=ROOT, env=_env())
     for key in spaces:
-        stage = f'"pipelines/tune/dvc.yaml:tune@{key}"'
-        assert f'"pretrain" -> {stage}' in tune
-        assert f'{stage} -> "pipelines/tune/dvc.yaml:report"' in tune
-    bench = _sh("dvc", "dag", "--dot", "report", cwd=ROOT, env=env)
+        assert f'"tune@{key}" -> "report"' in tune
+    with Repo(str(ROOT / "pipelines" / "tune")) as repo:
+        studies = {s.name: {Path(d.fs_path) for d in s.deps} for s in repo.index.stages
+                   if s.name != "report"}
+    assert set(studies) == {f"tune@{key}" for key in spaces}
+    for deps in studies.values():
+        assert {ROOT / "data/prepared/splits.safetensors", ROOT / "runs/pretrain"} <= deps
+    bench = _sh("dvc", "dag", "--dot", cwd=ROOT, env=_env())
     assert "tune" not in bench and '"run@admm"' in bench
+
+
+def test_the_root_shows_the_default_suite_alone():
+    """At the repository root (as cloned, or after any repro): `dvc status` lists root stages
+    only, `dvc metrics show` reads every method's metrics file without an error, and `dvc params
+    diff` knows the root params.yaml alone."""
+    env = _env()
+    root_stages = set(_sh("dvc", "stage", "list", "--name-only", cwd=ROOT, env=env).split())
+    assert "run@gmp" in root_stages and not any("pipelines/" in s for s in root_stages)
+    status = _sh("dvc", "status", cwd=ROOT, env=env)
+    assert "pipelines/" not in status and set(_stages(status)) <= root_stages
+    table = subprocess.run(["dvc", "metrics", "show"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert table.returncode == 0, table.stderr
+    assert "failed to load" not in table.stdout + table.stderr
+    methods = yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]
+    assert [row.split()[0] for row in table.stdout.splitlines()[1:]] == [
+        f"metrics/{key}.json" for key in methods]
+    assert "pipelines/" not in _sh("dvc", "params", "diff", "--all", cwd=ROOT, env=env)
+
+
+def test_metric_columns_sort_as_their_levels():
+    from sparsebench.stages import metric_column
+
+    names = ["c8", "c16", "c32", "c35", "c64", "c71.2", "c128", "c142", "dense"]
+    columns = [metric_column(n) for n in names]
+    assert columns == ["c008", "c016", "c032", "c035", "c064", "c071.2", "c128", "c142", "dense"]
+    assert sorted(columns) == columns  # dvc metrics show orders its columns as text

@@ -193,7 +193,7 @@ def test_a_calibration_that_cannot_reach_a_level_stops_and_says_so(workspace, ca
     assert found["levels"]["c1000"]["status"] == "unreachable"
     assert found["trials"] == len(found["history"]) >= 4
     assert main(["run", *args, "--method", "linbreg"]) == 0
-    levels = json.loads((workspace / "metrics" / "linbreg.json").read_text())["levels"]
+    levels = json.loads((workspace / "evaluation" / "linbreg.json").read_text())["levels"]
     assert "c1000" not in levels
 
 

@@ -217,26 +217,54 @@ def test_evaluate_model_metrics_merges_summary_flops_and_layers():
     assert set(metrics) == expected_keys
 
 
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), keep=st.floats(0.0, 1.0))
-def test_random_masks_keep_counts_consistent(seed: int, keep: float):
-    generator = torch.Generator().manual_seed(seed)
+def test_known_masks_on_two_layers_give_the_hand_counted_figures():
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     for layer in (model[0], model[2]):
+        nn.init.constant_(layer.weight, 0.5)
+        nn.init.constant_(layer.bias, 1.0)
+    first = torch.ones(5, 6)
+    first[:2] = 0  # two rows: 12 of 30 weights pruned
+    second = torch.ones(3, 5)
+    second[0, :4] = 0  # 4 of 15 weights pruned
+    prune.custom_from_mask(model[0], "weight", first)
+    prune.custom_from_mask(model[2], "weight", second)
+    assert layer_sparsity(model) == {
+        "0": {"numel": 30, "nonzeros": 18, "sparsity": 0.4, "density": 0.6},
+        "2": {"numel": 15, "nonzeros": 11, "sparsity": pytest.approx(4 / 15),
+              "density": pytest.approx(11 / 15)}}
+    summary = sparsity_summary(model)
+    assert (summary["numel"], summary["nonzeros"]) == (45, 29)
+    assert summary["sparsity"] == pytest.approx(16 / 45)
+    assert summary["density"] == pytest.approx(29 / 45)
+    assert summary["compression_ratio"] == pytest.approx(45 / 29)
+    assert (summary["params_total"], summary["params_nonzero"]) == (45 + 8, 29 + 8)
+    flops = count_flops(model, (6,))
+    assert (flops["flops"], flops["flops_nonzero"]) == (45, 29)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), keep=st.floats(0.0, 1.0))
+def test_random_masks_are_counted_from_the_mask(seed: int, keep: float):
+    generator = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    kept = {}
+    for name, layer in (("0", model[0]), ("2", model[2])):
+        with torch.no_grad():  # every weight nonzero: the mask alone decides the zeros
+            layer.weight.uniform_(0.5, 1.0, generator=generator)
         mask = (torch.rand(layer.weight.shape, generator=generator) < keep).float()
         prune.custom_from_mask(layer, "weight", mask)
+        kept[name] = int(mask.sum())
 
-    for name, layer in layer_sparsity(model).items():
-        weight = dict(model.named_modules())[name].weight
-        zeros = int((weight == 0).sum())
-        assert layer["nonzeros"] + zeros == layer["numel"]
-        assert 0.0 <= layer["sparsity"] <= 1.0
-        assert layer["sparsity"] + layer["density"] == pytest.approx(1.0)
+    layers = layer_sparsity(model)
+    for name, numel in (("0", 30), ("2", 15)):
+        assert (layers[name]["numel"], layers[name]["nonzeros"]) == (numel, kept[name])
+        assert layers[name]["sparsity"] == pytest.approx((numel - kept[name]) / numel)
     summary = sparsity_summary(model)
-    assert 0.0 <= summary["sparsity"] <= 1.0
+    assert summary["nonzeros"] == kept["0"] + kept["2"]
+    assert summary["sparsity"] == pytest.approx(1 - (kept["0"] + kept["2"]) / 45)
     assert summary["params_total"] == 6 * 5 + 5 + 5 * 3 + 3
     flops = count_flops(model, (6,))
-    assert 0 <= flops["flops_nonzero"] <= flops["flops"] == 6 * 5 + 5 * 3
+    assert (flops["flops"], flops["flops_nonzero"]) == (45, kept["0"] + kept["2"])
 
 
 def test_kind_density_counts_whole_kernels_and_linear_weights():

@@ -43,8 +43,9 @@ def test_stages_run_end_to_end_and_track_in_mlflow(workspace):
     params.write_text(yaml.safe_dump(raw))
     _run_all(params, workspace)
 
-    results = {m: json.loads((workspace / "metrics" / f"{m}.json").read_text()) for m in METHODS}
-    assert set(results["gmp"]) == {"method", "params", "levels"}
+    results = {m: json.loads((workspace / "evaluation" / f"{m}.json").read_text())
+               for m in METHODS}
+    assert set(results["gmp"]) == {"method", "params", "levels", "runs"}
     assert results["gmp"]["params"] == {"source": "default"}  # no tuned/gmp.yaml here
     assert results["grda"]["params"]["calibrated"] == "calibrated/grda.yaml"
     assert list(results["dense"]["levels"]) == ["dense"]
@@ -57,10 +58,19 @@ def test_stages_run_end_to_end_and_track_in_mlflow(workspace):
             assert mean["sparsity"] == pytest.approx(1 - 1 / level, abs=0.001)
             assert mean["theoretical_speedup"] > level / 2
             seed0 = workspace / "runs" / m / name / "seed0" / "model.sparse.safetensors"
-            run0 = next(r for r in json.loads((workspace / "evaluation" / f"{m}.json")
-                                              .read_text())["runs"]
-                        if r["seed"] == 0 and r["level"] == level)
+            run0 = next(r for r in results[m]["runs"] if r["seed"] == 0 and r["level"] == level)
             assert seed0.stat().st_size == run0["figures"]["checkpoint_bytes"]
+    # metrics/<m>.json, the table of `dvc metrics show`: the mean test accuracy of each level's
+    # two seeds, one column a level
+    for m in METHODS:
+        accuracy = {}
+        for run in results[m]["runs"]:
+            name = "dense" if run["level"] is None else f"c{run['level']:03.0f}"
+            accuracy.setdefault(name, []).append(run["figures"]["test_accuracy"])
+        assert {k: len(v) for k, v in accuracy.items()} == (
+            {"dense": 2} if m == "dense" else {"c008": 2, "c032": 2}), m
+        shown = json.loads((workspace / "metrics" / f"{m}.json").read_text())
+        assert shown == pytest.approx({k: (a + b) / 2 for k, (a, b) in accuracy.items()}), m
     gmp8 = results["gmp"]["levels"]["c8"]
     assert gmp8["epochs"] == {"pretrain": 2, "prune": 2, "retrain": 4, "total": 8}
     assert gmp8["seeds"] == 2

@@ -151,7 +151,7 @@ def _safetensors(path: Path) -> tuple[dict, dict]:
 
 
 def _metrics(root: Path, key: str) -> dict:
-    summary = json.loads((root / "metrics" / f"{key}.json").read_text())
+    summary = json.loads((root / "evaluation" / f"{key}.json").read_text())
     return {k: v for k, v in summary["levels"]["c8"]["mean"].items()
             if "seconds" not in k and not k.startswith("latency")}  # timings differ run to run
 

@@ -34,6 +34,13 @@ def test_topk_mask_selects_largest():
     assert topk_mask(scores, 2).tolist() == [False, True, False, True]
 
 
+def test_keep_count_rounds_the_pruned_count_and_keeps_at_least_one():
+    # 192 * 0.9 = 172.8 -> 173 pruned, 19 kept; 36 * 0.75 = 27 pruned; 10 * 0.999 -> 10 pruned,
+    # but one entry stays
+    assert [keep_count(n, s) for n, s in [(192, 0.9), (36, 0.75), (100, 0.0), (10, 0.999),
+                                          (512, 0.9), (128, 0.5)]] == [19, 9, 100, 1, 51, 64]
+
+
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95, 0.999])
 def test_layer_masks_hit_target_in_every_layer(tiny_mlp, sparsity):
     masks = magnitude_masks(tiny_mlp, sparsity, "layer")
@@ -104,7 +111,7 @@ def test_reapplying_masks_updates_in_place(tiny_mlp):
     buffer = tiny_mlp[1].weight_mask
     apply_masks(tiny_mlp, magnitude_masks(tiny_mlp, 0.9))
     assert tiny_mlp[1].weight_mask is buffer
-    assert get_masks(tiny_mlp)["1"].sum() == keep_count(16 * 12, 0.9)
+    assert get_masks(tiny_mlp)["1"].sum() == 19  # 192 weights at 90%: 172.8 -> 173 pruned
 
 
 def test_make_permanent_gives_plain_model_with_zeros(tiny_mlp):
@@ -144,14 +151,16 @@ def test_load_masks_refuses_other_files(tmp_path):
 
 
 def test_agp_schedule_follows_the_cubic_formula():
+    # Zhu & Gupta: s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 at t = t0 + k dt; with
+    # s_i = 0, s_f = 0.9, n = 5: 0.9 (1 - (1 - k / 5)^3) = 0, 0.4392, 0.7056, 0.8424, 0.8928, 0.9
     s_i, s_f, t0, n, dt = 0.0, 0.9, 10, 5, 4
+    by_hand = [0.0, 0.4392, 0.7056, 0.8424, 0.8928, 0.9]
     assert agp_sparsity(0, s_i, s_f, t0, n, dt) == s_i
-    assert agp_sparsity(t0, s_i, s_f, t0, n, dt) == pytest.approx(s_i)
-    for k in range(n + 1):
-        expected = s_f + (s_i - s_f) * (1 - k * dt / (n * dt)) ** 3
-        assert agp_sparsity(t0 + k * dt, s_i, s_f, t0, n, dt) == pytest.approx(expected)
-        assert agp_sparsity(t0 + k * dt + 1, s_i, s_f, t0, n, dt) == pytest.approx(
-            expected if k < n else s_f)
+    assert [agp_sparsity(t0 + k * dt, s_i, s_f, t0, n, dt) for k in range(n + 1)] == (
+        pytest.approx(by_hand))
+    # between two pruning steps the sparsity holds
+    assert [agp_sparsity(t0 + k * dt + 1, s_i, s_f, t0, n, dt) for k in range(n + 1)] == (
+        pytest.approx(by_hand))
     assert agp_sparsity(10_000, s_i, s_f, t0, n, dt) == pytest.approx(s_f)
 
 

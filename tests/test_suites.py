@@ -20,6 +20,22 @@ SUITES = [ROOT, *sorted(p for p in (ROOT / "pipelines").iterdir()
                         if (p / "dvc.yaml").exists() and (p / "params.yaml").exists())]
 
 
+PROJECTS = [ROOT, *sorted(p for p in (ROOT / "pipelines").iterdir() if (p / "dvc.yaml").exists())]
+
+
+@pytest.mark.parametrize("project", PROJECTS, ids=lambda p: p.name)
+def test_every_params_key_a_stage_lists_is_in_its_params_file(project):
+    """Each suite is a DVC project of its own, and `dvc repro` refuses a stage whose params:
+    key its params file lacks (the smoke runs below call the CLI, not DVC, so they would pass)."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        assert Path(repo.root_dir) == project
+        for stage in repo.index.stages:
+            for dep in stage.params:
+                dep.get_hash()  # MissingParamsError: "Parameters '...' are missing from ..."
+
+
 @pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.name)
 def test_suite_params_are_valid(suite):
     params, methods = load_params(suite / "params.yaml")
@@ -59,6 +75,7 @@ def test_suite_stages_run_in_smoke_mode(suite, tmp_path, monkeypatch):
             write_calibration(tmp_path, tmp_path / "params.yaml", key, getattr(cfg, strength))
         assert main(["run", "--method", key]) == 0, key
     assert main(["report"]) == 0
+    checked = []
     for key, cfg in methods.items():
         if method_class(key, cfg.model_dump()).kind() != "target":
             continue  # sparse training: its sparsity is an outcome, not a target
@@ -67,3 +84,5 @@ def test_suite_stages_run_in_smoke_mode(suite, tmp_path, monkeypatch):
         for run in json.loads(Path("evaluation", f"{key}.json").read_text())["runs"]:
             assert run["figures"]["compression_ratio"] == pytest.approx(run["level"],
                                                                         rel=0.01), key
+            checked.append(run["level"])
+    assert sorted(set(checked)) == sorted(raw["levels"]["compression"])  # every level, checked

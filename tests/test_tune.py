@@ -110,7 +110,7 @@ def test_the_hand_set_trial_reproduces_the_pipeline_on_the_validation_split(tune
 
     # The pipeline now reads tuned/gmp.yaml, and says so beside the test figures.
     assert main(["run", "--params", str(params), "--method", "gmp"]) == 0
-    source = json.loads(Path("metrics/gmp.json").read_text())["params"]
+    source = json.loads(Path("evaluation/gmp.json").read_text())["params"]
     assert source["source"] == "tuned" and source["study"] == STUDY
     assert source["values"] == {"optimizer.lr": 0.02} and source["trials"] == 1
     assert source["handset_val_accuracy"] == trial0.user_attrs["val_accuracy"]

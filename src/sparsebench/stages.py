@@ -245,10 +245,20 @@ def mean_std(figures: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
             {k: _std([f[k] for f in figures if k in f]) for k in keys})
 
 
+def metric_column(level: str) -> str:
+    """A level's name as a column of ``dvc metrics show``, which orders its columns as text: the
+    compression padded to three digits (c008 < c016 < c128, c71.2 -> c071.2); dense as it is."""
+    if not level.startswith("c"):
+        return level
+    whole, dot, fraction = level[1:].partition(".")
+    return f"c{whole:0>3}{dot}{fraction}"
+
+
 def write_method_metrics(key: str, method: MethodParams, planned: list[Planned],
                          results: dict[str, dict]) -> dict:
-    """``metrics/<key>.json`` (mean and std per level) and ``evaluation/<key>.json`` (every
-    run's figures and layers), all or nothing."""
+    """``evaluation/<key>.json`` (the mean and std per level, every run's figures and layers)
+    and ``metrics/<key>.json`` (the mean test accuracy per measured level alone: one row of
+    ``dvc metrics show``), all or nothing."""
     by_level: dict[str, list[dict]] = {}
     for p in planned:
         by_level.setdefault(p.out.parent.name, []).append(results[p.name])
@@ -267,10 +277,12 @@ def write_method_metrics(key: str, method: MethodParams, planned: list[Planned],
         else:
             entry["interpolated"] = True
         summary["levels"][name] = entry
-    details = {"runs": [{k: v for k, v in results[p.name].items() if k != "fingerprint"}
-                        for p in planned]}
+    details = {**summary, "runs": [{k: v for k, v in results[p.name].items()
+                                    if k != "fingerprint"} for p in planned]}
+    accuracy = {metric_column(name): entry["mean"]["test_accuracy"]
+                for name, entry in summary["levels"].items() if "mean" in entry}
     atomic_write_many({Path("evaluation", f"{key}.json"): json.dumps(details, indent=1),
-                       Path("metrics", f"{key}.json"): json.dumps(summary, indent=1)})
+                       Path("metrics", f"{key}.json"): json.dumps(accuracy, indent=1)})
     return summary
 
 
@@ -386,11 +398,10 @@ def load_results(methods: dict[str, Any]) -> dict[str, dict]:
     """Summary and details of every configured method's runs, by method key."""
     results = {}
     for key in methods:
-        paths = [Path("metrics", f"{key}.json"), Path("evaluation", f"{key}.json")]
-        for path in paths:
-            if not path.exists():
-                raise UsageError(f"input: {str(path)!r} does not exist; run run@{key} first")
-        results[key] = {**json.loads(paths[0].read_text()), **json.loads(paths[1].read_text())}
+        path = Path("evaluation", f"{key}.json")
+        if not path.exists():
+            raise UsageError(f"input: {str(path)!r} does not exist; run run@{key} first")
+        results[key] = json.loads(path.read_text())
     return results
 
 

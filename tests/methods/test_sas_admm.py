@@ -2,7 +2,6 @@
 and a convex problem."""
 
 import copy
-import math
 
 import pytest
 import torch
@@ -18,21 +17,38 @@ from sparsebench.methods.sas_admm import (
     inner_steps,
     step_size,
 )
-from sparsebench.sparsity import get_masks, keep_count
+from sparsebench.sparsity import get_masks
 from sparsebench.train import seed_everything
 
 
+# ALGORITHMS.md section 4.3 with the released M = 50, k0 = 50, q = 1.1, v = 25: M_k = M for
+# k < k0, else ceil(c k^q) with c = M / k0^q, that is ceil(50 (k / 50)^1.1); eta_k = 1 / v for
+# k < k0, else M (M + 1) / (v M_k (M_k + 1)) = 2550 / (25 M_k (M_k + 1)). By hand:
+#   k = 51:  50 * 1.02^1.1 = 51.10  -> 52
+#   k = 100: 50 * 2^1.1    = 107.18 -> 108;  eta = 2550 / (25 * 108 * 109) = 0.0086646
+#   k = 120: 50 * 2.4^1.1  = 130.98 -> 131;  eta = 2550 / (25 * 131 * 132) = 0.0058987
+#   k = 190: 50 * 3.8^1.1  = 217.14 -> 218;  eta = 2550 / (25 * 218 * 219) = 0.0021365
+RELEASED = {"M": 50, "k0": 50, "q": 1.1}
+
+
 def test_inner_steps_follow_the_schedule():
-    M, k0, q = 50, 50, 1.1
-    assert [inner_steps(k, M, k0, q) for k in (1, 49)] == [50, 50]
-    assert inner_steps(50, M, k0, q) == 50
-    assert inner_steps(190, M, k0, q) == math.ceil(50 / 50**1.1 * 190**1.1)
+    steps = [inner_steps(k, **RELEASED) for k in (1, 49, 50, 51, 100, 120, 190)]
+    assert steps == [50, 50, 50, 52, 108, 131, 218]
 
 
 def test_step_size_follows_the_schedule():
-    assert step_size(3, 50, 50, 1.1, 25) == 1 / 25
-    Mk = inner_steps(120, 50, 50, 1.1)
-    assert step_size(120, 50, 50, 1.1, 25) == pytest.approx(50 * 51 / (25 * Mk * (Mk + 1)))
+    etas = [step_size(k, **RELEASED, v=25) for k in (1, 49, 50, 100, 120, 190)]
+    assert etas == pytest.approx([0.04, 0.04, 0.04, 0.0086646, 0.0058987, 0.0021365], rel=1e-4)
+
+
+def test_the_default_suites_iterations_take_the_minibatches_params_yaml_states():
+    """params.yaml: methods.sas_admm (M 100, k0 10, q 1.1, 23 iterations) = 3,344 minibatches:
+    9 x 100 for k < 10, then ceil(100 (k / 10)^1.1) for k = 10..23."""
+    by_hand = [100] * 10 + [112, 123, 134, 145, 157, 168, 180, 191, 203, 215, 227, 239, 250]
+    assert [inner_steps(k, 100, 10, 1.1) for k in range(1, 24)] == by_hand
+    params = method_params("sas_admm", {"M": 100, "k0": 10, "q": 1.1, "iterations": 23,
+                                        "last": 16})
+    assert build_method("sas_admm", params).total_steps() == sum(by_hand) == 3344
 
 
 @pytest.mark.parametrize("r, s", [(0.9, 1.09), (0.0, 1.0), (-0.5, 1.0), (0.2, 1.5)])
@@ -112,9 +128,9 @@ def test_method_prunes_only_conv_layers_when_asked(tiny_data):
                   generator=seed_everything(0), seed=0, progress=False)
     curves = build_method("sas_admm", params).prune(model, ctx)
     masks = get_masks(model)
-    assert int(masks["0"].sum()) == keep_count(36, 0.75)
+    assert int(masks["0"].sum()) == 9  # 36 conv weights at 75% sparsity
     assert bool(masks["3"].all())
-    assert [r["inner_steps"] for r in curves] == [3, 3, inner_steps(3, 3, 2, 1.1)]
+    assert [r["inner_steps"] for r in curves] == [3, 3, 5]  # k = 3: ceil(3 * 1.5^1.1 = 4.69)
     assert {"primal_residual", "dual_residual", "z_sparsity", "val_accuracy"} <= set(curves[0])
 
 
