@@ -188,7 +188,7 @@ def agp_sparsity(step: int, s_i: float, s_f: float, t0: int, n: int, dt: int) ->
 def save_masks(masks: Masks, path: str | Path) -> None:
     """Write masks as packed bits (one bit an entry) in a pickle-free safetensors file."""
     from sparsebench.canonical import safetensors_bytes
-    from sparsebench.paths import atomic_write_bytes
+    from sparsebench.paths import atomic_write
 
     tensors, shapes = {}, {}
     for name, mask in masks.items():
@@ -196,7 +196,7 @@ def save_masks(masks: Masks, path: str | Path) -> None:
         tensors[name] = torch.from_numpy(bits)
         shapes[name] = list(mask.shape)
     metadata = {"format": "sparsebench-masks/1", "shapes": json.dumps(shapes)}
-    atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata))
+    atomic_write(Path(path), safetensors_bytes(tensors, metadata))
 
 
 def load_masks(path: str | Path) -> Masks:

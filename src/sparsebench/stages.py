@@ -248,7 +248,7 @@ def mean_std(figures: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
 def write_method_metrics(key: str, method: MethodParams, planned: list[Planned],
                          results: dict[str, dict]) -> dict:
     """``metrics/<key>.json`` (mean and std per level) and ``evaluation/<key>.json`` (every
-    run's figures and layers), all or nothing."""
+    run's figures and layers), each whole (`atomic_write_many`)."""
     by_level: dict[str, list[dict]] = {}
     for p in planned:
         by_level.setdefault(p.out.parent.name, []).append(results[p.name])

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sparsebench.paths import atomic_write_text
+from sparsebench.paths import atomic_write
 from sparsebench.tuning.trial import meets
 
 TUNING_DIR = Path("tuning")
@@ -186,7 +186,7 @@ def write_study_outputs(study: Any, key: str, objective: str, target: float,
     best = choose(study, objective, target)
     title = f"{study.study_name}: {len(rows)} trials"
     files = [out / "trials.csv", out / "pareto.png", out / "history.png"]
-    atomic_write_text(files[0], to_csv(rows))
+    atomic_write(files[0], to_csv(rows))
     plot_pareto(study, target, files[1], title, best)
     plot_history(study, objective, files[2], title)
     return files, rows, None if best is None else rows[best.number]
@@ -211,7 +211,7 @@ def all_methods(tuning_dir: Path = TUNING_DIR, out_dir: Path = ALL_DIR,
     out_dir.mkdir(parents=True, exist_ok=True)
     _save(fig, ax, files[0], SPARSITY_AXIS, ACCURACY_AXIS,
           "Pareto fronts of the tuning studies (validation split)")
-    atomic_write_text(files[1], json.dumps(
+    atomic_write(files[1], json.dumps(
         {k: [{"sparsity": x, "val_accuracy": y} for x, y in f] for k, f in fronts.items()},
         indent=1))
     return files
