@@ -82,9 +82,6 @@ class EpochCheckpoint:
         torch.save(state, buffer)  # in memory: a full disk then fails as a plain OSError
         atomic_write(self.path, buffer.getvalue())
 
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
 
 @dataclass
 class Resume:

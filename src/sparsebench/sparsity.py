@@ -31,13 +31,6 @@ Masks = dict[str, torch.Tensor]  # prunable module name -> bool tensor shaped li
 SCOPES = ("layer", "global")
 
 
-def check_sparsity(key: str, value: float) -> float:
-    """Validate a target sparsity: a number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise UsageError(f"{key}: {value!r} is out of range; allowed: a number in [0, 1)")
-    return float(value)
-
-
 def keep_count(numel: int, sparsity: float) -> int:
     """Number of entries a tensor of ``numel`` entries keeps at ``sparsity`` (at least one)."""
     return max(1, numel - round(sparsity * numel))

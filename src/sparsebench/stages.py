@@ -394,9 +394,6 @@ def load_results(methods: dict[str, Any]) -> dict[str, dict]:
     return results
 
 
-ROW_FIELDS = ("test_accuracy", "sparsity", "compression_ratio", "theoretical_speedup",
-              "checkpoint_bytes")
-
 
 def _row(key: str, run: dict, level: float | None) -> dict[str, Any]:
     f = run["figures"]
