@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from sparsebench.curves import (
     CSV_COLUMNS,
     area_under_curve,
-    interpolate_accuracy,
     levels_of,
     max_compression_within,
     paired_difference,
@@ -200,60 +199,6 @@ def test_max_compression_within_counts_a_recovery_at_a_higher_level():
     summary = summarize([run("gmp", 8, 0, 0.98), run("gmp", 16, 0, 0.90),
                          run("gmp", 32, 0, 0.98)])
     assert max_compression_within(summary, "gmp", 0.98, 0.5) == 32.0
-
-
-# --------------------------------------------------------------------------- interpolation
-
-
-def test_interpolation_at_a_measured_point_is_the_measurement():
-    points = [(30.5, 0.91), (8.2, 0.97), (130.0, 0.80)]
-    assert interpolate_accuracy(points, 30.5) == 0.91
-    assert interpolate_accuracy(points, 8.2) == 0.97
-    assert interpolate_accuracy(points, 130.0) == 0.80
-
-
-def test_interpolation_is_linear_in_log2_compression():
-    points = [(32.0, 0.90), (8.0, 0.98)]
-    assert interpolate_accuracy(points, 16.0) == pytest.approx(0.94)  # halfway in log2
-    assert interpolate_accuracy(points, 8 * 2 ** 0.5) == pytest.approx(0.96)
-    # not linear in the compression itself: 20x is past the log2 midpoint
-    assert interpolate_accuracy(points, 20.0) == pytest.approx(
-        0.98 - 0.08 * math.log2(20 / 8) / 2)
-
-
-@given(st.lists(st.tuples(st.floats(1, 1000), st.floats(0, 1)), min_size=2, max_size=6,
-                unique_by=lambda p: p[0]),
-       st.floats(0, 1))
-def test_interpolation_stays_between_its_neighbours(points, share):
-    xs = sorted(p[0] for p in points)
-    target = xs[0] * (xs[-1] / xs[0]) ** share
-    target = min(max(target, xs[0]), xs[-1])
-    value = interpolate_accuracy(points, target)
-    below = max((p for p in points if p[0] <= target), key=lambda p: p[0])
-    above = min((p for p in points if p[0] >= target), key=lambda p: p[0])
-    assert min(below[1], above[1]) - 1e-12 <= value <= max(below[1], above[1]) + 1e-12
-
-
-@pytest.mark.parametrize(("target", "message"), [
-    (4.0, "target compression 4 is outside the measured range [8, 32]; no extrapolation"),
-    (64.0, "target compression 64 is outside the measured range [8, 32]; no extrapolation"),
-    (math.nan, "target compression nan is outside"),
-])
-def test_interpolation_refuses_to_extrapolate(target, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        interpolate_accuracy([(8.0, 0.98), (32.0, 0.9)], target)
-
-
-@pytest.mark.parametrize(("points", "message"), [
-    ([], "no measured points"),
-    ([(8.0, 0.9), (8.0, 0.8)], "compression 8 measured twice"),
-    ([(0.0, 0.9), (8.0, 0.8)], "bad point"),
-    ([(math.inf, 0.9)], "bad point"),
-    ([(8.0, math.nan)], "bad point"),
-])
-def test_interpolation_refuses_bad_points(points, message):
-    with pytest.raises(ValueError, match=message):
-        interpolate_accuracy(points, 8.0)
 
 
 # --------------------------------------------------------------------------- validation

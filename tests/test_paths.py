@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsebench.paths import atomic_dir, atomic_write_text, repo_root
+from sparsebench.paths import atomic_dir, atomic_write, atomic_write_many, repo_root
 
 
 def test_repo_root_is_the_workspace(tmp_path, monkeypatch):
@@ -52,7 +52,18 @@ def test_atomic_dir_keeps_the_old_output_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_atomic_write_text_leaves_no_temporary(tmp_path):
-    atomic_write_text(tmp_path / "a" / "b.json", "{}")
+def test_atomic_write_leaves_no_temporary(tmp_path):
+    atomic_write(tmp_path / "a" / "b.json", "{}")
+    atomic_write(tmp_path / "a" / "c.bin", b"\x00")
     assert (tmp_path / "a" / "b.json").read_text() == "{}"
-    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]
+    assert (tmp_path / "a" / "c.bin").read_bytes() == b"\x00"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b.json", "c.bin"]
+
+
+def test_atomic_write_many_changes_nothing_when_one_file_cannot_be_written(tmp_path):
+    (tmp_path / "a.txt").write_text("old")
+    (tmp_path / "f").write_text("a file, not a directory")
+    with pytest.raises(OSError):
+        atomic_write_many({tmp_path / "a.txt": "new", tmp_path / "f" / "b.txt": "new"})
+    assert (tmp_path / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "f"]

@@ -92,7 +92,7 @@ def test_a_checkpoint_is_restored_only_into_the_fit_call_that_saved_it(tmp_path)
 def test_stage_work_starts_over_when_the_fingerprint_changes(tmp_path):
     target = tmp_path / "runs" / "gmp" / "prune"
     with pytest.raises(RuntimeError), StageWork(target, "a") as work:
-        work.finish("seed0", lambda path: (path.mkdir(), (path / "x").write_text("0")))
+        work.finish("seed0", lambda path: (path / "x").write_text("0"))
         raise RuntimeError("killed")
     assert not target.exists()
     with pytest.raises(RuntimeError), StageWork(target, "a") as work:
@@ -100,7 +100,7 @@ def test_stage_work_starts_over_when_the_fingerprint_changes(tmp_path):
         raise RuntimeError("killed")
     with StageWork(target, "b") as work:
         assert not work.done("seed0")  # another config: started over
-        work.finish("seed0", lambda path: (path.mkdir(), (path / "x").write_text("1")))
+        work.finish("seed0", lambda path: (path / "x").write_text("1"))
     assert (target / "seed0" / "x").read_text() == "1"
     assert sorted(p.name for p in target.parent.iterdir()) == ["prune"]
     assert not (target / "FINGERPRINT").exists()

@@ -8,7 +8,6 @@ from sparsebench.errors import UsageError
 from sparsebench.sparsity import (
     agp_sparsity,
     apply_masks,
-    check_sparsity,
     get_masks,
     keep_count,
     load_masks,
@@ -68,12 +67,6 @@ def test_global_masks_rank_across_layers():
 def test_unknown_scope_is_refused():
     with pytest.raises(UsageError, match="scope: unknown value 'net'; allowed: layer, global"):
         masks_from_scores({"a": torch.ones(3)}, 0.5, "net")
-
-
-@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "0.5", True])
-def test_check_sparsity_refuses_out_of_range(bad):
-    with pytest.raises(UsageError, match=r"x: .* allowed: a number in \[0, 1\)"):
-        check_sparsity("x", bad)
 
 
 def test_random_masks_depend_on_generator_only(tiny_mlp):

@@ -1,8 +1,11 @@
-"""The study's leavings without a study: Pareto fronts, the choice, tables and plots."""
+"""The study's leavings on in-memory studies: Pareto fronts, the choice, tables and plots."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import optuna
+import pytest
 
 from sparsebench.tuning.results import (
     all_methods,
@@ -12,38 +15,57 @@ from sparsebench.tuning.results import (
     plot_pareto,
     read_csv,
     to_csv,
+    trial_rows,
 )
+from sparsebench.tuning.trial import DIRECTIONS
+
+TARGET = 0.95
+POINTS = [(0.97, 0.95), (0.98, 0.90), (0.975, 0.96), (0.96, 0.97), (0.95, 0.96)]
 
 
-def _row(trial, acc, sparsity, state="COMPLETE", handset=False, target=0.95):
-    return {"trial": trial, "state": state, "val_accuracy": acc, "sparsity": sparsity,
-            "feasible": None if sparsity is None else sparsity >= target, "handset": handset}
-
-
-ROWS = [_row(0, 0.97, 0.95, handset=True), _row(1, 0.98, 0.90), _row(2, 0.975, 0.96),
-        _row(3, 0.96, 0.97), _row(4, 0.95, 0.96), _row(5, None, None, state="PRUNED")]
+def _study(objective: str, points=POINTS, pruned: bool = True) -> optuna.Study:
+    """A study with one finished trial per (accuracy, sparsity), the first hand-set, then a
+    pruned one; ``accuracy_at_sparsity`` trials carry the sparsity constraint."""
+    study = optuna.create_study(directions=DIRECTIONS[objective])
+    for i, (acc, sparsity) in enumerate(points):
+        single = objective == "accuracy_at_sparsity"
+        study.add_trial(optuna.trial.create_trial(
+            values=[acc] if single else [acc, sparsity],
+            constraints={"sparsity": TARGET - sparsity} if single else None,
+            user_attrs={"val_accuracy": acc, "sparsity": sparsity, "handset": i == 0}))
+    if pruned:
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    return study
 
 
 def test_the_front_keeps_only_points_nothing_beats_on_both_axes():
-    points = [(0.90, 0.98), (0.95, 0.97), (0.96, 0.975), (0.97, 0.96), (0.96, 0.95)]
+    points = [(s, a) for a, s in POINTS]
     assert pareto_front(points) == [(0.90, 0.98), (0.96, 0.975), (0.97, 0.96)]
     assert pareto_front([]) == []
 
 
-def test_pareto_choice_is_the_most_accurate_trial_at_the_target():
-    assert choose(ROWS, None, "pareto")["trial"] == 2  # 0.98 is below the target sparsity
-    assert choose([_row(1, 0.98, 0.90)], None, "pareto") is None
+@pytest.mark.parametrize("objective", ["pareto", "accuracy_at_sparsity"])
+def test_the_choice_is_the_most_accurate_trial_at_the_target(objective):
+    assert choose(_study(objective), objective, TARGET).number == 2  # 0.98 is below the target
+    assert choose(_study(objective, [(0.98, 0.90)]), objective, TARGET) is None
 
 
 def test_tables_round_trip_and_plots_are_written(tmp_path):
+    study = _study("pareto")
+    rows = trial_rows(study, TARGET)
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 5 + ["PRUNED"]
+    assert [r["feasible"] for r in rows] == [True, False, True, True, True, None]
     (tmp_path / "gmp").mkdir()
-    (tmp_path / "gmp" / "trials.csv").write_text(to_csv(ROWS))
+    (tmp_path / "gmp" / "trials.csv").write_text(to_csv(rows))
     back = read_csv(tmp_path / "gmp" / "trials.csv")
-    assert back[2] == ROWS[2] and back[5]["val_accuracy"] is None
-    plot_pareto(ROWS, 0.95, tmp_path / "p.png", "t", ROWS[2])
-    plot_history(ROWS, "pareto", tmp_path / "h.png", "t")
-    files = all_methods(tmp_path, tmp_path / "all", target=0.95)
+    assert back[2] == rows[2] and back[5]["val_accuracy"] is None
+    for objective in ("pareto", "accuracy_at_sparsity"):
+        study = _study(objective)
+        plot_pareto(study, TARGET, tmp_path / f"p-{objective}.png", "t", study.trials[2])
+        plot_history(study, objective, tmp_path / f"h-{objective}.png", "t")
+    files = all_methods(tmp_path, tmp_path / "all", target=TARGET)
     assert [f.name for f in files] == ["pareto_all.png", "pareto_all.json"]
-    for png in (tmp_path / "p.png", tmp_path / "h.png", files[0]):
+    for png in [*tmp_path.glob("*.png"), files[0]]:
         assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    assert len(list(tmp_path.glob("*.png"))) == 4
     assert '"gmp"' in files[1].read_text()

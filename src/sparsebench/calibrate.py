@@ -34,7 +34,7 @@ from sparsebench.config import Params
 from sparsebench.errors import UsageError
 from sparsebench.levels import level_name, within
 from sparsebench.methods import MethodParams, method_class, method_params
-from sparsebench.paths import atomic_write_text
+from sparsebench.paths import atomic_write
 from sparsebench.schema import Strict, validate
 
 CALIBRATED_DIR = Path("calibrated")
@@ -225,7 +225,7 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
         if found.status != "reached":
             print(f"calibrate {key}: level {name} {found.status} after {rounds} rounds "
                   f"or fewer ({len(history)} runs)", flush=True)
-    atomic_write_text(calibrated_path(key), yaml.safe_dump(result.model_dump(mode="json"),
+    atomic_write(calibrated_path(key), yaml.safe_dump(result.model_dump(mode="json"),
                                                            sort_keys=False))
     return result
 

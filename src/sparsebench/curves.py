@@ -7,7 +7,7 @@ along). Accuracies, sparsities and their differences are fractions here; the rep
 into percent and percentage points (pp).
 
 Points that a regularisation-driven method (grda, linbreg, adabreg, proxsgd) cannot hit exactly
-are interpolated along its measured curve (`interpolate_accuracy`) and carry
+are interpolated between the two runs that bracket the level (`stages.curve_rows`) and carry
 ``interpolated=True``; every summary built from such a row keeps the flag.
 
 Seeds are paired: two methods run with the same seed share the data order and the dense
@@ -358,44 +358,3 @@ def max_compression_within(summary_rows: Iterable[dict[str, Any]], method: str,
     within = [s["level"] for s in summary_rows
               if s["method"] == method and s["test_accuracy_mean"] >= threshold - _TOLERANCE]
     return max(within, default=None)
-
-
-def interpolate_accuracy(points: Iterable[tuple[float, float]], target: float) -> float:
-    """The value at compression ``target`` on a measured curve, linear in log2(compression).
-
-    Args:
-        points: measured ``(compression, value)`` pairs of one method and seed, any order.
-        target: the compression to read the curve at.
-
-    Returns:
-        The measured value at a measured compression; between two measured compressions
-        ``c0 < target < c1``: ``v0 + (v1 - v0) * log2(target / c0) / log2(c1 / c0)``.
-
-    Raises:
-        ValueError: no points, a compression that is not a finite number > 0, one compression
-            measured twice with different values, or ``target`` outside the measured range
-            (no extrapolation).
-    """
-    curve: dict[float, float] = {}
-    for compression, value in points:
-        c, v = float(compression), float(value)
-        if not (math.isfinite(c) and c > 0 and math.isfinite(v)):
-            raise ValueError(f"interpolate_accuracy: bad point ({compression!r}, {value!r}); "
-                             "allowed: a finite compression > 0 and a finite value")
-        if c in curve and curve[c] != v:
-            raise ValueError(f"interpolate_accuracy: compression {c:g} measured twice "
-                             f"({curve[c]!r} and {v!r})")
-        curve[c] = v
-    if not curve:
-        raise ValueError("interpolate_accuracy: no measured points")
-    xs = sorted(curve)
-    target = float(target)
-    if not xs[0] <= target <= xs[-1]:  # NaN fails this too
-        raise ValueError(f"interpolate_accuracy: target compression {target:g} is outside the "
-                         f"measured range [{xs[0]:g}, {xs[-1]:g}]; no extrapolation")
-    if target in curve:
-        return curve[target]
-    hi = next(i for i, x in enumerate(xs) if x > target)
-    c0, c1 = xs[hi - 1], xs[hi]
-    share = math.log2(target / c0) / math.log2(c1 / c0)
-    return curve[c0] + (curve[c1] - curve[c0]) * share

@@ -1,6 +1,7 @@
 """The accuracy-vs-compression report: tables (markdown), the runs (CSV) and the headline plot.
 
-`write_curves_report` writes, all or nothing (`sparsebench.paths.atomic_write_many`):
+`write_curves_report` writes, each file whole, all of them before the first is renamed in
+(`sparsebench.paths.atomic_write_many`: an error while writing changes none):
 
 - ``curves.csv``: one row per (method, level, seed), columns `curves.CSV_COLUMNS` then extras;
 - ``curves.md``: dense's accuracy, the epoch budget, one table per level with the paired
@@ -430,7 +431,8 @@ def plot_accuracy_vs_compression(summaries: list[dict[str, Any]]) -> bytes:
 
 def write_curves_report(rows: Iterable[dict[str, Any]], out_dir: Path, *, suite: str,
                         budget: int | None, columns: Sequence[str] | None = None) -> list[Path]:
-    """Write the curves report under ``out_dir``, all files or none.
+    """Write the curves report under ``out_dir`` (`atomic_write_many`: a failure while writing,
+    a full disk, changes no file; a crash between the renames can leave some old ones).
 
     Args:
         rows: one dict per (method, level, seed) with the keys of `CSV_COLUMNS`.

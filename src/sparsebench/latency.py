@@ -4,7 +4,8 @@ A pruned model stored densely runs exactly as fast as the unpruned one: the zero
 multiplied like any other weight. `sparse_inference_model` builds a copy whose ``nn.Linear``
 layers multiply by a CSR weight (``weight.to_sparse_csr()``), so the masked weights are not
 stored and not multiplied; conv layers stay dense. `compare_latency` times both copies in one
-process, interleaved, and reports the medians and their ratio.
+process, interleaved, with ``torch.utils.benchmark.Timer``, and reports the medians and their
+ratio.
 
 The CSR products, bias fused (MKL sparse BLAS on CPU), are ``torch.addmv(b, W_csr, x)`` for a
 single sample and ``torch.addmm(b[:, None], W_csr, x.T).T`` for a batch. Timed on this
@@ -17,17 +18,16 @@ batch 256; at 2 threads it is slower). A dense @ CSR product (``x @ W_csr.T``) i
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 import warnings
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.benchmark import Measurement, Timer
 
 from sparsebench.sparsity import make_permanent
 
-__all__ = ["CSRLinear", "compare_latency", "measure_latency", "sparse_inference_model"]
+__all__ = ["CSRLinear", "compare_latency", "sparse_inference_model"]
 
 
 class CSRLinear(nn.Module):
@@ -113,52 +113,10 @@ def sparse_inference_model(model: nn.Module) -> nn.Module:
     return sparse.eval()
 
 
-def _time_forward(model: nn.Module, x: torch.Tensor) -> float:
-    """Wall-clock seconds of one forward pass."""
-    start = time.perf_counter()
-    model(x)
-    return time.perf_counter() - start
-
-
 def _input(input_shape: tuple[int, ...], batch_size: int) -> torch.Tensor:
     """A fixed random CPU input of shape ``(batch_size, *input_shape)``."""
     generator = torch.Generator().manual_seed(0)
     return torch.randn((batch_size, *input_shape), generator=generator)
-
-
-def measure_latency(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    batch_size: int,
-    *,
-    repeats: int = 100,
-    warmup: int = 10,
-) -> float:
-    """Median wall-clock seconds of one forward pass of ``model`` as it is, on the CPU.
-
-    Each of the ``repeats`` forward passes on a fixed random float32 input of shape
-    ``(batch_size, *input_shape)`` is timed with ``time.perf_counter``, after ``warmup``
-    untimed passes, under ``torch.inference_mode()`` with the model in eval mode (its training
-    flags are restored afterwards). Uses the current ``torch.get_num_threads()``.
-
-    Args:
-        model: The model to time (CPU, float32).
-        input_shape: Shape of one sample without the batch dim, e.g. ``(1, 28, 28)``.
-        batch_size: Samples per forward pass.
-        repeats: Timed forward passes.
-        warmup: Untimed forward passes before them.
-    """
-    x = _input(input_shape, batch_size)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            return statistics.median(_time_forward(model, x) for _ in range(repeats))
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def compare_latency(
@@ -167,26 +125,27 @@ def compare_latency(
     batch_sizes: tuple[int, ...] = (1, 256),
     *,
     repeats: int = 100,
-    warmup: int = 10,
     num_threads: int | None = None,
 ) -> dict[str, Any]:
     """Median forward latency of ``model`` run densely and through CSR Linear layers.
 
     The dense side is a copy of ``model`` with its masks folded in (a plain model with exact
     zeros, so no mask multiplication is timed); the sparse side is `sparse_inference_model`.
-    For each batch size both get ``warmup`` untimed passes, then ``repeats`` rounds, each
-    timing one dense and one sparse forward pass on the same fixed random input, the order
-    alternating between rounds, so that load from other processes hits both alike. Everything
-    runs in this process under ``torch.inference_mode()``, in eval mode, on the CPU.
+    Each side is timed by a ``torch.utils.benchmark.Timer`` (which sets the thread count for
+    the measurement and restores it). For each batch size there are ``repeats`` rounds; in each
+    one, both sides time one forward pass on the same fixed random input with
+    ``Timer.timeit(1)`` (two untimed warm-up passes of that side, then the timed one), the
+    order alternating between rounds, so that load from other processes hits both alike. The
+    rounds are merged (``Measurement.merge``) and their median is reported. Everything runs in
+    this process under ``torch.inference_mode()``, in eval mode, on the CPU.
 
     Args:
         model: A pruned (or dense) model.
         input_shape: Shape of one sample without the batch dim, e.g. ``(1, 28, 28)``.
         batch_sizes: Batch sizes to time.
-        repeats: Timed rounds per batch size.
-        warmup: Untimed passes of each side per batch size.
-        num_threads: Intra-op threads for the measurement (``torch.set_num_threads``, restored
-            afterwards); ``None`` keeps the current setting.
+        repeats: Timed rounds per batch size (``evaluate.latency_repeats``).
+        num_threads: Intra-op threads for the measurement; ``None`` uses the current
+            ``torch.get_num_threads()``.
 
     Returns:
         ``{"num_threads": int, "batch": {batch_size: {"dense_s", "sparse_s", "ratio"}}}``:
@@ -194,29 +153,22 @@ def compare_latency(
         (below 1 when the sparse path is faster).
     """
     sides = {"dense": _dense_inference_model(model), "sparse": sparse_inference_model(model)}
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        result: dict[str, Any] = {"num_threads": torch.get_num_threads(), "batch": {}}
-        with torch.inference_mode():
-            for batch_size in batch_sizes:
-                x = _input(input_shape, batch_size)
-                for side in sides.values():
-                    for _ in range(warmup):
-                        side(x)
-                times: dict[str, list[float]] = {"dense": [], "sparse": []}
-                for round_ in range(repeats):
-                    order = ("dense", "sparse") if round_ % 2 == 0 else ("sparse", "dense")
-                    for name in order:
-                        times[name].append(_time_forward(sides[name], x))
-                dense_s = statistics.median(times["dense"])
-                sparse_s = statistics.median(times["sparse"])
-                result["batch"][batch_size] = {
-                    "dense_s": dense_s,
-                    "sparse_s": sparse_s,
-                    "ratio": sparse_s / dense_s,
-                }
-    finally:
-        torch.set_num_threads(previous_threads)
+    threads = torch.get_num_threads() if num_threads is None else num_threads
+    result: dict[str, Any] = {"num_threads": threads, "batch": {}}
+    with torch.inference_mode():
+        for batch_size in batch_sizes:
+            x = _input(input_shape, batch_size)
+            timers = {name: Timer("model(x)", globals={"model": side, "x": x},
+                                  num_threads=threads, description=name)
+                      for name, side in sides.items()}
+            rounds: dict[str, list[Measurement]] = {name: [] for name in timers}
+            for round_ in range(repeats):
+                for name in ("dense", "sparse")[:: 1 if round_ % 2 == 0 else -1]:
+                    rounds[name].append(timers[name].timeit(1))
+            dense_s, sparse_s = (Measurement.merge(rounds[name])[0].median for name in timers)
+            result["batch"][batch_size] = {
+                "dense_s": dense_s,
+                "sparse_s": sparse_s,
+                "ratio": sparse_s / dense_s,
+            }
     return result

@@ -50,6 +50,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     recover(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o755)
     try:
         yield tmp
     except BaseException:
@@ -93,48 +94,43 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file that appears complete or not at all: beside it, flushed, then renamed.
-
-    On any failure (a full disk, a read-only directory) nothing is left behind.
-    """
-    path = Path(path)
+def _temporary_copy(path: Path, data: bytes | str) -> Path:
+    """``data`` (str as UTF-8) in a new file beside ``path``, flushed to disk, mode 0644;
+    nothing is left behind when that fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o644)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        os.unlink(tmp)
         raise
+    return Path(tmp)
 
 
 def atomic_write_many(files: dict[Path, bytes | str]) -> None:
-    """Write several files that all appear, or none of them: every one is written beside its
-    target first (a full disk stops it there, and the written ones are deleted), then all are
-    renamed in."""
-    written: list[tuple[Path, Path]] = []
+    """Write each file beside its target, flushed to disk, then rename them in (str as UTF-8).
+
+    What it guarantees: each target holds, at any moment, its old content or its new one,
+    whole. Every file is written before the first rename, so an error while writing (a full
+    disk, a read-only directory) changes no target and leaves no temporary file. It is not
+    all or nothing across files: a crash between two renames leaves some targets new and the
+    others old (outputs that must change together belong in one directory: `atomic_dir`).
+    """
+    renames: list[tuple[Path, Path]] = []
     try:
         for path, data in files.items():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            written.append((tmp, path))
-            with open(tmp, "wb") as handle:
-                handle.write(data.encode() if isinstance(data, str) else data)
-                handle.flush()
-                os.fsync(handle.fileno())
-    except BaseException:
-        for tmp, _ in written:
+            renames.append((_temporary_copy(Path(path), data), Path(path)))
+        for tmp, path in renames:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in renames:  # only those not renamed in still exist
             tmp.unlink(missing_ok=True)
-        raise
-    for tmp, path in written:
-        os.replace(tmp, path)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """`atomic_write_bytes` of UTF-8 text."""
-    atomic_write_bytes(path, text.encode())
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write one file that appears whole or not at all (`atomic_write_many` of one file)."""
+    atomic_write_many({Path(path): data})

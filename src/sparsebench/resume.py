@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 import shutil
 import sys
@@ -38,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench.paths import atomic_write_bytes, fsync_dir, swap_in
+from sparsebench.paths import atomic_dir, atomic_write, swap_in
 from sparsebench.sparsity import apply_masks, get_masks
 
 FINGERPRINT = "FINGERPRINT"
@@ -81,10 +80,7 @@ class EpochCheckpoint:
         self._taken = True  # what is on disk now is newer than anything loaded before
         buffer = io.BytesIO()
         torch.save(state, buffer)  # in memory: a full disk then fails as a plain OSError
-        atomic_write_bytes(self.path, buffer.getvalue())
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        atomic_write(self.path, buffer.getvalue())
 
 
 @dataclass
@@ -215,12 +211,8 @@ class StageWork:
         if self.dir.exists() and not (marker.exists() and marker.read_text() == self.fingerprint):
             shutil.rmtree(self.dir)  # another config, code or input: start over
         if not self.dir.exists():
-            tmp = self.dir.with_name(self.dir.name + ".new")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            (tmp / FINGERPRINT).write_text(self.fingerprint)
-            os.replace(tmp, self.dir)
-            fsync_dir(self.dir.parent)
+            with atomic_dir(self.dir) as tmp:
+                (tmp / FINGERPRINT).write_text(self.fingerprint)
         for stale in self.dir.glob(".*.tmp*"):  # a seed being moved in when the kill came
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
         return self
@@ -244,16 +236,9 @@ class StageWork:
         return EpochCheckpoint(self.dir / f"{name}{RESUME_SUFFIX}")
 
     def finish(self, name: str, write: Callable[..., None], *args: Any) -> Path:
-        """Run ``write(path, *args)`` into a fresh directory and move it in whole as ``name``."""
-        tmp = self.dir / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        """Run ``write(path, *args)`` into a fresh empty directory, then move it in whole as
+        ``name`` (`paths.atomic_dir`)."""
+        with atomic_dir(self.dir / name) as tmp:
             write(tmp, *args)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        final = self.dir / name
-        os.replace(tmp, final)
-        fsync_dir(self.dir)
         (self.dir / f"{name}{RESUME_SUFFIX}").unlink(missing_ok=True)
-        return final
+        return self.dir / name

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import time
@@ -37,7 +36,7 @@ from sparsebench.methods import Context, MethodParams, build_method
 from sparsebench.methods.retrain import masked_retrain
 from sparsebench.metrics import evaluate_model_metrics, sparsity_summary
 from sparsebench.models import build_model
-from sparsebench.paths import atomic_write_text, fsync_dir
+from sparsebench.paths import atomic_dir, atomic_write
 from sparsebench.resume import EpochCheckpoint
 from sparsebench.schema import PhaseParams
 from sparsebench.sparsity import apply_masks, get_masks, load_masks, make_permanent, save_masks
@@ -125,8 +124,8 @@ def load_run_model(path: Path, device: torch.device, *, masked: bool = True) -> 
 
 
 def save_run_model(path: Path, model: nn.Module, curves: list[dict] | dict) -> None:
-    """Write a model (masks folded in), its masks and curves into the new directory ``path``."""
-    path.mkdir(parents=True)
+    """Write a model (masks folded in), its masks and curves into the directory ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
     save_masks(get_masks(model), path / MASKS)
     make_permanent(model)
     save_model(model, path / MODEL)
@@ -197,9 +196,10 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
         with diverged(f"prune {spec.key} seed {spec.seed}", {f"methods.{spec.key}": spec.method}):
             outcome.curves["prune"] = method.prune(model, ctx)
         outcome.seconds["prune"] = time.perf_counter() - start
-        if pruned is not None:
-            _keep(pruned, model, {"rows": outcome.curves["prune"],
-                                  "wall": outcome.seconds["prune"]})
+        if pruned is not None:  # saved whole: built beside it, then renamed
+            with atomic_dir(pruned) as tmp:
+                save_run_model(tmp, model, {"rows": outcome.curves["prune"],
+                                            "wall": outcome.seconds["prune"]})
             model = load_run_model(pruned, device)
             (work / "prune.resume.pt").unlink(missing_ok=True)
     start = time.perf_counter()
@@ -219,15 +219,6 @@ def _checkpoint(work: Path | None, phase: str) -> EpochCheckpoint | None:
         return None
     work.mkdir(parents=True, exist_ok=True)
     return EpochCheckpoint(work / f"{phase}.resume.pt")
-
-
-def _keep(path: Path, model: nn.Module, curves: dict) -> None:
-    """Save the pruned model whole into ``path`` (built beside it, then renamed)."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_run_model(tmp, model, curves)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def validation_figures(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor],
@@ -281,41 +272,36 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     figures = evaluate_model_metrics(model, shape)
     layers = figures.pop("layers")
     val = validation_figures(model, data["val"], device)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_run_model(tmp, model, outcome.curves)
-    save(model, tmp / CHECKPOINT)
-    size, dense = (tmp / CHECKPOINT).stat().st_size, (tmp / MODEL).stat().st_size
-    if latency is not None and latency[0]:
-        from sparsebench.latency import compare_latency
+    with atomic_dir(out) as tmp:
+        save_run_model(tmp, model, outcome.curves)
+        save(model, tmp / CHECKPOINT)
+        size, dense = (tmp / CHECKPOINT).stat().st_size, (tmp / MODEL).stat().st_size
+        if latency is not None and latency[0]:
+            from sparsebench.latency import compare_latency
 
-        timed = compare_latency(model.cpu(), shape, latency[0], repeats=latency[1])
-        for batch, row in timed["batch"].items():
-            figures[f"latency_b{batch}_dense_ms"] = 1000 * row["dense_s"]
-            figures[f"latency_b{batch}_sparse_ms"] = 1000 * row["sparse_s"]
-            figures[f"latency_b{batch}_ratio"] = row["ratio"]
-    evaluated = time.perf_counter() - evaluating
-    result = {
-        "key": spec.key, "method": build_method(spec.key, spec.method).name,
-        "level": spec.level, "point": spec.point, "seed": spec.seed,
-        "figures": {"test_accuracy": test_acc, "test_loss": test_loss,
-                    "val_accuracy": val["val_accuracy"], **figures,
-                    "checkpoint_bytes": size, "checkpoint_dense_bytes": dense,
-                    "checkpoint_ratio": dense / size,
-                    "checkpoint_bound_ratio": size / information_bound(model)},
-        "layers": layers, "epochs": budget,
-        "seconds": {"train": outcome.train_seconds, **outcome.seconds,
-                    "evaluate": evaluated, "run": time.perf_counter() - wall},
-        "params": spec.method.model_dump(mode="json"),
-        "environment": env, "fingerprint": fingerprint,
-    }
-    if not math.isfinite(test_loss):
-        raise FloatingPointError(f"{spec.key}: the test loss is {test_loss}")
-    atomic_write_text(tmp / RESULT, json.dumps(result, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
+            timed = compare_latency(model.cpu(), shape, latency[0], repeats=latency[1])
+            for batch, row in timed["batch"].items():
+                figures[f"latency_b{batch}_dense_ms"] = 1000 * row["dense_s"]
+                figures[f"latency_b{batch}_sparse_ms"] = 1000 * row["sparse_s"]
+                figures[f"latency_b{batch}_ratio"] = row["ratio"]
+        evaluated = time.perf_counter() - evaluating
+        result = {
+            "key": spec.key, "method": build_method(spec.key, spec.method).name,
+            "level": spec.level, "point": spec.point, "seed": spec.seed,
+            "figures": {"test_accuracy": test_acc, "test_loss": test_loss,
+                        "val_accuracy": val["val_accuracy"], **figures,
+                        "checkpoint_bytes": size, "checkpoint_dense_bytes": dense,
+                        "checkpoint_ratio": dense / size,
+                        "checkpoint_bound_ratio": size / information_bound(model)},
+            "layers": layers, "epochs": budget,
+            "seconds": {"train": outcome.train_seconds, **outcome.seconds,
+                        "evaluate": evaluated, "run": time.perf_counter() - wall},
+            "params": spec.method.model_dump(mode="json"),
+            "environment": env, "fingerprint": fingerprint,
+        }
+        if not math.isfinite(test_loss):
+            raise FloatingPointError(f"{spec.key}: the test loss is {test_loss}")
+        atomic_write(tmp / RESULT, json.dumps(result, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return result
 

@@ -31,13 +31,6 @@ Masks = dict[str, torch.Tensor]  # prunable module name -> bool tensor shaped li
 SCOPES = ("layer", "global")
 
 
-def check_sparsity(key: str, value: float) -> float:
-    """Validate a target sparsity: a number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise UsageError(f"{key}: {value!r} is out of range; allowed: a number in [0, 1)")
-    return float(value)
-
-
 def keep_count(numel: int, sparsity: float) -> int:
     """Number of entries a tensor of ``numel`` entries keeps at ``sparsity`` (at least one)."""
     return max(1, numel - round(sparsity * numel))
@@ -188,7 +181,7 @@ def agp_sparsity(step: int, s_i: float, s_f: float, t0: int, n: int, dt: int) ->
 def save_masks(masks: Masks, path: str | Path) -> None:
     """Write masks as packed bits (one bit an entry) in a pickle-free safetensors file."""
     from sparsebench.canonical import safetensors_bytes
-    from sparsebench.paths import atomic_write_bytes
+    from sparsebench.paths import atomic_write
 
     tensors, shapes = {}, {}
     for name, mask in masks.items():
@@ -196,7 +189,7 @@ def save_masks(masks: Masks, path: str | Path) -> None:
         tensors[name] = torch.from_numpy(bits)
         shapes[name] = list(mask.shape)
     metadata = {"format": "sparsebench-masks/1", "shapes": json.dumps(shapes)}
-    atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata))
+    atomic_write(Path(path), safetensors_bytes(tensors, metadata))
 
 
 def load_masks(path: str | Path) -> Masks:

@@ -258,7 +258,7 @@ def write_method_metrics(key: str, method: MethodParams, planned: list[Planned],
                          results: dict[str, dict]) -> dict:
     """``evaluation/<key>.json`` (the mean and std per level, every run's figures and layers)
     and ``metrics/<key>.json`` (the mean test accuracy per measured level alone: one row of
-    ``dvc metrics show``), all or nothing."""
+    ``dvc metrics show``), each whole (`atomic_write_many`)."""
     by_level: dict[str, list[dict]] = {}
     for p in planned:
         by_level.setdefault(p.out.parent.name, []).append(results[p.name])
@@ -404,9 +404,6 @@ def load_results(methods: dict[str, Any]) -> dict[str, dict]:
         results[key] = json.loads(path.read_text())
     return results
 
-
-ROW_FIELDS = ("test_accuracy", "sparsity", "compression_ratio", "theoretical_speedup",
-              "checkpoint_bytes")
 
 
 def _row(key: str, run: dict, level: float | None) -> dict[str, Any]:

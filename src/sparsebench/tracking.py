@@ -13,7 +13,6 @@ processes crashes (alembic migrations), so it is created under a file lock befor
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import subprocess
@@ -43,25 +42,16 @@ def artifact_root() -> str:
     return (repo_root() / "mlruns" / "artifacts").as_uri()
 
 
-@contextmanager
-def _store_lock():
-    lock_dir = repo_root() / "mlruns"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def client_for(uri: str, experiment: str):
     """An `MlflowClient` and the id of ``experiment``, both created once, under a lock."""
+    from filelock import FileLock
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    lock = repo_root() / "mlruns" / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _store_lock():
+        with FileLock(lock):
             client = MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(experiment)
             if found is not None:

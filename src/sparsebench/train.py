@@ -123,7 +123,6 @@ def fit(
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
     after_step: StepHook | None = None,
-    regularizer: Callable[[], torch.Tensor] | None = None,
     after_backward: Callable[[], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool | None = None,
@@ -141,8 +140,6 @@ def fit(
         optimizer: a ready optimizer (a method's own); built from ``phase.optim`` when None.
         after_step: called after every optimizer step with the global step index (gradual
             pruning updates its masks here).
-        regularizer: a penalty added to every minibatch loss; the recorded train loss stays
-            the data loss.
         after_backward: called after every backward pass, before the step (ADMM adds its
             penalty's gradient here).
         on_epoch: called with each epoch's figures as soon as they exist.
@@ -173,7 +170,7 @@ def fit(
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
-            (loss if regularizer is None else loss + regularizer()).backward()
+            loss.backward()
             if after_backward is not None:
                 after_backward()
             optimizer.step()

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from sparsebench.schema import Strict, validate
 from sparsebench.errors import UsageError
-from sparsebench.paths import atomic_write_text
+from sparsebench.paths import atomic_write
 
 TUNED_DIR = Path("tuned")
 
@@ -95,5 +95,5 @@ def write_tuned(tuned: TunedFile) -> Path:
               f"{tuned.study!r}.\n# Laid over methods.{tuned.method} of params.yaml by every "
               "stage; delete this file to use the hand-set values.\n")
     body = yaml.safe_dump(tuned.model_dump(), sort_keys=False)
-    atomic_write_text(path, header + body)
+    atomic_write(path, header + body)
     return path

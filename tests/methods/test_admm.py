@@ -59,7 +59,7 @@ def test_rho_zero_makes_the_w_step_plain_training(tiny_data):
         admm = ADMM.for_model(model, sparsity=0.9, rho=0.0)
         fit(model, tiny_data["train"], tiny_data["val"], Phase(2, 32, OptimizerParams(lr=0.1)),
             generator=seed_everything(0), device=torch.device("cpu"), progress=False,
-            regularizer=admm.penalty if with_admm else None)
+            after_backward=admm.add_penalty_grad if with_admm else None)
         return model
 
     a, b = train(True), train(False)

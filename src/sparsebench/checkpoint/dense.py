@@ -19,7 +19,7 @@ from torch import nn
 from sparsebench.canonical import safetensors_bytes
 from sparsebench.errors import UsageError
 from sparsebench.models import build_model
-from sparsebench.paths import atomic_write_bytes
+from sparsebench.paths import atomic_write
 
 FORMAT = "sparsebench-model/1"
 
@@ -33,7 +33,7 @@ def save_model(model: nn.Module, path: str | Path, meta: dict[str, Any] | None =
     if any(k.endswith("_mask") or k.endswith("_orig") for k in state):
         raise ValueError("save_model: fold the masks in first (sparsity.make_permanent)")
     metadata = {"format": FORMAT, "arch": json.dumps(model.arch), "meta": json.dumps(meta or {})}
-    atomic_write_bytes(Path(path), safetensors_bytes(state, metadata))
+    atomic_write(Path(path), safetensors_bytes(state, metadata))
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

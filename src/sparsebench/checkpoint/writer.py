@@ -32,7 +32,7 @@ from sparsebench.checkpoint.fileformat import (
 )
 from sparsebench.errors import UsageError
 from sparsebench.metrics import prunable_modules
-from sparsebench.paths import atomic_write_bytes
+from sparsebench.paths import atomic_write
 from sparsebench.sparsity import make_permanent
 
 
@@ -144,7 +144,7 @@ def write_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     """Write a safetensors file under a temporary name, then rename: complete or absent."""
     path = Path(path)
     try:
-        atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
+        atomic_write(path, safetensors_bytes(tensors, metadata))
     except OSError as exc:
         raise UsageError(f"output: {str(path)!r} cannot be written ({exc.strerror})") from None
 

@@ -1,11 +1,9 @@
-"""File helpers shared by the data modules: bounded reads, atomic writes, one-line messages."""
+"""File helpers shared by the data modules: bounded reads, one-line messages (atomic writes:
+`sparsebench.paths.atomic_write`)."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -45,23 +43,3 @@ def read_bytes(path: Path) -> bytes:
     except (OSError, EOFError, zlib.error) as exc:
         raise BadFile(f"cannot read {path} ({one_line(exc, 120)})") from exc
     return b"".join(chunks)
-
-
-def atomic_write(dest: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `dest`, then rename it to `dest`.
-
-    On any failure `dest` is left as it was and the temporary file is removed.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparsebench.data.files import atomic_write, one_line
+from sparsebench.data.files import one_line
 from sparsebench.data.formats import load_raw
 from sparsebench.data.registry import DATASETS, get_spec
 from sparsebench.errors import UsageError, unknown_name
+from sparsebench.paths import atomic_write
 
 #: Name under which `save_splits` stores `synthetic_splits` data (not a `DATASETS` entry).
 SYNTHETIC = "synthetic"

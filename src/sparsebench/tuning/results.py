@@ -2,14 +2,15 @@
 
 Per method, in ``tuning/<key>/`` of the workspace: ``trials.csv`` (one row per trial: state,
 validation accuracy, sparsity, feasibility, parameters, retry), ``pareto.png`` (every finished
-trial in the sparsity-accuracy plane, the Pareto front, the target sparsity, the hand-set and
-the chosen trial) and ``history.png`` (the objective per trial and the best so far). The chosen
+trial in the sparsity-accuracy plane, the study's best trials, the target sparsity, the
+hand-set and the chosen trial) and ``history.png`` (the validation accuracy per trial and the
+best so far); both are Optuna's plots (``optuna.visualization.matplotlib``). The chosen
 trial's parameters go to ``tuned/<key>.yaml``. `all_methods` draws every method's front on one
-plot from the tables
-(``reports/tuning/``).
+plot from the tables (``reports/tuning/``).
 
-The chosen trial: for ``accuracy_at_sparsity`` Optuna's best feasible trial; for ``pareto``
-the most accurate trial on the front at or above the target sparsity. None when no trial
+The chosen trial: for ``accuracy_at_sparsity`` Optuna's best feasible trial
+(``study.best_trial``); for ``pareto`` the most accurate trial of the Pareto front
+(``study.best_trials``) at or above the target sparsity. None when no trial
 reaches the target: then no ``tuned/`` file is written.
 """
 
@@ -18,10 +19,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sparsebench.paths import atomic_write_text
+from sparsebench.paths import atomic_write
 from sparsebench.tuning.trial import meets
 
 TUNING_DIR = Path("tuning")
@@ -84,37 +87,35 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(front)
 
 
-def choose(rows: list[dict[str, Any]], study: Any, objective: str) -> dict[str, Any] | None:
-    """The chosen trial's row (see the module docstring), or None."""
-    done = _complete(rows)
+def choose(study: Any, objective: str, target: float) -> Any:
+    """The chosen trial (an ``optuna.trial.FrozenTrial``; see the module docstring), or None."""
     if objective == "accuracy_at_sparsity":
         try:
-            number = study.best_trial.number
+            return study.best_trial  # feasible trials only: the sparsity constraint
         except ValueError:  # nothing finished, or nothing feasible
             return None
-        return next(r for r in rows if r["trial"] == number)
-    feasible = [r for r in done if r["feasible"]]
-    if not feasible:
-        return None
-    return max(feasible, key=lambda r: (r["val_accuracy"], r["sparsity"], -r["trial"]))
+    front = [t for t in study.best_trials if meets(t.values[1], target)]
+    return max(front, key=lambda t: (*t.values, -t.number), default=None)
 
 
 def _complete(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r["state"] == "COMPLETE" and r["val_accuracy"] is not None]
 
 
-def _figure(size: tuple[float, float] = (6, 4)):
+def _finished(study: Any) -> list[Any]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=size)
+    return plt
 
 
 def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
-    import matplotlib.pyplot as plt
-
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -123,54 +124,56 @@ def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
+
+
+@contextmanager
+def _optuna_plot():
+    """Around an ``optuna.visualization.matplotlib`` plot: Agg, no experimental-feature
+    warning, and the style sheet it sets (ggplot) undone afterwards."""
+    import optuna
+
+    plt = _pyplot()
+    with warnings.catch_warnings(), plt.rc_context():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield optuna.visualization.matplotlib
 
 
 SPARSITY_AXIS, ACCURACY_AXIS = "sparsity of prunable weights (%)", "validation accuracy (%)"
 
 
-def plot_pareto(rows: list[dict[str, Any]], target: float, path: Path, title: str,
-                chosen: dict[str, Any] | None) -> None:
-    """Every finished trial in the (sparsity, validation accuracy) plane, and its front."""
-    done = _complete(rows)
-    fig, ax = _figure()
-    for feasible, colour, label in ((True, "tab:blue", "feasible"),
-                                    (False, "tab:gray", "below target")):
-        pts = [r for r in done if bool(r["feasible"]) == feasible]
-        ax.scatter([100 * r["sparsity"] for r in pts], [100 * r["val_accuracy"] for r in pts],
-                   s=18, c=colour, label=f"{label} ({len(pts)})")
-    front = pareto_front([(r["sparsity"], r["val_accuracy"]) for r in done])
-    if front:
-        ax.step([100 * x for x, _ in front], [100 * y for _, y in front], where="post",
-                c="tab:orange", lw=1, label="Pareto front")
-    for row, marker, label in ((next((r for r in done if r["handset"]), None), "s", "hand-set"),
-                               (chosen, "*", "chosen")):
-        if row is not None:
-            ax.scatter([100 * row["sparsity"]], [100 * row["val_accuracy"]], marker=marker,
-                       s=120, facecolors="none", edgecolors="k", label=label)
-    ax.axvline(100 * target, ls="--", c="k", lw=0.8)
-    _save(fig, ax, path, SPARSITY_AXIS, ACCURACY_AXIS, title)
+def plot_pareto(study: Any, target: float, path: Path, title: str, chosen: Any) -> None:
+    """Every finished trial in the (sparsity, validation accuracy) plane: Optuna's Pareto-front
+    plot (its best trials marked, infeasible ones grey), the target sparsity, the hand-set
+    and the chosen trial."""
+    def point(t: Any) -> tuple[float, float]:
+        return 100 * t.user_attrs["sparsity"], 100 * t.user_attrs["val_accuracy"]
+
+    with _optuna_plot() as vm:
+        ax = vm.plot_pareto_front(study, target_names=[SPARSITY_AXIS, ACCURACY_AXIS],
+                                  targets=point)
+        hand = next((t for t in _finished(study) if t.user_attrs.get("handset")), None)
+        for trial, marker, label in ((hand, "s", "hand-set"), (chosen, "*", "chosen")):
+            if trial is not None:
+                ax.scatter(*point(trial), marker=marker, s=120, facecolors="none",
+                           edgecolors="k", label=label)
+        ax.axvline(100 * target, ls="--", c="k", lw=0.8)
+        _save(ax.figure, ax, path, SPARSITY_AXIS, ACCURACY_AXIS, title)
 
 
-def plot_history(rows: list[dict[str, Any]], objective: str, path: Path, title: str) -> None:
-    """Validation accuracy (and sparsity, for the Pareto objective) per trial; best so far."""
-    done = _complete(rows)
-    fig, ax = _figure()
-    ax.scatter([r["trial"] for r in done], [100 * r["val_accuracy"] for r in done], s=16,
-               c=["tab:blue" if r["feasible"] else "tab:gray" for r in done],
-               label="validation accuracy")
-    best, xs, ys = float("-inf"), [], []
-    for r in done:
-        if r["feasible"] or objective == "pareto":
-            best = max(best, r["val_accuracy"])
-        if best > float("-inf"):
-            xs.append(r["trial"])
-            ys.append(100 * best)
-    ax.step(xs, ys, where="post", c="tab:orange", label="best feasible so far")
-    if objective == "pareto":
-        ax.scatter([r["trial"] for r in done], [100 * r["sparsity"] for r in done], s=16,
-                   marker="x", c="tab:green", label="sparsity")
-    _save(fig, ax, path, "trial", "%", title)
+def plot_history(study: Any, objective: str, path: Path, title: str) -> None:
+    """Optuna's optimization history of the validation accuracy (with the best feasible so far
+    for ``accuracy_at_sparsity``; with each trial's sparsity for ``pareto``)."""
+    with _optuna_plot() as vm:
+        if objective == "pareto":
+            ax = vm.plot_optimization_history(study, target=lambda t: t.values[0],
+                                              target_name="validation accuracy")
+            done = _finished(study)
+            ax.scatter([t.number for t in done], [t.values[1] for t in done], marker="x",
+                       c="tab:green", label="sparsity")
+        else:
+            ax = vm.plot_optimization_history(study, target_name="validation accuracy")
+        _save(ax.figure, ax, path, "trial", ax.get_ylabel(), title)
 
 
 def write_study_outputs(study: Any, key: str, objective: str, target: float,
@@ -180,13 +183,13 @@ def write_study_outputs(study: Any, key: str, objective: str, target: float,
     out = TUNING_DIR / key
     out.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(study, target)
-    chosen = choose(rows, study, objective)
+    best = choose(study, objective, target)
     title = f"{study.study_name}: {len(rows)} trials"
     files = [out / "trials.csv", out / "pareto.png", out / "history.png"]
-    atomic_write_text(files[0], to_csv(rows))
-    plot_pareto(rows, target, files[1], title, chosen)
-    plot_history(rows, objective, files[2], title)
-    return files, rows, chosen
+    atomic_write(files[0], to_csv(rows))
+    plot_pareto(study, target, files[1], title, best)
+    plot_history(study, objective, files[2], title)
+    return files, rows, None if best is None else rows[best.number]
 
 
 def all_methods(tuning_dir: Path = TUNING_DIR, out_dir: Path = ALL_DIR,
@@ -197,7 +200,7 @@ def all_methods(tuning_dir: Path = TUNING_DIR, out_dir: Path = ALL_DIR,
     for table in sorted(tuning_dir.glob("*/trials.csv")):
         fronts[table.parent.name] = pareto_front([(r["sparsity"], r["val_accuracy"])
                                                   for r in _complete(read_csv(table))])
-    fig, ax = _figure((6.5, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4.5))
     for key, front in fronts.items():
         if front:
             ax.plot([100 * x for x, _ in front], [100 * y for _, y in front], marker="o",
@@ -208,7 +211,7 @@ def all_methods(tuning_dir: Path = TUNING_DIR, out_dir: Path = ALL_DIR,
     out_dir.mkdir(parents=True, exist_ok=True)
     _save(fig, ax, files[0], SPARSITY_AXIS, ACCURACY_AXIS,
           "Pareto fronts of the tuning studies (validation split)")
-    atomic_write_text(files[1], json.dumps(
+    atomic_write(files[1], json.dumps(
         {k: [{"sparsity": x, "val_accuracy": y} for x, y in f] for k, f in fronts.items()},
         indent=1))
     return files

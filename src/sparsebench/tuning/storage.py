@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import threading
 import warnings
@@ -137,9 +136,9 @@ def open_storage(url: str, tune: TuneParams):
 class Claim:
     """A lock held from "count the trials" until the new trial is RUNNING in the storage.
 
-    PostgreSQL: a session advisory lock (workers on several machines). Otherwise a file lock:
-    beside a SQLite database, or under ``<repo>/tuning/`` (workers on this machine). Either is
-    released by the system when its holder dies.
+    PostgreSQL: a session advisory lock (workers on several machines). Otherwise a file lock
+    (``filelock.FileLock``, an ``flock``): beside a SQLite database, or under ``<repo>/tuning/``
+    (workers on this machine). Either is released by the system when its holder dies.
     """
 
     def __init__(self, url: str, study_name: str, timeout: int):
@@ -169,12 +168,14 @@ class Claim:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key()})
             self._handle = conn
             return
+        from filelock import FileLock
+
         db = _sqlite_path(self.url) if _backend(self.url) == "sqlite" else None
         path = db.with_name(db.name + ".claim") if db else repo_root() / "tuning" / "claim.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "w")  # noqa: SIM115 (held across calls, closed in release)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        self._handle = handle
+        lock = FileLock(path, thread_local=False)
+        lock.acquire()
+        self._handle = lock
 
     def release(self) -> None:
         if not self.held:
@@ -186,5 +187,4 @@ class Claim:
             handle.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key()})
             handle.close()
         else:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+            handle.release()

@@ -32,7 +32,6 @@ from sparsebench.errors import UsageError
 from sparsebench.methods import build_method, method_class, method_params
 from sparsebench.tuned import overlay
 
-OBJECTIVES = ("accuracy_at_sparsity", "pareto")
 DIRECTIONS = {"accuracy_at_sparsity": ["maximize"], "pareto": ["maximize", "maximize"]}
 FAILURES = (FloatingPointError, UsageError)  # a trial fails on these; the study goes on
 SPARSITY_TOLERANCE = 1e-4  # this close below the target still meets it (per-layer rounding)
