@@ -21,8 +21,11 @@ def test_repo_root_of_a_suite_under_pipelines_is_the_dvc_root(tmp_path, monkeypa
     monkeypatch.delenv("SPARSEBENCH_ROOT", raising=False)
     (tmp_path / ".dvc").mkdir()
     suite = tmp_path / "pipelines" / "lenet5-mnist"
-    suite.mkdir(parents=True)
+    (suite / ".dvc").mkdir(parents=True)  # a DVC project of its own (dvc init --subdir)
     assert repo_root(suite) == tmp_path.resolve()
+    queued = suite / ".dvc" / "tmp" / "exps" / "tmpab12"  # dvc exp run --queue in the suite
+    queued.mkdir(parents=True)
+    assert repo_root(queued) == tmp_path.resolve()
 
 
 def test_repo_root_honours_the_environment(tmp_path, monkeypatch):

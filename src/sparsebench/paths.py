@@ -17,9 +17,9 @@ from pathlib import Path
 
 
 def repo_root(start: Path | None = None) -> Path:
-    """The repository root: ``$SPARSEBENCH_ROOT``, else the nearest folder holding ``.dvc``
-    above the workspace (a suite under ``pipelines/`` shares the root's stores), outside any
-    DVC temp copy; the workspace itself when there is none."""
+    """The repository root: ``$SPARSEBENCH_ROOT``, else the outermost folder holding ``.dvc``
+    at or above the workspace (a suite under ``pipelines/``, a DVC project of its own, shares
+    the root's stores), outside any DVC temp copy; the workspace itself when there is none."""
     if os.environ.get("SPARSEBENCH_ROOT"):
         return Path(os.environ["SPARSEBENCH_ROOT"]).resolve()
     here = (start or Path.cwd()).resolve()
@@ -28,7 +28,7 @@ def repo_root(start: Path | None = None) -> Path:
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             here = Path(*parts[:i])
             break
-    return next((p for p in (here, *here.parents) if (p / ".dvc").is_dir()), here)
+    return next((p for p in (*reversed(here.parents), here) if (p / ".dvc").is_dir()), here)
 
 
 def run_dir(*parts: str | int) -> Path:

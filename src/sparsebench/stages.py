@@ -126,9 +126,11 @@ def pretrain(params: Params) -> None:
 
 def run_fingerprint(params: Params, planned: Planned) -> str:
     """What a run's cached directory is keyed by: its resolved spec, the shared sections it
-    reads, its thread count, its input files and the code."""
+    reads (device, data, evaluate), its thread count, its input files and the code that can
+    change it (`resume.code_digest`)."""
     config = {"run": planned.spec.config(), "device": params.device,
               "data": params.data.model_dump(mode="json"),
+              "evaluate": params.evaluate.model_dump(mode="json"),
               "threads": params.execution.threads, "budget": planned.budget}
     return fingerprint(stage="run", config=config,
                        inputs=[DATA_FILE, *pretrained_file(planned.spec)])
