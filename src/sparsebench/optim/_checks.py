@@ -130,6 +130,23 @@ class CheckedOptimizer(torch.optim.Optimizer):
             group["fused"] = all(fusable(p) for p in group["params"])
 
     @staticmethod
+    def with_grads(group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The group's parameters that have a gradient, and those gradients (dense only).
+
+        The lists for one ``torch._foreach_*`` call per group instead of a Python-side op per
+        parameter.
+        """
+        params, grads = [], []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is not None:
+                if grad.is_sparse:
+                    check_grad(p)  # raises
+                params.append(p)
+                grads.append(grad)
+        return params, grads
+
+    @staticmethod
     def closure_loss(closure: Any) -> Any:
         """The loss of ``closure`` re-evaluated with gradients on, or None without one."""
         if closure is None:

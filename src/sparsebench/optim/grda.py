@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.optim._checks import CheckedOptimizer, check, check_grad
+from sparsebench.optim._checks import CheckedOptimizer, check
 from sparsebench.optim.prox import soft_threshold
 
 __all__ = ["GRDA"]
@@ -34,6 +34,13 @@ class GRDA(CheckedOptimizer):
     not on ``w``, so a pruned weight regrows when ``|a|`` crosses ``l1`` again. No momentum,
     no weight decay. With ``c = 0`` the update is plain SGD, bit for bit (``S_0(a) = a``).
     ``l1`` and ``step`` are Python numbers (double precision, no device sync).
+
+    The step runs ``a -= lr * grad`` once per group over all its tensors
+    (``torch._foreach_add_``) and ``w = S_l1(a)`` per tensor (`soft_threshold`, one pass).
+    These two passes (``a`` and ``w`` are both written) cost more than the one of
+    `torch.optim.SGD`'s step: on LeNet-300-100 (CPU, one thread, ``benchmarks/optim_step.py``)
+    about 1.6 times its step, where an optimizer doing nothing but the two passes takes
+    about 1.4 times.
 
     Args:
         params: Parameters or parameter groups (a group may override ``lr``, ``c``, ``mu``;
@@ -64,19 +71,25 @@ class GRDA(CheckedOptimizer):
         loss = self.closure_loss(closure)
         for group in self.param_groups:
             lr, c, mu = group["lr"], group["c"], group["mu"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = check_grad(p)
+            params, grads = self.with_grads(group)
+            accumulators, thresholds = [], []
+            increments: dict[int, float] = {}  # per step count: one pow per group, not per tensor
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["accumulator"] = p.detach().clone()  # a_0 = w_0
                     state["l1"] = 0.0
-                state["step"] += 1
-                n = state["step"]
-                a = state["accumulator"]
-                a.add_(grad, alpha=-lr)
-                state["l1"] += c * lr ** (mu + 0.5) * (n**mu - (n - 1) ** mu)
-                soft_threshold(a, state["l1"], out=p)
+                state["step"] = n = state["step"] + 1
+                if n not in increments:
+                    increments[n] = c * lr ** (mu + 0.5) * (n**mu - (n - 1) ** mu)
+                state["l1"] += increments[n]
+                accumulators.append(state["accumulator"])
+                thresholds.append(state["l1"])
+            if not params:
+                continue
+            # a -= lr * grad for the whole group in one call, then w = S_l1(a) per tensor
+            torch._foreach_add_(accumulators, grads, alpha=-lr)
+            for p, a, l1 in zip(params, accumulators, thresholds, strict=True):
+                soft_threshold(a, l1, out=p)
         return loss
