@@ -104,7 +104,12 @@ def test_a_sigkilled_worker_s_trial_fails_by_heartbeat_and_is_retried(postgres_u
                              postgres_url], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        pid, number = _victim(postgres_url, study, time.time() + 90)
+        try:
+            pid, number = _victim(postgres_url, study, time.time() + 90)
+        except AssertionError:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"no trial started in time: {out[-800:]} {err[-800:]}") from None
         os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=150)
     finally:
