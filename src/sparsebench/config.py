@@ -184,8 +184,9 @@ class TuneParams(Strict):
 
 
 class Params(Strict):
-    """The whole file. Rules across sections are checked by `load_params` (they need the
-    registries and the data set's size): see its docstring."""
+    """The whole file. Rules that need the registries or the data set's size (names, model
+    arguments, ``val_size``, the device, each method's levels, retrain override and budget)
+    are checked by `load_params` after this model."""
 
     suite: str = "default"
     seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
@@ -281,7 +282,8 @@ def _check_data(data: DataParams) -> int:
 
 
 def check_budget(params: Params, key: str, method: Any, n_train: int) -> None:
-    """Refuse a run of ``methods.<key>`` (pretrain share + prune + retrain) within ``budget``."""
+    """Refuse ``methods.<key>`` when a run of it (pretrain share + prune + retrain) is over
+    ``budget``."""
     from sparsebench.suite import epoch_budget
 
     if params.budget is None:

@@ -143,7 +143,7 @@ class ADMM:
         self.iteration += 1
         self._offset = None
         self.rho = min(self.rho * self.rho_growth, self.rho_max)
-        if self.dual_rescale and self.rho != rho and self.rho > 0:
+        if self.dual_rescale and self.rho != rho:  # rho grew (from rho > 0: rho 0 stays 0)
             torch._foreach_mul_(list(self.U.values()), rho / self.rho)
         norm = math.sqrt(w_sq) or 1.0
         return {"primal_residual": math.sqrt(primal_sq) / norm,
