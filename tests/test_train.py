@@ -1,5 +1,7 @@
 import math
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -91,6 +93,38 @@ def test_step_schedule_multiplies_by_gamma_each_step_size():
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs == pytest.approx([1.0, 0.5, 0.5, 0.25, 0.25, 0.125])
+
+
+def test_milestones_match_torch_multisteplr_epoch_by_epoch():
+    """The released SAS-ADMM retrain: lr 0.1, x0.1 at epochs 100 and 150 (here 3 and 5)."""
+    cfg = OptimizerParams(lr=0.1, schedule="step", milestones=(3, 5), gamma=0.1)
+    ours = make_optimizer([nn.Parameter(torch.zeros(1))], cfg)
+    sched = make_scheduler(ours, cfg, epochs=7, steps_per_epoch=4)
+    ref = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref_sched = torch.optim.lr_scheduler.MultiStepLR(ref, milestones=[3, 5], gamma=0.1)
+    for _ in range(7):
+        for _ in range(4):
+            assert ours.param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"])
+            ours.step()
+            sched.step()
+        ref.step()
+        ref_sched.step()
+    assert ours.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"schedule": "cosine", "milestones": [3]}, "milestones [3] need schedule: step (got cosine)"),
+    ({"schedule": "step", "milestones": [5, 3]}, "milestones [5, 3] are not increasing"),
+    ({"schedule": "step", "milestones": [0, 3]}, "greater than or equal to 1"),
+])
+def test_bad_milestones_are_refused_in_one_line(bad, message):
+    from sparsebench.errors import UsageError
+    from sparsebench.schema import validate
+
+    with pytest.raises(UsageError, match=re.escape(message)) as info:
+        validate(OptimizerParams, bad, prefix="retrain.optimizer.")
+    assert str(info.value).startswith("retrain.optimizer")
+    assert "\n" not in str(info.value)
 
 
 def test_adam_is_available():

@@ -35,7 +35,12 @@ class OptimizerParams(Strict):
     """The optimizer and LR schedule of a training phase (`sparsebench.train.make_optimizer`),
     with torch's defaults: ``momentum`` and ``nesterov`` are SGD's, ``betas`` Adam's.
 
-    Rule: ``nesterov`` needs ``momentum`` > 0 (Nesterov's step is a momentum step).
+    Schedules: ``constant``; ``cosine`` to zero over the phase; ``step``: lr x ``gamma`` every
+    ``step_size`` epochs, or at each epoch of ``milestones`` when given (torch's MultiStepLR;
+    the SAS-ADMM code's retrain: lr 0.1, x0.1 at epochs 100 and 150).
+
+    Rules: ``nesterov`` needs ``momentum`` > 0 (Nesterov's step is a momentum step);
+    ``milestones`` are increasing epochs >= 1, for ``schedule: step`` only.
     """
 
     name: Literal["sgd", "adam"] = "sgd"
@@ -47,12 +52,19 @@ class OptimizerParams(Strict):
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     step_size: int = Field(10, gt=0)
     gamma: float = Field(0.1, gt=0, le=1)
+    milestones: tuple[Annotated[int, Field(ge=1)], ...] = ()
 
     @model_validator(mode="after")
     def _nesterov(self) -> OptimizerParams:
         if self.name == "sgd" and self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: true needs momentum > 0 (got momentum 0); allowed: "
                              "nesterov: false, or a momentum in (0, 1)")
+        if self.milestones and self.schedule != "step":
+            raise ValueError(f"milestones {list(self.milestones)} need schedule: step (got "
+                             f"{self.schedule}); allowed: milestones: [] with this schedule")
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
+            raise ValueError(f"milestones {list(self.milestones)} are not increasing; allowed: "
+                             "epochs in increasing order, e.g. [100, 150]")
         return self
 
 

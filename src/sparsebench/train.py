@@ -8,6 +8,7 @@ callback; this module knows nothing of MLflow.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import sys
@@ -67,7 +68,8 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerParams) -> torc
 def make_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimizerParams, epochs: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step LR schedule: constant, cosine to zero over the phase, or step decay by epoch."""
+    """A per-step LR schedule: constant, cosine to zero over the phase, or step decay by epoch
+    (every ``step_size`` epochs, or at the epochs in ``milestones``)."""
     total = max(1, epochs * steps_per_epoch)
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -75,7 +77,12 @@ def make_scheduler(
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
         )
-    every = cfg.step_size * steps_per_epoch  # "step", the schema's third schedule
+    if cfg.milestones:  # "step" at given epochs, as torch's MultiStepLR
+        def decay(t: int) -> float:
+            return cfg.gamma ** bisect.bisect_right(cfg.milestones, t // steps_per_epoch)
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    every = cfg.step_size * steps_per_epoch  # "step" every step_size epochs
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: cfg.gamma ** (t // every))
 
 
