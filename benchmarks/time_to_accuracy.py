@@ -304,11 +304,11 @@ def main() -> None:
     (out / "tuned.json").write_text(json.dumps(tuned, indent=1))
 
     jobs, keys = [], []
-    for level in args.levels:
-        for name in args.methods:
-            cfg = configure(name, at(name, level), tuned[f"{name}@{level:g}"], budget,
-                            args.scale, n_train)
-            for seed in args.seeds:
+    for level in args.levels:  # methods interleaved, so a change in the machine's load
+        for seed in args.seeds:  # falls on all of them alike
+            for name in args.methods:
+                cfg = configure(name, at(name, level), tuned[f"{name}@{level:g}"], budget,
+                                args.scale, n_train)
                 jobs.append((name, cfg, seed, seed, "test"))
                 keys.append((name, level, seed))
     rows = []
