@@ -223,3 +223,48 @@ def test_a_missing_calibration_is_one_line(workspace, capsys):
     assert main(["prepare", "--params", str(path)]) == 0
     assert main(["run", "--params", str(path), "--method", "adabreg"]) == 2
     assert "calibrated/adabreg.yaml: missing" in capsys.readouterr().err
+
+
+def test_a_progressive_series_chains_its_levels_per_seed(pretrained_workspace, monkeypatch):
+    """Each level of a progressive method starts from the previous level's run of its seed;
+    the first from the pretrained model; its budget adds up the steps before it."""
+    from sparsebench.config import load_params
+    from sparsebench.suite import plan
+
+    monkeypatch.chdir(pretrained_workspace)
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(pretrained_workspace))
+    path = small_params(pretrained_workspace, tracking={"enabled": False})
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["admm"].update(progressive=True, levels=[8, 16, 32])
+    path.write_text(yaml.safe_dump(raw))
+    params, methods = load_params(path)
+    runs = plan(params, methods, "admm")
+    assert [(r.spec.level, r.spec.seed) for r in runs] == [
+        (8, 0), (8, 1), (16, 0), (16, 1), (32, 0), (32, 1)]
+    by = {(r.spec.level, r.spec.seed): r for r in runs}
+    for seed in (0, 1):
+        first = by[8, seed]
+        assert first.after is None and first.spec.pretrained.name == f"seed{seed}"
+        assert first.spec.pretrained.parent.name == "pretrain"
+        assert by[16, seed].after is first and by[16, seed].spec.pretrained == first.out
+        assert by[32, seed].spec.pretrained == by[16, seed].out
+    step = {"pretrain": 2, "prune": 2, "retrain": 4}
+    assert first.budget == {**step, "total": 8}
+    assert by[16, 0].budget == {**step, "previous": 6, "total": 14}
+    assert by[32, 0].budget == {**step, "previous": 12, "total": 20}
+    raw["methods"]["admm"]["progressive"] = False
+    path.write_text(yaml.safe_dump(raw))
+    params, methods = load_params(path)
+    assert all(r.after is None and r.spec.pretrained.parent.name == "pretrain"
+               for r in plan(params, methods, "admm"))
+
+
+@pytest.mark.parametrize("key", ["grda", "dense"])
+def test_progressive_is_refused_where_a_level_is_not_a_target(workspace, capsys, key):
+    path = small_params(workspace)
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"][key]["progressive"] = True
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check-params", "--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"methods.{key}.progressive: true is not allowed" in err, err

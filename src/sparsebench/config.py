@@ -262,6 +262,7 @@ def load_params(path: str | Path = "params.yaml", *,
         if hasattr(method, "targets"):
             method.targets(model, name)  # a layer name the model does not have is refused
         _check_levels(params.levels, name, method)
+        _check_progressive(name, method)
         merge_phase(params.retrain, method.retrain.model_dump(), prefix=f"methods.{name}.retrain.")
         check_budget(params, name, method, n_train)
     return params, methods
@@ -294,6 +295,21 @@ def check_budget(params: Params, key: str, method: Any, n_train: int) -> None:
             f"methods.{key}: {budget['total']} epochs a run ({budget['pretrain']} pretrain + "
             f"{budget['prune']} prune + {budget['retrain']} retrain) is over the suite's "
             f"budget; allowed: at most budget: {params.budget}")
+
+
+def _check_progressive(key: str, method: Any) -> None:
+    """A progressive series prunes further from its last level: a target-driven method that
+    starts from a trained model."""
+    from sparsebench.methods import build_method
+
+    if not method.progressive:
+        return
+    instance = build_method(key, method)
+    if instance.kind() != "target" or not instance.from_pretrained:
+        raise UsageError(f"methods.{key}.progressive: true is not allowed for {instance.name} "
+                         "(its sparsity is not a target it is given, or it trains from scratch); "
+                         "allowed: a target-driven method that starts from the pretrained model "
+                         "(admm, admm_l1, sas_admm, magnitude, gmp, random)")
 
 
 def _check_levels(levels: LevelsParams, key: str, method: Any) -> None:

@@ -4,7 +4,8 @@ A target-driven method takes the level as per-layer targets (`sparsebench.levels
 regularisation-driven one takes the strength its calibration found for the level
 (`sparsebench.calibrate`), or the two strengths that bracket it when it could not be hit, and
 its value at the level is then interpolated; dense has no level. Each run's epoch budget
-(pretrain share + prune + retrain) is checked against the suite's ``budget``.
+(pretrain share + prune + retrain) is checked against the suite's ``budget``. A progressive
+method's levels form a series per seed: each starts from the previous level's run.
 """
 
 from __future__ import annotations
@@ -81,11 +82,13 @@ def at_level(params: Params, key: str, method: MethodParams, level: float | None
 
 @dataclass
 class Planned:
-    """A run of the stage: its spec and where its directory goes."""
+    """A run of the stage: its spec and where its directory goes; ``after``: the run of a
+    progressive series whose result this one starts from (it must be finished first)."""
 
     spec: RunSpec
     out: Path
     budget: dict[str, int]
+    after: Planned | None = None
 
     @property
     def name(self) -> str:
@@ -110,7 +113,8 @@ def plan(params: Params, methods: dict[str, MethodParams], key: str,
     sizes = layer_sizes(spec_model)
     n_train = dataset_info(data_file)["sizes"]["train"]
     retrain = retrain_phase(params, method)
-    runs = []
+    runs: list[Planned] = []
+    last: dict[int, Planned] = {}  # a progressive series' previous step, per seed
     for level in levels_of(params, key, method):
         for point, at in at_level(params, key, method, level, sizes, calibration):
             budget = epoch_budget(params, key, at, n_train)
@@ -118,12 +122,27 @@ def plan(params: Params, methods: dict[str, MethodParams], key: str,
             for seed in params.seeds:
                 pretrained = (seed_dir(run_dir("pretrain"), seed)
                               if build_method(key, at).from_pretrained else None)
+                before = last.get(seed) if method.progressive else None
+                steps = budget
+                if before is not None:  # the previous step's model, and the series' epochs
+                    pretrained = before.out
+                    steps = series_budget(before.budget, budget)
                 spec = RunSpec(key, at, level, seed, retrain, spec_model, pretrained, point)
                 name = "dense" if level is None else level_name(level)
                 leaf = seed_dir(run_dir(key, name), seed)
                 out = leaf.with_name(f"{leaf.name}-{point}") if point else leaf
-                runs.append(Planned(spec, out, budget))
+                runs.append(Planned(spec, out, steps, before))
+                last[seed] = runs[-1]
     return runs
+
+
+def series_budget(before: dict[str, int], step: dict[str, int]) -> dict[str, int]:
+    """A progressive step's epochs: the pretrain share once, every earlier step's prune and
+    retrain (``previous``), this step's; ``total`` is the series' up to this step."""
+    previous = before.get("previous", 0) + before["prune"] + before["retrain"]
+    budget = {"pretrain": before["pretrain"], "previous": previous, "prune": step["prune"],
+              "retrain": step["retrain"]}
+    return {**budget, "total": sum(budget.values())}
 
 
 def pretrained_file(spec: RunSpec) -> list[Path]:

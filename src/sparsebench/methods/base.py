@@ -35,11 +35,19 @@ class MethodParams(Strict):
 
     ``method`` names the registered method when the key under ``methods:`` is an instance name
     of the user's (``gmp_90: {method: gmp, target_sparsity: 0.9}``); it defaults to the key.
+
+    ``progressive: true`` runs the method's levels as one series per seed, in increasing
+    compression, each level starting from the previous level's pruned and retrained model
+    instead of the dense one (the progressive ADMM scheme of Ye et al. 2018, "Progressive
+    weight pruning of deep neural networks using ADMM"); target-driven methods only. A series'
+    budget is the sum of its steps (`sparsebench.suite.plan`), so it is reported apart from
+    the equal-budget curve.
     """
 
     method: str | None = None
     retrain: RetrainOverride = RetrainOverride()
     levels: list[float] | None = Field(None, min_length=1)  # a subset of the suite's levels
+    progressive: bool = False
 
 
 class SparsityParams(MethodParams):
