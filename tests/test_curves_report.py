@@ -9,6 +9,7 @@ import io
 import math
 import os
 import re
+import statistics
 
 import pytest
 
@@ -337,3 +338,33 @@ def test_a_failed_write_keeps_the_previous_report(tmp_path, monkeypatch):
         write_curves_report(ROWS[:-1], tmp_path, suite="other", budget=60)
     assert {p: p.read_bytes() for p in old} == before
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_progressive_series_has_its_own_table_and_stays_off_the_curve(tmp_path):
+    """Its points carry the series' budget: they are neither ranked nor in the per-level tables
+    nor in the plot's table, and its own table's numbers are the rows'."""
+    series = [run("admm_prog", level, seed, 0.985 - 0.001 * seed - 0.002 * i,
+                  progressive=True, epochs=60 + 50 * i)
+              for i, level in enumerate([8.0, 16.0, 64.0]) for seed in range(3)]
+    markdown = curves_markdown(ROWS + series, suite="t", budget=60)
+    sections = tables(markdown)
+    table = sections["Progressive series"]
+    assert [r["level"] for r in table] == ["8x", "16x", "64x"]
+    assert all(r["method"] == "admm_prog" and r["seeds"] == "3" for r in table)
+    mean, std = mean_std(table[2]["test accuracy (%)"])
+    accs = [100 * r["test_accuracy"] for r in series if r["level"] == 64.0]
+    assert mean == pytest.approx(statistics.fmean(accs), abs=0.005)
+    assert std == pytest.approx(statistics.stdev(accs), abs=0.005)
+    assert [r["epochs"] for r in table] == ["60", "110", "160"]
+    for title, rows in sections.items():
+        if title != "Progressive series":
+            assert all(r.get("method") != "admm_prog" for r in rows), title
+    assert "admm_prog" not in "\n".join(
+        line for line in markdown.splitlines() if line.startswith("Ranking"))
+    assert "64x" not in markdown.split("## Progressive series")[0]  # no curve level of its own
+    files = write_curves_report(ROWS + series, tmp_path, suite="t", budget=60)
+    plotted = (tmp_path / "plots" / "accuracy_vs_compression.csv").read_text()
+    assert "admm_prog" not in plotted
+    csv_rows = read_curves_csv((tmp_path / "curves.csv").read_text())
+    assert sum(r["method"] == "admm_prog" for r in csv_rows) == 9
+    assert len(files) == 4

@@ -258,6 +258,7 @@ def curves_markdown(rows: Iterable[dict[str, Any]], *, suite: str, budget: int |
     rows = validate_rows(rows)
     if not rows:
         raise ValueError("curves report: no rows")
+    rows, series = split_progressive(rows)
     summaries = summarize(rows)
     levels = levels_of(summaries)
     seeds = sorted({s["n"] for s in summaries})
@@ -298,7 +299,36 @@ def curves_markdown(rows: Iterable[dict[str, Any]], *, suite: str, budget: int |
         "",
         *method_table(summaries, levels),
     ]
+    if series:
+        lines += ["", *series_table(series)]
     return "\n".join(lines) + "\n"
+
+
+def split_progressive(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                           list[dict[str, Any]]]:
+    """(the equal-budget curve's rows, the progressive series' rows): a series is not on the
+    curve, its budget being the sum of its steps."""
+    series = [r for r in rows if r.get("progressive")]
+    return [r for r in rows if not r.get("progressive")], series
+
+
+def series_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The progressive series: each step from the previous step's model (Ye et al. 2018)."""
+    lines = ["## Progressive series", "",
+             "Each level starts from the previous level's pruned and retrained model of the "
+             "same seed (the first from the pretrained one); epochs = the series' total up to "
+             "that level (pretrain + every step so far), so these points are not on the "
+             "equal-budget curve above.", "",
+             "| method | level | seeds | test accuracy (%) | compression | epochs | "
+             "training s |", "|---|---|---|---|---|---|---|"]
+    for s in summarize(rows):
+        def cell(fmt: Any, metric: str, s: dict[str, Any] = s) -> str:
+            return fmt(s[f"{metric}_mean"], s[f"{metric}_std"])
+
+        lines.append(f"| {s['method']} | {level_label(s['level'])} | {s['n']} | "
+                     f"{cell(pct_cell, 'test_accuracy')} | {cell(ratio_cell, 'compression')} | "
+                     f"{s['epochs_mean']:.0f} | {cell(plain_cell, 'train_seconds')} |")
+    return lines
 
 
 # --------------------------------------------------------------------------- plot
@@ -448,7 +478,7 @@ def write_curves_report(rows: Iterable[dict[str, Any]], out_dir: Path, *, suite:
         UsageError: a bad row, named with its key (nothing is written).
     """
     rows = validate_rows(rows)
-    summaries = summarize(rows)
+    summaries = summarize(split_progressive(rows)[0])
     out_dir = Path(out_dir)
     files: dict[Path, bytes | str] = {
         out_dir / "curves.csv": curves_csv(rows, columns),

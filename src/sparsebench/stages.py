@@ -416,7 +416,7 @@ def _row(key: str, run: dict, level: float | None) -> dict[str, Any]:
             "compression": f["compression_ratio"], "flop_speedup": f["theoretical_speedup"],
             "epochs": run["epochs"]["total"], "train_seconds": run["seconds"]["train"],
             "interpolated": False, "checkpoint_bytes": f["checkpoint_bytes"],
-            "family": run["method"]}
+            "family": run["method"], "progressive": bool(run["params"].get("progressive"))}
 
 
 def _interpolated(key: str, low: dict, high: dict, level: float) -> dict[str, Any]:
