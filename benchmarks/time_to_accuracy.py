@@ -285,9 +285,10 @@ def main() -> None:
         for name, cfg, seed, pretrained, split in jobs:
             file = scratch / f"{next(numbers)}.json"
             files.append(file)
+            check = args.check if split == "test" else math.inf  # a trial: its end only
             tasks.append(Task(f"{name} seed {seed}", lambda a=(name, cfg, seed, pretrained,
-                                                               split, file): one_run(
-                a[0], a[1], a[2], a[3], retrain, data, a[4], n_train, args.check, a[5])))
+                                                               split, file, check): one_run(
+                a[0], a[1], a[2], a[3], retrain, data, a[4], n_train, a[6], a[5])))
         raise_failures("time_to_accuracy", run_tasks(tasks, workers=args.workers,
                                                      threads=params.execution.threads),
                        len(tasks))
