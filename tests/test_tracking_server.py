@@ -80,8 +80,8 @@ class Server:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
-    server = Server(tmp_path / "server").start()
+def mlflow_server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("mlflow-server")).start()
     yield server
     server.stop()
 
@@ -109,13 +109,15 @@ def _commit(path: Path, env: dict) -> None:
     _sh("git", "commit", "-qam", "params", cwd=path, env=env)
 
 
-def test_dvc_repro_against_a_server_logs_the_runs_of_the_sqlite_store(project, tmp_path,  # noqa: F811
-                                                                     mlflow_server):
+def test_dvc_repro_against_a_server_logs_the_runs_of_the_sqlite_store(
+        project, tmp_path_factory, mlflow_server):  # noqa: F811
+    import shutil
+
     from mlflow import MlflowClient
 
     path, env = project
-    sqlite = tmp_path / "sqlite"
-    _sh("cp", "-a", str(path), str(sqlite), cwd=tmp_path, env=env)
+    sqlite = tmp_path_factory.mktemp("sqlite") / "project"
+    shutil.copytree(path, sqlite, symlinks=True)
     env_sqlite = {**env, "SPARSEBENCH_ROOT": str(sqlite)}
     _shrink_levels(sqlite)
     _commit(sqlite, env_sqlite)
@@ -190,7 +192,7 @@ def test_server_unreachable_at_start_is_one_line_and_trains_nothing(workspace):
     assert "to train" not in out and not (workspace / "runs").exists()
 
 
-def test_server_stopped_mid_stage_then_the_rerun_logs_the_finished_runs(workspace, tmp_path,
+def test_server_stopped_mid_stage_then_the_rerun_logs_the_finished_runs(workspace,
                                                                        mlflow_server):
     from mlflow import MlflowClient
 

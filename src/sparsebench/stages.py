@@ -8,6 +8,8 @@ A run is (method, level, seed) (`sparsebench.run`); ``run@<method>`` does every 
 (`sparsebench.workers`), up to ``execution.workers`` side by side. A run's directory is cached
 by its fingerprint (resolved configuration, input files, code): adding a level or changing one
 method's parameters reruns only the runs it touches. Outputs appear whole or not at all.
+MLflow (`sparsebench.tracking`): each training run is an MLflow run logged live by the worker
+that trains it, completed by the stage from the run's own files when the tracker missed any.
 """
 
 from __future__ import annotations
@@ -216,9 +218,10 @@ def method_runs(params: Params, methods: dict[str, MethodParams], key: str) -> l
 
 
 def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
-    """Every run of ``methods.<key>``: cached runs are kept, the others run side by side; then
-    the method's metrics files, and one MLflow run per (level, seed) under a (method, level)
-    parent."""
+    """Every run of ``methods.<key>``: cached runs are kept, the others run side by side, each
+    logging its MLflow run live from its worker (under a (method, level) parent); then the runs
+    the tracker lacks are completed from their files, the method's metrics files are written
+    and the parents get the report's numbers."""
     from sparsebench.run import execute
 
     if key not in methods:
