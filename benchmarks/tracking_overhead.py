@@ -47,7 +47,8 @@ def run(live: LiveRun | None, epochs: int, x, y, vx, vy, seed: int) -> float:
     seconds = (time.perf_counter() - start) / epochs
     if live is not None:
         ending = time.perf_counter()
-        error = live.finish(Records({"train": curves}, {"val_accuracy": curves[-1]["val_accuracy"]}))
+        final = {"val_accuracy": curves[-1]["val_accuracy"]}
+        error = live.finish(Records({"train": curves}, final))
         assert error is None, error
         ENDS.append(time.perf_counter() - ending)
     return seconds

@@ -22,8 +22,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_live_run_shows_each_epoch_before_it_ends(workspace):
-    from mlflow import MlflowClient
-
     from sparsebench.tracking import LiveRun, Records, RunInfo, client_for, tracking_uri
 
     uri = tracking_uri()

@@ -52,16 +52,17 @@ class Server:
         self.root.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        log = (self.root / "server.log").open("a")
-        self.process = subprocess.Popen(
-            [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        with (self.root / "server.log").open("a") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                 "--artifacts-destination", str(self.root / "artifacts")],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+                tail = (self.root / "server.log").read_text()[-2000:]
+                pytest.fail(f"mlflow server exited: {tail}")
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
                     if answer.status == 200:
@@ -73,8 +74,11 @@ class Server:
 
     def stop(self) -> None:
         """SIGKILL to the server's own process group: a crash, not a clean shutdown."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # the group: uvicorn's children too
+            except ProcessLookupError:
+                pass
             self.process.wait(timeout=30)
         self.process = None
 

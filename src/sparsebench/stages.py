@@ -39,6 +39,7 @@ from sparsebench.paths import atomic_write_many, repo_root, run_dir, seed_dir
 from sparsebench.resume import StageWork, fingerprint
 from sparsebench.run import RESULT, cached, environment
 from sparsebench.suite import DATA_FILE, Planned, model_spec, plan, pretrained_file
+from sparsebench.tracking import RUN_STATE
 from sparsebench.train import resolve_device
 from sparsebench.workers import Task, check_workers, default_workers, raise_failures, run_tasks
 
@@ -73,9 +74,6 @@ def _log_epoch(name: str):
         print(f"{phase} {name} epoch {row['epoch']}: {figures} "
               f"({row.get('seconds', 0):.2f}s)", flush=True)
     return show
-
-
-RUN_STATE = "mlflow_run.json"  # a live run's id, in the work directory of the run it tracks
 
 
 def _both(*hooks):
@@ -518,7 +516,8 @@ class _RunTracker(_Tracker):
         run_params = {**flatten("method", p.spec.method.model_dump(mode="json")),
                       **flatten("epochs", p.budget), **flatten("env", env),
                       "seed": p.spec.seed}
-        name = f"{self.key}-{level_name}-seed{p.spec.seed}{'-' + p.spec.point if p.spec.point else ''}"
+        point = f"-{p.spec.point}" if p.spec.point else ""
+        name = f"{self.key}-{level_name}-seed{p.spec.seed}{point}"
         return self.info(name, tags, run_params)
 
     def finish(self, summary: dict) -> None:

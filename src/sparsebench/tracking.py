@@ -38,6 +38,7 @@ import os
 import queue
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -221,8 +222,6 @@ RUN_STATE = "mlflow_run.json"  # the live run's id, in the run's work directory
 def _after_fork_in_child() -> None:
     """A forked worker must not use its parent's database connections or HTTP sockets
     (SQLAlchemy's pooling guide: ``engine.dispose(close=False)`` in the child)."""
-    import sys
-
     store = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
     if store is not None:
         for engine in list(store.SqlAlchemyStore._engine_map.values()):
@@ -270,20 +269,24 @@ class Records:
     end_ms: int | None = None
 
 
+def _figures(row: dict) -> dict[str, float]:
+    """The numbers of a curve row but its epoch."""
+    return {k: float(v) for k, v in row.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def row_metrics(phase: str, row: dict, timestamp: int) -> list[Any]:
     """One curve row as MLflow metrics ``<phase>/<figure>`` at step = its epoch."""
     from mlflow.entities import Metric
 
-    return [Metric(f"{phase}/{key}", float(value), timestamp, int(row["epoch"]))
-            for key, value in row.items()
-            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)]
+    return [Metric(f"{phase}/{key}", value, timestamp, int(row["epoch"]))
+            for key, value in _figures(row).items()]
 
 
 def _marker(phase: str, row: dict) -> str | None:
     """The metric whose steps say which rows of a phase are logged (a row goes in one batch,
     so one of its metrics present means all are)."""
-    keys = sorted(k for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))
-                  and not isinstance(v, bool))
+    keys = sorted(_figures(row))
     return f"{phase}/{keys[0]}" if keys else None
 
 
