@@ -478,7 +478,7 @@ class _RunTracker(_Tracker):
     def __init__(self, params: Params, key: str, family: str, planned: list[Planned]):
         super().__init__(params, f"run@{key}", f"tags.method_key = '{key}'")
         self.key, self.family = key, family
-        self.source = params_source(key)["source"]
+        self.source = _source_tag(params_source(key))
         with self.guard():
             self._parents(key, planned)
 
@@ -547,6 +547,13 @@ class _RunTracker(_Tracker):
                 log_batches(self.client, parent.info.run_id, metrics, [])
                 if metrics or current.info.status != FINISHED:
                     self.client.set_terminated(parent.info.run_id, status=FINISHED)
+
+
+def _source_tag(info: dict[str, Any]) -> str:
+    """``default``, ``tuned``, ``calibrated`` or ``tuned+calibrated`` (`params_source`)."""
+    if "calibrated" not in info:
+        return info["source"]
+    return "calibrated" if info["source"] == "default" else f"{info['source']}+calibrated"
 
 
 def run_records(out: Path) -> Any:
@@ -650,6 +657,7 @@ def _log_report(params: Params, methods: dict[str, MethodParams], files: list[Pa
     report made again with the same numbers is not logged twice."""
     import hashlib
 
+    from sparsebench.resume import code_digest
     from sparsebench.tracking import (
         FINISHED,
         client_for,
@@ -674,6 +682,6 @@ def _log_report(params: Params, methods: dict[str, MethodParams], files: list[Pa
             return
         log_run(uri, experiment, run_name="report",
                 tags={"suite": params.suite, "dvc_stage": "report", "method": "report",
-                      "fingerprint": fp},
+                      "fingerprint": fp, "code_digest": code_digest()},
                 params={"methods": ",".join(methods), "seeds": params.seeds},
                 metrics={}, curves={}, artifacts=[(path, "report") for path in files])
