@@ -109,6 +109,9 @@ def test_stages_run_end_to_end_and_track_in_mlflow(workspace):
     assert gmp0.info.status == "FINISHED"
     assert gmp0.data.params["method.target_sparsity"] == "0.875"
     assert {"git_commit", "suite", "level", "fingerprint"} <= set(gmp0.data.tags)
+    grda = next(r for r in children if r.data.tags["method"] == "grda")
+    assert (gmp0.data.tags["params_source"], grda.data.tags["params_source"]) == (
+        "default", "calibrated")
     history = client.get_metric_history(gmp0.info.run_id, "prune/sparsity")
     assert [m.step for m in history] == [1, 2]
     artifacts = [a.path for a in client.list_artifacts(gmp0.info.run_id, "model")]

@@ -8,6 +8,8 @@ A run is (method, level, seed) (`sparsebench.run`); ``run@<method>`` does every 
 (`sparsebench.workers`), up to ``execution.workers`` side by side. A run's directory is cached
 by its fingerprint (resolved configuration, input files, code): adding a level or changing one
 method's parameters reruns only the runs it touches. Outputs appear whole or not at all.
+MLflow (`sparsebench.tracking`): each training run is an MLflow run logged live by the worker
+that trains it, completed by the stage from the run's own files when the tracker missed any.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from sparsebench.paths import atomic_write_many, repo_root, run_dir, seed_dir
 from sparsebench.resume import StageWork, fingerprint
 from sparsebench.run import RESULT, cached, environment
 from sparsebench.suite import DATA_FILE, Planned, model_spec, plan, pretrained_file
+from sparsebench.tracking import RUN_STATE
 from sparsebench.train import resolve_device
 from sparsebench.workers import Task, check_workers, default_workers, raise_failures, run_tasks
 
@@ -72,6 +76,32 @@ def _log_epoch(name: str):
     return show
 
 
+def _both(*hooks):
+    """One ``on_epoch(phase, row)`` calling each hook that is not None."""
+    present = [h for h in hooks if h is not None]
+
+    def call(phase: str, row: dict) -> None:
+        for hook in present:
+            hook(phase, row)
+    return call
+
+
+@contextmanager
+def _live(live, work: Path):
+    """Start ``live`` (a `tracking.LiveRun` or None) and yield its epoch hook; a run that
+    fails ends its MLflow run FAILED (a killed one stays RUNNING, and its rerun continues it)."""
+    if live is None:
+        yield None
+        return
+    work.mkdir(parents=True, exist_ok=True)  # where the live run keeps its id for a resume
+    live.start()
+    try:
+        yield live.epoch
+    except BaseException:
+        live.finish(None, status="FAILED")
+        raise
+
+
 def workers_of(params: Params) -> tuple[int, int, bool]:
     """(workers, threads, in_process) for this machine; warns when they exceed the cores."""
     import warnings
@@ -86,7 +116,7 @@ def workers_of(params: Params) -> tuple[int, int, bool]:
 
 def pretrain(params: Params) -> None:
     """Dense training from a seeded initialisation, one model per seed (side by side);
-    resumable."""
+    resumable. Each seed is an MLflow run of its own, logged live."""
     from sparsebench.run import ModelSpec, save_run_model
     from sparsebench.train import fit, seed_everything
 
@@ -97,8 +127,22 @@ def pretrain(params: Params) -> None:
     workers, threads, in_process = workers_of(params)
     shared = params.model_dump(include={"seeds", "device", "data", "model", "pretrain"})
     shared["threads"] = threads
+    env = environment(device, threads, workers)
+    tracker = (_Tracker(params, "pretrain", "tags.run_kind = 'pretrain'")
+               if params.tracking.enabled else None)
     with StageWork(run_dir("pretrain"), fingerprint(stage="pretrain", config=shared,
                                                     inputs=[DATA_FILE])) as work:
+        def info(seed: int):
+            from sparsebench.tracking import flatten
+
+            tags = {"method": "pretrain", "family": "dense", "level": "None", "seed": str(seed),
+                    "params_source": "default", "run_kind": "pretrain",
+                    "fingerprint": f"{work.fingerprint}-seed{seed}"}
+            run_params = {**flatten("pretrain", params.pretrain.model_dump(mode="json")),
+                          **flatten("model", params.model.model_dump(mode="json")),
+                          **flatten("env", env), "seed": seed}
+            return tracker.info(f"pretrain-seed{seed}", tags, run_params)
+
         def one(seed: int) -> None:
             from sparsebench.resume import Resume
 
@@ -107,21 +151,46 @@ def pretrain(params: Params) -> None:
             generator = seed_everything(seed)
             model = spec.build().to(device)
             resume = Resume(work.checkpoint(f"seed{seed}"), "pretrain")
-            with diverged(f"pretrain seed {seed}", {"pretrain.optimizer":
-                                                    params.pretrain.optimizer}):
+            live = (tracker.live(info(seed), work.dir / f"seed{seed}.{RUN_STATE}",
+                                 f"pretrain seed {seed}") if tracker is not None else None)
+            with _live(live, work.dir) as on_epoch, diverged(
+                    f"pretrain seed {seed}", {"pretrain.optimizer": params.pretrain.optimizer}):
+                hook = _both(_log_epoch(f"seed {seed}"), on_epoch)
                 curves = fit(model, data["train"], data["val"], phase, generator=generator,
-                             device=device, on_epoch=lambda row: _log_epoch(f"seed {seed}")(
-                                 "pretrain", row), resume=resume)
-            work.finish(f"seed{seed}", save_run_model, model, curves)
+                             device=device, on_epoch=lambda row: hook("pretrain", row),
+                             resume=resume)
+                done = work.finish(f"seed{seed}", save_run_model, model, curves)
+                if live is not None:
+                    live.finish(pretrain_records(done))
 
         tasks = [Task(f"pretrain seed {s}", lambda s=s: one(s)) for s in params.seeds
                  if not work.done(f"seed{s}")]
         failures = run_tasks(tasks, workers=workers, threads=threads, in_process=in_process)
+        if tracker is not None:  # inside: a failure keeps the work directory for the rerun
+            with profile.timed("tracking"):
+                tracker.sync([(info(s), pretrain_records(work.dir / f"seed{s}"),
+                               f"pretrain seed {s}") for s in params.seeds
+                              if work.done(f"seed{s}")])
         raise_failures("pretrain", failures, len(tasks))
+        for state in work.dir.glob(f"*.{RUN_STATE}"):  # not part of the stage's output
+            state.unlink()
     epochs = [row for s in params.seeds for row in json.loads(
         (seed_dir(run_dir("pretrain"), s) / "curves.json").read_text())]
     profile.record(train=sum(r["seconds"] for r in epochs), workers=workers,
                    trained=len(tasks))
+
+
+def pretrain_records(seed_out: Path) -> Any:
+    """A finished pretrain seed's `tracking.Records`: its curve, the last epoch's figures and
+    the training seconds, dated by its curves file."""
+    from sparsebench.tracking import Records
+
+    curves = json.loads((seed_out / "curves.json").read_text())
+    end = int((seed_out / "curves.json").stat().st_mtime * 1000)
+    seconds = sum(r["seconds"] for r in curves)
+    last = {k: v for k, v in curves[-1].items() if k not in ("epoch", "seconds", "lr")}
+    return Records({"pretrain": curves}, {**last, "seconds_train": seconds}, [],
+                   start_ms=end - int(1000 * seconds), end_ms=end)
 
 
 def run_fingerprint(params: Params, planned: Planned) -> str:
@@ -147,9 +216,10 @@ def method_runs(params: Params, methods: dict[str, MethodParams], key: str) -> l
 
 
 def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
-    """Every run of ``methods.<key>``: cached runs are kept, the others run side by side; then
-    the method's metrics files, and one MLflow run per (level, seed) under a (method, level)
-    parent."""
+    """Every run of ``methods.<key>``: cached runs are kept, the others run side by side, each
+    logging its MLflow run live from its worker (under a (method, level) parent); then the runs
+    the tracker lacks are completed from their files, the method's metrics files are written
+    and the parents get the report's numbers."""
     from sparsebench.run import execute
 
     if key not in methods:
@@ -172,15 +242,23 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(todo)} to train "
           f"({workers} workers x {threads} threads)", flush=True)
     data = load_splits(DATA_FILE, ("train", "val", "test")) if todo else {}
-    tracker = _tracker(params, key) if params.tracking.enabled else None
+    tracker = (_RunTracker(params, key, method_class(key, methods[key].model_dump()).name,
+                           planned) if params.tracking.enabled else None)
 
     def task(p: Planned, fp: str) -> Task:
         def fn() -> None:
             latency = ((tuple(params.evaluate.latency_batch_sizes),
                         params.evaluate.latency_repeats)
                        if p.spec.seed == params.seeds[0] else None)
-            execute(p.spec, data, device, p.out, fingerprint=fp, budget=p.budget, shape=shape,
-                    env=env, on_epoch=_log_epoch(p.name), latency=latency)
+            work = p.out.with_name(f".{p.out.name}.work")  # the run's resume state (`execute`)
+            live = (tracker.live(tracker.run_info(p, fp, env), work / RUN_STATE, p.name)
+                    if tracker is not None else None)
+            with _live(live, work) as on_epoch:
+                execute(p.spec, data, device, p.out, fingerprint=fp, budget=p.budget,
+                        shape=shape, env=env, on_epoch=_both(_log_epoch(p.name), on_epoch),
+                        latency=latency)
+                if live is not None:
+                    live.finish(run_records(p.out))
         return Task(p.name, fn)
 
     def done(t: Task) -> None:
@@ -190,26 +268,30 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         print(f"run {p.name}: test_accuracy {r['figures']['test_accuracy']:.4f} compression "
               f"{r['figures']['compression_ratio']:.2f}x in {r['seconds']['run']:.1f}s "
               f"(training {r['seconds']['train']:.1f}s)", flush=True)
-        nonlocal tracker, tracking_failed
         profile.record(train=r["seconds"]["train"], evaluate=r["seconds"]["evaluate"])
-        if tracker is not None:
-            try:
-                with profile.timed("tracking"):
-                    tracker.log(p, r)
-            except TrackingFailed as exc:  # the runs go on; reported once they are on disk
-                tracker, tracking_failed = None, exc
 
-    tracking_failed: TrackingFailed | None = None
     failures = run_tasks([task(p, fp) for p, fp in todo], workers=workers, threads=threads,
                          on_done=done, in_process=in_process)
     _remove_stale(key, planned)
+    tracking_failed: TrackingFailed | None = None
+    if tracker is not None:  # complete what the server lacks, from the runs' own records
+        finished = [(tracker.run_info(p, results[p.name]["fingerprint"],
+                                      results[p.name]["environment"]), run_records(p.out),
+                     p.name) for p in planned if p.name in results]
+        try:
+            with profile.timed("tracking"):
+                if written := tracker.sync(finished):
+                    print(f"run {key}: tracking: {written} runs completed from their records",
+                          flush=True)
+        except TrackingFailed as exc:  # reported once the method's files are written
+            tracking_failed = exc
     raise_failures(f"run {key}", failures, len(planned))
     summary = write_method_metrics(key, methods[key], planned, results)
     if tracking_failed is not None:
         raise tracking_failed
     if tracker is not None:
         with profile.timed("tracking"):
-            tracker.finish(results)
+            tracker.finish(summary)
     profile.record(workers=workers, trained=len(todo))
     print(f"run {key}: done in {time.perf_counter() - started:.1f}s", flush=True)
     return summary
@@ -309,91 +391,193 @@ def params_source(key: str) -> dict[str, Any]:
 
 
 class _Tracker:
-    """One MLflow run per (method, level, seed), nested under a (method, level) parent that
-    holds the mean and std over seeds; a run already logged (same fingerprint) is not again."""
+    """The MLflow side of a training stage, in the stage's process.
 
-    def __init__(self, params: Params, key: str):
-        from sparsebench.tracking import client_for, tracking_uri
+    Before the runs start: the experiment, the (method, level) parents (found by their tags or
+    created, under the store's lock) and each run's `RunInfo`, which the worker that trains the
+    run opens live (`tracking.LiveRun`). Once training is done: `sync` completes from their
+    records the runs the server lacks (cached, or cut short), then `finish` gives the parents
+    the report's numbers. Every failure of the tracker there is one line (`TrackingFailed`).
+    """
 
-        self.params, self.key = params, key
+    def __init__(self, params: Params, stage: str, kind_filter: str):
+        from sparsebench.data import SYNTHETIC
+        from sparsebench.resume import code_digest
+        from sparsebench.tracking import (
+            client_for,
+            dataset_input,
+            find_runs,
+            git_commit,
+            tracking_uri,
+        )
+
+        self.params, self.stage = params, stage
         self.uri = tracking_uri(params.tracking.uri)
         self.experiment = params.tracking.experiment or f"sparsebench-{params.suite}"
         self.client, self.experiment_id = client_for(self.uri, self.experiment)
-        self.parents: dict[str, str] = {}
-        runs = self.client.search_runs(
-            [self.experiment_id], f"tags.method_key = '{key}' and tags.suite = "
-            f"'{params.suite}'", max_results=5000)
-        self.logged = {r.data.tags.get("fingerprint") for r in runs}
-        for r in runs:
-            if r.data.tags.get("run_kind") == "parent":
-                self.parents[r.data.tags["level_name"]] = r.info.run_id
+        self.common = {"suite": params.suite, "git_commit": git_commit(),
+                       "code_digest": code_digest(), "dvc_stage": stage}
+        info = dataset_info(DATA_FILE)
+        d = params.data
+        origin = ("synthetic (generated by sparsebench.data.synthetic_splits)"
+                  if info["dataset"] == SYNTHETIC else
+                  f"data.dir {d.dir}" if d.dir else
+                  "sparsebench.data.fetch_raw: torchvision's download, else the offline "
+                  "package; raw files verified by their SHA-256 (raw_sha256)")
+        self.dataset = dataset_input(DATA_FILE, info, origin)
+        self.filter = f"tags.suite = '{params.suite}' and {kind_filter}"
+        with self.guard():
+            self.runs = find_runs(self.client, self.experiment_id, self.filter)
+        if self.uri.startswith(("http:", "https:")):
+            print(f"{stage}: tracking at {self.uri}/#/experiments/{self.experiment_id}",
+                  flush=True)
 
-    def _parent(self, level_name: str, level: float | None, method: str) -> str:
-        if level_name not in self.parents:
-            tags = {"method": method, "method_key": self.key, "suite": self.params.suite,
-                    "level_name": level_name, "level": str(level), "run_kind": "parent"}
-            run = self.client.create_run(self.experiment_id, tags=tags,
-                                         run_name=f"{self.key}-{level_name}")
-            self.parents[level_name] = run.info.run_id
-        return self.parents[level_name]
+    def guard(self, what: str = ""):
+        """A tracker failure in here is one line (`TrackingFailed`)."""
+        from sparsebench.tracking import logged
 
-    def log(self, p: Planned, result: dict) -> None:
-        from sparsebench.tracking import flatten, log_run, logged
+        local = f"runs/{self.stage.removeprefix('run@')}"
+        return logged(what or f"the runs of {self.stage}", self.uri, local)
 
-        fp = result["fingerprint"]
-        if fp in self.logged:
-            return
+    def info(self, name: str, tags: dict[str, str], params: dict[str, Any]):
+        from sparsebench.tracking import RunInfo
+
+        return RunInfo(self.uri, self.experiment_id, name, {**self.common, **tags}, params,
+                       self.dataset)
+
+    def live(self, info, state: Path, label: str):
+        """The run's `LiveRun` (started in the worker; its id kept in ``state``), or None
+        when the run is logged whole already."""
+        from sparsebench.tracking import FINISHED, LiveRun
+
+        found = self.runs.get(info.fingerprint)
+        if found is not None and found.info.status == FINISHED:
+            return None
+        return LiveRun(info, state, label)
+
+    def sync(self, finished: list[tuple[Any, Any, str]]) -> int:
+        """Complete each finished (info, records, label) the server lacks; how many were."""
+        from sparsebench.tracking import find_runs, sync_run
+
+        if not finished:
+            return 0
+        with self.guard():
+            runs = find_runs(self.client, self.experiment_id, self.filter)
+        written = 0
+        for info, records, label in finished:
+            with self.guard(f"run {label}"):
+                written += sync_run(self.client, info, records,
+                                    runs.get(info.fingerprint)) is not None
+        return written
+
+
+class _RunTracker(_Tracker):
+    """`_Tracker` for ``run@<key>``: one run per (method, level, seed) under a parent per
+    (method, level) that holds the report's numbers."""
+
+    def __init__(self, params: Params, key: str, family: str, planned: list[Planned]):
+        super().__init__(params, f"run@{key}", f"tags.method_key = '{key}'")
+        self.key, self.family = key, family
+        self.source = _source_tag(params_source(key))
+        with self.guard():
+            self._parents(key, planned)
+
+    def _parents(self, key: str, planned: list[Planned]) -> None:
+        from filelock import FileLock
+
+        self.parents = {r.data.tags["level_name"]: r for r in self.client.search_runs(
+            [self.experiment_id], f"{self.filter} and tags.run_kind = 'parent'",
+            max_results=1000)}
+        levels = {p.out.parent.name: p.spec.level for p in planned}
+        missing = [name for name in levels if name not in self.parents]
+        if missing:
+            with FileLock(repo_root() / "mlruns" / ".lock"):  # parallel stages make one each
+                self.parents.update({r.data.tags["level_name"]: r for r in self.client.search_runs(
+                    [self.experiment_id], f"{self.filter} and tags.run_kind = 'parent'",
+                    max_results=1000)})
+                for name in (n for n in missing if n not in self.parents):
+                    run = self.client.create_run(
+                        self.experiment_id, run_name=f"{key}-{name}",
+                        tags={**self.common, **self._tags(name, levels[name]),
+                              "run_kind": "parent"})
+                    self.parents[name] = run
+
+    def _tags(self, level_name: str, level: float | None) -> dict[str, str]:
+        return {"method": self.key, "method_key": self.key, "family": self.family,
+                "level": str(level), "level_name": level_name, "params_source": self.source}
+
+    def run_info(self, p: Planned, fp: str, env: dict[str, Any]):
+        from sparsebench.tracking import flatten
+
         level_name = p.out.parent.name
-        parent = self._parent(level_name, result["level"], result["method"])
-        curves = json.loads((p.out / "curves.json").read_text())
-        tags = {"mlflow.parentRunId": parent, "method": result["method"],
-                "method_key": self.key, "suite": self.params.suite, "seed": str(p.spec.seed),
-                "level": str(result["level"]), "level_name": level_name,
-                "point": p.spec.point, "dvc_stage": f"run@{self.key}",
-                "params_source": params_source(self.key)["source"], "fingerprint": fp,
-                "run_kind": "seed"}
-        metrics = {k: v for k, v in result["figures"].items() if isinstance(v, (int, float))}
-        metrics.update({f"seconds_{k}": v for k, v in result["seconds"].items()})
-        metrics.update({f"layer_sparsity/{n}": v["sparsity"]
-                        for n, v in result["layers"].items()})
-        run_params = {**flatten("method", result["params"]), **flatten("epochs", result["epochs"]),
-                      **flatten("env", result["environment"]), "seed": p.spec.seed}
-        with logged(f"run {p.name}", self.uri, str(p.out)):
-            log_run(self.uri, self.experiment, run_name=f"{self.key}-{level_name}-seed"
-                    f"{p.spec.seed}{'-' + p.spec.point if p.spec.point else ''}", tags=tags,
-                    params=run_params, metrics=metrics, curves=curves,
-                    artifacts=[(p.out / "masks.safetensors", "masks"),
-                               (p.out / "model.sparse.safetensors", "model")])
-        self.logged.add(fp)
+        tags = {**self._tags(level_name, p.spec.level), "seed": str(p.spec.seed),
+                "point": p.spec.point, "fingerprint": fp, "run_kind": "seed",
+                "mlflow.parentRunId": self.parents[level_name].info.run_id}
+        run_params = {**flatten("method", p.spec.method.model_dump(mode="json")),
+                      **flatten("epochs", p.budget), **flatten("env", env),
+                      "seed": p.spec.seed}
+        point = f"-{p.spec.point}" if p.spec.point else ""
+        name = f"{self.key}-{level_name}-seed{p.spec.seed}{point}"
+        return self.info(name, tags, run_params)
 
-    def finish(self, results: dict[str, dict]) -> None:
-        """The parents' metrics: mean and std over seeds of every figure."""
+    def finish(self, summary: dict) -> None:
+        """The parents' metrics: the report's numbers per level (mean and std over seeds of
+        test accuracy, sparsity, compression, FLOP speedup, train seconds, every figure);
+        a value already there is not sent again."""
         from mlflow.entities import Metric
 
-        from sparsebench.tracking import log_batches
+        from sparsebench.tracking import FINISHED, log_batches, logged, now_ms
 
-        groups: dict[str, list[dict]] = {}
-        for r in results.values():
-            if not r["point"]:
-                groups.setdefault(_level_label(r["level"]), []).append(r)
-        now = int(time.time() * 1000)
-        for name, runs in groups.items():
-            parent = self._parent(name, runs[0]["level"], runs[0]["method"])
-            mean, std = mean_std([r["figures"] for r in runs])
-            metrics = [Metric(f"{k}_mean", v, now, 0) for k, v in mean.items()]
-            metrics += [Metric(f"{k}_std", v, now, 0) for k, v in std.items()]
-            log_batches(self.client, parent, metrics, [])
-            self.client.set_terminated(parent, status="FINISHED")
+        aliases = {"compression_ratio": "compression", "theoretical_speedup": "flop_speedup"}
+        for name, entry in summary["levels"].items():
+            parent = self.parents.get(name)
+            if parent is None:
+                continue
+            values: dict[str, float] = {}
+            for stat in ("mean", "std"):
+                for k, v in entry.get(stat, {}).items():
+                    values[f"{k}_{stat}"] = v
+                    if k in aliases:
+                        values[f"{aliases[k]}_{stat}"] = v
+            stamp = now_ms()
+            with logged(f"the parent run {self.key}-{name}", self.uri, "evaluation/"):
+                current = self.client.get_run(parent.info.run_id)
+                metrics = [Metric(k, float(v), stamp, 0) for k, v in values.items()
+                           if current.data.metrics.get(k) != float(v)]
+                log_batches(self.client, parent.info.run_id, metrics, [])
+                if metrics or current.info.status != FINISHED:
+                    self.client.set_terminated(parent.info.run_id, status=FINISHED)
 
 
-def _level_label(level: float | None) -> str:
-    from sparsebench.levels import level_name
+def _source_tag(info: dict[str, Any]) -> str:
+    """``default``, ``tuned``, ``calibrated`` or ``tuned+calibrated`` (`params_source`)."""
+    if "calibrated" not in info:
+        return info["source"]
+    return "calibrated" if info["source"] == "default" else f"{info['source']}+calibrated"
 
-    return "dense" if level is None else level_name(level)
+
+def run_records(out: Path) -> Any:
+    """A finished run's `tracking.Records` from its directory: curves, figures, seconds and
+    per-layer sparsity from ``result.json``, masks and compressed checkpoint; dated by the
+    result file (written at the end of evaluation) and the run's wall seconds."""
+    from sparsebench.run import CHECKPOINT, CURVES, MASKS
+    from sparsebench.tracking import Records
+
+    result = json.loads((out / RESULT).read_text())
+    end = int((out / RESULT).stat().st_mtime * 1000)
+    return Records(json.loads((out / CURVES).read_text()), final_metrics(result),
+                   [(out / MASKS, "masks"), (out / CHECKPOINT, "model")],
+                   start_ms=end - int(1000 * result["seconds"]["run"]), end_ms=end)
 
 
-def _tracker(params: Params, key: str) -> _Tracker:
-    return _Tracker(params, key)
+def final_metrics(result: dict) -> dict[str, float]:
+    """A run's final figures as MLflow metrics: figures, ``seconds_<part>``,
+    ``layer_sparsity/<layer>``."""
+    metrics = {k: v for k, v in result["figures"].items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics.update({f"seconds_{k}": v for k, v in result["seconds"].items()})
+    metrics.update({f"layer_sparsity/{n}": v["sparsity"] for n, v in result["layers"].items()})
+    return metrics
 
 
 def load_results(methods: dict[str, Any]) -> dict[str, dict]:
@@ -465,12 +649,39 @@ def report(params: Params, methods: dict[str, MethodParams]) -> None:
     files = write_curves_report(rows, Path("reports"), suite=params.suite, budget=params.budget)
     print(Path("reports/curves.md").read_text())
     if params.tracking.enabled:
-        from sparsebench.tracking import log_run, logged, tracking_uri
+        _log_report(params, methods, files)
 
-        experiment = params.tracking.experiment or f"sparsebench-{params.suite}"
-        uri = tracking_uri(params.tracking.uri)
-        with logged("the report", uri, "reports/"):
-            log_run(uri, experiment, run_name="report",
-                    tags={"suite": params.suite, "dvc_stage": "report", "method": "report"},
-                    params={"methods": ",".join(methods), "seeds": params.seeds},
-                    metrics={}, curves={}, artifacts=[(path, "report") for path in files])
+
+def _log_report(params: Params, methods: dict[str, MethodParams], files: list[Path]) -> None:
+    """One ``report`` run per distinct report (its files' digest as the fingerprint tag): a
+    report made again with the same numbers is not logged twice."""
+    import hashlib
+
+    from sparsebench.resume import code_digest
+    from sparsebench.tracking import (
+        FINISHED,
+        client_for,
+        find_runs,
+        log_run,
+        logged,
+        tracking_uri,
+    )
+
+    experiment = params.tracking.experiment or f"sparsebench-{params.suite}"
+    uri = tracking_uri(params.tracking.uri)
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    fp = digest.hexdigest()
+    with logged("the report", uri, "reports/"):
+        client, experiment_id = client_for(uri, experiment)
+        found = find_runs(client, experiment_id, f"tags.dvc_stage = 'report' and "
+                          f"tags.fingerprint = '{fp}'").get(fp)
+        if found is not None and found.info.status == FINISHED:
+            return
+        log_run(uri, experiment, run_name="report",
+                tags={"suite": params.suite, "dvc_stage": "report", "method": "report",
+                      "fingerprint": fp, "code_digest": code_digest()},
+                params={"methods": ",".join(methods), "seeds": params.seeds},
+                metrics={}, curves={}, artifacts=[(path, "report") for path in files])

@@ -134,6 +134,8 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
         in_process: run the tasks one after another here (CUDA), not in children.
     """
     failures: dict[str, Failure] = {}
+    if not tasks:  # everything cached: no worker, no warm-up
+        return failures
     if in_process or (workers == 1 and len(tasks) <= 1):
         setup_process(threads)
         for task in tasks:

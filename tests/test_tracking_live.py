@@ -1,0 +1,113 @@
+"""Live MLflow runs on the SQLite store: the epochs are in the store while the run trains, a
+killed stage continues its MLflow runs (same run ids, every epoch once), a run's duration is its
+wall time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import small_params
+
+from sparsebench.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_live_run_shows_each_epoch_before_it_ends(workspace):
+    from sparsebench.tracking import LiveRun, Records, RunInfo, client_for, tracking_uri
+
+    uri = tracking_uri()
+    client, experiment = client_for(uri, "live")
+    live = LiveRun(RunInfo(uri, experiment, "r", {"fingerprint": "f1"}, {"lr": 0.1})).start()
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "rho": 0.01 * e, "seconds": 0.1}
+            for e in (1, 2)]
+    live.epoch("prune", rows[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the first epoch arrives while the run is open
+        found = client.search_runs([experiment], "tags.fingerprint = 'f1'")
+        if found and "prune/rho" in found[0].data.metrics:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the first epoch never reached the store")
+    assert found[0].info.status == "RUNNING"
+    live.epoch("prune", rows[1])
+    time.sleep(0.5)
+    assert live.finish(Records({"prune": rows}, {"test_accuracy": 0.9})) is None
+    run = client.get_run(found[0].info.run_id)
+    assert run.info.status == "FINISHED" and run.info.end_time >= run.info.start_time
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "prune/rho")] == [1, 2]
+    assert run.data.metrics["test_accuracy"] == 0.9 and run.data.params == {"lr": "0.1"}
+    again = LiveRun(RunInfo(uri, experiment, "r", {"fingerprint": "f1"}, {})).start()
+    assert again.finish(None) is None and again.skipped  # logged whole already: not again
+    assert len(client.search_runs([experiment], "")) == 1
+
+
+def _admm_workspace(root: Path) -> Path:
+    path = small_params(root, tracking={"enabled": True})
+    params = yaml.safe_load(path.read_text())
+    params["data"]["limit"] = 3000  # epochs long enough to be killed in the middle
+    params["levels"]["compression"] = [8]
+    params["execution"] = {"threads": 1, "workers": 2}
+    params["budget"] = None
+    params["methods"] = {"admm": {"iterations": 3, "epochs_per_iteration": 2, "rho": 0.01,
+                                  "rho_growth": 2.0, "batch_size": 32}}
+    params["tune"]["spaces"] = {}
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_a_killed_stage_continues_its_mlflow_runs(workspace, capsys):
+    from mlflow import MlflowClient
+
+    from sparsebench.tracking import client_for, tracking_uri
+
+    _admm_workspace(workspace)
+    for stage in ("prepare", "pretrain"):
+        assert main([stage]) == 0
+    env = {**os.environ, "SPARSEBENCH_ROOT": str(workspace)}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", "run", "--method", "admm"],
+                            cwd=workspace, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    seen = 0
+    for line in proc.stdout:  # each seed's first ADMM iteration is logged: kill the stage
+        seen += line.startswith("prune admm c8 seed")
+        if seen == 2:
+            time.sleep(1.0)  # the rows reach the store (a background thread sends them)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, "the stage ended before it could be killed"
+    states = sorted((workspace / "runs" / "admm" / "c8").glob(".seed*.work/mlflow_run.json"))
+    assert len(states) == 2, "no live run id kept for the resume"
+    ids = {json.loads(p.read_text())["run_id"] for p in states}
+    client, experiment = client_for(tracking_uri(), "sparsebench-default")
+    before = {r.info.run_id: r for r in client.search_runs([experiment],
+                                                            "tags.run_kind = 'seed'")}
+    assert set(before) == ids and {r.info.status for r in before.values()} == {"RUNNING"}
+
+    assert main(["run", "--method", "admm"]) == 0
+    runs = MlflowClient(tracking_uri()).search_runs([experiment], "tags.run_kind = 'seed'")
+    assert {r.info.run_id for r in runs} == ids  # the same runs, continued
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        curves = json.loads((workspace / "runs" / "admm" / "c8" / f"seed{run.data.tags['seed']}"
+                             / "curves.json").read_text())
+        for phase, rows in curves.items():  # every epoch once, ADMM's own figures among them
+            for name in ("val_accuracy", "rho", "primal_residual") if phase == "prune" else (
+                    "val_accuracy",):
+                steps = [m.step for m in client.get_metric_history(run.info.run_id,
+                                                                   f"{phase}/{name}")]
+                assert sorted(steps) == [r["epoch"] for r in rows], (phase, name)
+        result = json.loads((workspace / "runs" / "admm" / "c8" / f"seed{run.data.tags['seed']}"
+                             / "result.json").read_text())
+        # from its first start to the end of its evaluation: at least the rerun's own seconds
+        assert (run.info.end_time - run.info.start_time) / 1000 >= result["seconds"]["run"] - 0.5
