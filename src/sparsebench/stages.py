@@ -474,3 +474,23 @@ def report(params: Params, methods: dict[str, MethodParams]) -> None:
                     tags={"suite": params.suite, "dvc_stage": "report", "method": "report"},
                     params={"methods": ",".join(methods), "seeds": params.seeds},
                     metrics={}, curves={}, artifacts=[(path, "report") for path in files])
+        _publish_models(params, methods, rows, uri, experiment)
+
+
+def _publish_models(params: Params, methods: dict[str, MethodParams], rows: list[dict],
+                    uri: str, experiment: str) -> None:
+    """Every run's model as an MLflow LoggedModel, the best per level registered
+    (`sparsebench.mlflow_model`)."""
+    from sparsebench.mlflow_model import publish_models
+    from sparsebench.tracking import logged
+
+    run_dirs = [p.out for key in methods for p in method_runs(params, methods, key)]
+    with logged("the models", uri, "runs/"), profile.timed("tracking"):
+        out = publish_models(uri, experiment, params.suite, rows, run_dirs, DATA_FILE)
+    print(f"report: {out['logged']} models logged to MLflow "
+          f"({out['seconds_per_model']:.2f}s each); registered: "
+          f"{', '.join(f'{n} v{v}' for n, v, _ in out['registered']) or 'none'}", flush=True)
+    if out["missing_runs"]:
+        print(f"report: {len(out['missing_runs'])} runs have no MLflow run, so no model "
+              f"(tracking was off when they ran): {', '.join(out['missing_runs'][:5])}",
+              flush=True)
