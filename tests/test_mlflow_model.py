@@ -86,6 +86,10 @@ def test_registered_model_predicts_the_reports_accuracy_for_its_run(published):
         name = registered_name("default", level)
         version = client.get_model_version_by_alias(name, ALIAS)
         key, seed = version.tags["method_key"], int(version.tags["seed"])
+        logged = client.get_logged_model(mlflow.models.get_model_info(
+            f"models:/{name}@{ALIAS}").model_id)
+        assert json.loads(logged.tags["mlflow.modelVersions"]) == [
+            {"name": name, "version": str(version.version)}]  # the model's page lists it
         model = mlflow.pyfunc.load_model(f"models:/{name}@{ALIAS}")
         scores = model.predict(x)
         assert scores.shape == (len(x), 10) and scores.dtype == np.float32
@@ -219,3 +223,36 @@ def test_best_is_the_highest_mean_method_and_its_median_seed():
     # of seeds takes the lower middle
     assert best_per_level(rows) == [Choice(8.0, "a", 2, 0.93, pytest.approx(0.9333, abs=1e-4)),
                                     Choice(16.0, "a", 0, 0.90, pytest.approx(0.91))]
+
+
+def test_screenshots_of_the_ui_over_a_copy_of_the_store(published, tmp_path):
+    """docs/screenshots.py end to end where Chromium and Playwright are present: a real
+    `mlflow server` on a copy of the store, five 1280 x 800 PNGs, the store untouched."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        from screenshots import SHOTS, chromium
+    finally:
+        sys.path.pop(0)
+    if chromium() is None:
+        pytest.skip("no Chromium (apt-get install chromium, or set CHROMIUM)")
+    if importlib.util.find_spec("playwright") is None:
+        pytest.skip("no Playwright (pip install playwright; it drives the system Chromium)")
+    root, _ = published
+    store = root / "mlruns" / "mlflow.db"
+    before = store.read_bytes()
+    out = subprocess.run([sys.executable, str(ROOT / "docs" / "screenshots.py"),
+                          "--out", str(tmp_path)], cwd=root, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in SHOTS:
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert (width, height) == (1280, 800)
+    assert store.read_bytes() == before  # the copy was served, not the store

@@ -359,7 +359,20 @@ def register_best(client: Any, suite: str, choices: list[Choice],
                 tags={"method_key": choice.key, "seed": str(choice.seed),
                       "test_accuracy": repr(choice.test_accuracy),
                       "mean_test_accuracy": repr(choice.mean_test_accuracy)})
+            _link_version(client, model_id, name, str(version.version))
         client.set_registered_model_alias(name, ALIAS, version.version)
         client.set_registered_model_tag(name, "method_key", choice.key)
         out.append((name, str(version.version), created))
     return out
+
+
+def _link_version(client: Any, model_id: str, name: str, version: str) -> None:
+    """The version listed on its LoggedModel (tag ``mlflow.modelVersions``), as
+    `mlflow.register_model` does, so that the model's page shows it."""
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    tags = client.get_logged_model(model_id).tags
+    versions = json.loads(tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    if {"name": name, "version": version} not in versions:
+        versions.append({"name": name, "version": version})
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions)})
