@@ -22,7 +22,9 @@ accuracy over its seeds (ties: the first key in order), and of that method the r
 median test accuracy over the seeds (for an even count the lower middle; ties: the lower
 seed), so that the registered model is the method's typical run, not its luckiest draw on the
 test set. Interpolated levels (no model of their own) and the dense reference are left out.
-A version is created only when the chosen model changes; otherwise the alias stays.
+A version is created only when the chosen model has none yet (a model chosen before gets its
+old version back under the alias); its source is the LoggedModel's artifact location, and the
+LoggedModel lists it (tag ``mlflow.modelVersions``, as `mlflow.register_model` does).
 
 MLflow 3 references: "LoggedModel" and "Models from code" in the MLflow documentation;
 `MlflowClient.create_logged_model`, `log_model_artifacts`, `log_outputs`,
@@ -38,7 +40,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,7 +178,8 @@ def log_run_model(client: Any, experiment_id: str, run_id: str, run_dir: Path,
         client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
         _link_metrics(client, run_id, model_id, _numbers(result["figures"]))
     except BaseException:
-        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+        with suppress(Exception):  # the tracker may be gone; the first error is the one
+            client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
         raise
     client.finalize_logged_model(model_id, LoggedModelStatus.READY)
     return model_id
