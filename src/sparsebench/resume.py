@@ -173,7 +173,8 @@ _CODE_DIGEST: str | None = None
 #: left out of `code_digest`, so editing them keeps the finished runs (DVC still reruns the
 #: stages that list them, and those find every run cached). Everything else counts.
 NOT_RESULT_CODE = ("cli.py", "stages.py", "workers.py", "tracking.py", "curves.py",
-                   "curves_report.py", "calibrate.py", "profile.py", "__main__.py", "tuning/")
+                   "curves_report.py", "calibrate.py", "profile.py", "__main__.py", "tuning/",
+                   "mlflow_model.py", "mlflow_pyfunc.py")
 
 
 def code_digest() -> str:

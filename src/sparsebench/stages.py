@@ -39,7 +39,7 @@ from sparsebench.paths import atomic_write_many, repo_root, run_dir, seed_dir
 from sparsebench.resume import StageWork, fingerprint
 from sparsebench.run import RESULT, cached, environment
 from sparsebench.suite import DATA_FILE, Planned, model_spec, plan, pretrained_file
-from sparsebench.tracking import RUN_STATE
+from sparsebench.tracking import RUN_STATE, tracking_uri
 from sparsebench.train import resolve_device
 from sparsebench.workers import Task, check_workers, default_workers, raise_failures, run_tasks
 
@@ -650,6 +650,8 @@ def report(params: Params, methods: dict[str, MethodParams]) -> None:
     print(Path("reports/curves.md").read_text())
     if params.tracking.enabled:
         _log_report(params, methods, files)
+        _publish_models(params, methods, rows, tracking_uri(params.tracking.uri),
+                        params.tracking.experiment or f"sparsebench-{params.suite}")
 
 
 def _log_report(params: Params, methods: dict[str, MethodParams], files: list[Path]) -> None:
@@ -685,3 +687,22 @@ def _log_report(params: Params, methods: dict[str, MethodParams], files: list[Pa
                       "fingerprint": fp, "code_digest": code_digest()},
                 params={"methods": ",".join(methods), "seeds": params.seeds},
                 metrics={}, curves={}, artifacts=[(path, "report") for path in files])
+
+
+def _publish_models(params: Params, methods: dict[str, MethodParams], rows: list[dict],
+                    uri: str, experiment: str) -> None:
+    """Every run's model as an MLflow LoggedModel, the best per level registered
+    (`sparsebench.mlflow_model`)."""
+    from sparsebench.mlflow_model import publish_models
+    from sparsebench.tracking import logged
+
+    run_dirs = [p.out for key in methods for p in method_runs(params, methods, key)]
+    with logged("the models", uri, "runs/"), profile.timed("tracking"):
+        out = publish_models(uri, experiment, params.suite, rows, run_dirs, DATA_FILE)
+    print(f"report: {out['logged']} models logged to MLflow "
+          f"({out['seconds_per_model']:.2f}s each); registered: "
+          f"{', '.join(f'{n} v{v}' for n, v, _ in out['registered']) or 'none'}", flush=True)
+    if out["missing_runs"]:
+        print(f"report: {len(out['missing_runs'])} runs have no MLflow run, so no model "
+              f"(tracking was off when they ran): {', '.join(out['missing_runs'][:5])}",
+              flush=True)
