@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsebench import distributed
 from sparsebench.paths import atomic_dir, atomic_write, swap_in
 from sparsebench.sparsity import apply_masks, get_masks
 
@@ -78,6 +79,8 @@ class EpochCheckpoint:
     def save(self, state: dict) -> None:
         """Write ``state`` beside the file, flush it to disk, then rename it over the file."""
         self._taken = True  # what is on disk now is newer than anything loaded before
+        if not distributed.writer():  # under torchrun rank 0 alone writes (same state)
+            return
         buffer = io.BytesIO()
         torch.save(state, buffer)  # in memory: a full disk then fails as a plain OSError
         atomic_write(self.path, buffer.getvalue())

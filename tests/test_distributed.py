@@ -1,0 +1,128 @@
+"""Data-parallel training (issue 17): two gloo ranks on the CPU train the model one process
+trains, with the state that must agree identical on both ranks (`sparsebench.distributed`).
+
+The cases (tests/ddp_cases.py): pretrain and one method per family (gmp, admm, sas_admm, grda,
+linbreg) on 299 samples in batches of 32 (the last batch split 6 + 5), two epochs or two
+iterations. Figures: ``pytest -s`` prints the largest relative difference per case.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import ddp_cases
+from sparsebench import distributed
+from sparsebench.errors import UsageError
+
+TOLERANCE = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max over tensors of max |a - b| / max |b|."""
+    assert a.keys() == b.keys()
+    return max(((a[k].double() - b[k].double()).abs().max()
+                / b[k].double().abs().max().clamp_min(1e-30)).item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The single-process models and the 2-rank models of every case."""
+    from sparsebench.run import save_run_model
+    from sparsebench.sparsity import get_masks
+
+    out = tmp_path_factory.mktemp("ddp")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = {}
+        model, curves = ddp_cases.pretrain()
+        single["pretrain"] = (model.state_dict(), {})
+        save_run_model(out / "pretrained", model, curves)  # both start every prune from it
+        for key in ddp_cases.METHODS:
+            model, _ = ddp_cases.prune(key, out / "pretrained")
+            single[key] = ({k: v.clone() for k, v in model.state_dict().items()},
+                           get_masks(model))
+    finally:
+        torch.set_num_threads(threads)
+    mp.start_processes(ddp_cases.rank_main, args=(2, free_port(), str(out), ddp_cases.CASES),
+                       nprocs=2, start_method="spawn")
+    ddp = {case: torch.load(out / f"ddp_{case}.pt") for case in ddp_cases.CASES}
+    return single, ddp
+
+
+@pytest.mark.parametrize("case", ddp_cases.CASES)
+def test_two_ranks_train_the_single_process_model(runs, case):
+    single, ddp = runs
+    weights, masks = single[case]
+    got = ddp[case]
+    assert got["masks"].keys() == masks.keys()
+    for name, mask in masks.items():
+        assert torch.equal(got["masks"][name], mask), f"{case}: mask {name} differs"
+    diff = relative(got["state_dict"], weights)
+    print(f"\n{case}: max relative difference 2 ranks vs 1 process {diff:.3g}")
+    assert diff <= TOLERANCE
+
+
+@pytest.mark.parametrize("case", ddp_cases.CASES)
+def test_the_state_that_must_agree_is_identical_on_both_ranks(runs, case):
+    spread = runs[1][case]["spread"]
+    expected = {"admm": "admm.Z.", "sas_admm": "sas.sums.", "grda": "optimizer.",
+                "linbreg": "optimizer.", "gmp": "mask."}
+    if case in expected:  # the method's own state was gathered, not only the weights
+        assert any(k.startswith(expected[case]) for k in spread), sorted(spread)
+    differing = {k: v for k, v in spread.items() if v != 0.0}
+    assert not differing, f"{case}: ranks differ in {differing}"
+
+
+def test_a_rank_that_dies_stops_the_others_with_one_line(tmp_path):
+    """Rank 1 exits after one epoch; rank 0 stops at its next collective, within the short
+    timeout, with one line naming rank 1, and writes nothing."""
+    import os
+
+    os.environ["SPARSEBENCH_DDP_TIMEOUT"] = "20"
+    started = time.perf_counter()
+    context = mp.start_processes(ddp_cases.rank_main,
+                                 args=(2, free_port(), str(tmp_path), ("pretrain",), 1),
+                                 nprocs=2, start_method="spawn", join=False)
+    with pytest.raises(mp.ProcessExitedException) as failed:
+        while not context.join(timeout=60):
+            pass
+    os.environ.pop("SPARSEBENCH_DDP_TIMEOUT")
+    assert time.perf_counter() - started < 60
+    assert "process 1 terminated with exit code 7" in str(failed.value) or \
+        "rank 1" in str(failed.value)
+    assert not list(tmp_path.iterdir())  # no half-written output
+
+
+def test_the_global_batch_is_split_in_contiguous_near_equal_shares():
+    assert distributed.shares(11, 2) == [6, 5]
+    assert distributed.shares(32, 3) == [11, 11, 10]
+    assert sum(distributed.shares(7, 4)) == 7
+
+
+def test_one_process_changes_nothing():
+    """No torchrun environment: not active, shard and wrap are the identity."""
+    x, y = torch.randn(5, 3), torch.arange(5)
+    model = torch.nn.Linear(3, 2)
+    assert not distributed.active() and distributed.world() == 1 and distributed.writer()
+    assert distributed.shard(x, y)[0] is x and distributed.wrap(model) is model
+    distributed.check_shards(1, 128, "pretrain")  # one process: any batch
+
+
+def test_more_ranks_than_the_smallest_batch_are_refused(monkeypatch):
+    monkeypatch.setattr(distributed, "world", lambda: 4)
+    with pytest.raises(UsageError, match=r"^nproc_per_node: 4 processes exceed the data shards "
+                                         r"of pretrain: its smallest batch has 3 samples"):
+        distributed.check_shards(131, 128, "pretrain")
+    distributed.check_shards(132, 128, "pretrain")  # 4 samples: one each
