@@ -152,7 +152,6 @@ def rank_main(rank: int, world: int, port: int, out: str, cases: tuple[str, ...]
     import os
 
     from sparsebench import distributed
-    from sparsebench.sparsity import get_masks
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
@@ -161,36 +160,49 @@ def rank_main(rank: int, world: int, port: int, out: str, cases: tuple[str, ...]
     out_dir = Path(out)
     captured = capture()
     try:
-        for case in cases:
-            captured.clear()
-            if case == "pretrain":
-                if die_after is not None:
-                    from sparsebench.schema import OptimizerParams
-                    from sparsebench.train import Phase, fit, seed_everything
-
-                    generator = seed_everything(0)
-                    model = model_spec().build()
-                    d = data()
-
-                    def die(row: dict) -> None:
-                        if row["epoch"] >= die_after:
-                            os._exit(7)
-                    fit(model, d["train"], d["val"], Phase(50, 8, OptimizerParams()),
-                        generator=generator, device=torch.device("cpu"), progress=False,
-                        on_epoch=die if rank == 1 else None)
-                model, _ = pretrain()
-            else:
-                model, _ = prune(case, out_dir / "pretrained")
-            masks = {f"mask.{n}": m for n, m in get_masks(model).items()}
-            state = {**{f"weight.{n}": v for n, v in model.state_dict().items()}, **masks,
-                     **method_state(captured)}
-            spread = distributed.gather_equal(state)
-            if distributed.writer():
-                torch.save({"state_dict": model.state_dict(), "masks": get_masks(model),
-                            "spread": spread}, out_dir / f"ddp_{case}.pt")
-            distributed.barrier()
+        train_cases(cases, out_dir, captured, rank, die_after)
+    except RuntimeError as exc:  # a collective that lost a rank: the CLI's one line
+        (out_dir / f"rank{rank}.err").write_text(distributed.failure_line(exc))
+        raise SystemExit(1) from None
     finally:
         distributed.teardown()
+
+
+def train_cases(cases: tuple[str, ...], out_dir: Path, captured: dict, rank: int,
+                die_after: int | None) -> None:
+    import os
+
+    from sparsebench import distributed
+    from sparsebench.sparsity import get_masks
+
+    for case in cases:
+        captured.clear()
+        if case == "pretrain":
+            if die_after is not None:
+                from sparsebench.schema import OptimizerParams
+                from sparsebench.train import Phase, fit, seed_everything
+
+                generator = seed_everything(0)
+                model = model_spec().build()
+                d = data()
+
+                def die(row: dict) -> None:
+                    if row["epoch"] >= die_after:
+                        os._exit(7)
+                fit(model, d["train"], d["val"], Phase(50, 8, OptimizerParams()),
+                    generator=generator, device=torch.device("cpu"), progress=False,
+                    on_epoch=die if rank == 1 else None)
+            model, _ = pretrain()
+        else:
+            model, _ = prune(case, out_dir / "pretrained")
+        masks = {f"mask.{n}": m for n, m in get_masks(model).items()}
+        state = {**{f"weight.{n}": v for n, v in model.state_dict().items()}, **masks,
+                 **method_state(captured)}
+        spread = distributed.gather_equal(state)
+        if distributed.writer():
+            torch.save({"state_dict": model.state_dict(), "masks": get_masks(model),
+                        "spread": spread}, out_dir / f"ddp_{case}.pt")
+        distributed.barrier()
 
 
 if __name__ == "__main__":

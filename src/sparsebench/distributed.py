@@ -29,6 +29,7 @@ VLDB 2020, for DDP's bucketed all-reduce overlapped with the backward pass.
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
@@ -94,7 +95,40 @@ def setup(device: torch.device) -> torch.device:
         seconds = float(os.environ.get("SPARSEBENCH_DDP_TIMEOUT", DEFAULT_TIMEOUT))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=seconds))
+        _PEERS[:] = [None] * dist.get_world_size()
+        dist.all_gather_object(_PEERS, (socket.gethostname(), os.getpid()))
     return device
+
+
+_PEERS: list[tuple[str, int] | None] = []  # (host, pid) of every rank, gathered by setup
+
+
+def lost_ranks() -> list[int]:
+    """The ranks on this host whose process is gone (a rank on another host cannot be
+    probed from here)."""
+    host, gone = socket.gethostname(), []
+    for r, peer in enumerate(_PEERS):
+        if peer is None or peer[0] != host or r == rank():
+            continue
+        try:
+            os.kill(peer[1], 0)
+        except ProcessLookupError:
+            gone.append(r)
+        except PermissionError:
+            pass
+    return gone
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for a collective that failed because another rank stopped: which rank
+    stopped (when it ran on this host) and this rank's own."""
+    gone = lost_ranks()
+    who = (f"rank {', '.join(map(str, gone))} stopped" if gone
+           else "another rank stopped or timed out")
+    text = str(exc).strip().splitlines()
+    return (f"torchrun: {who}; rank {rank()} stops too ({type(exc).__name__}: "
+            f"{text[0][:120] if text else ''}); nothing half-written: run the stage again "
+            "to resume")
 
 
 def teardown() -> None:

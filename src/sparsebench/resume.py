@@ -209,6 +209,10 @@ class StageWork:
         self.fingerprint = fingerprint
 
     def __enter__(self) -> StageWork:
+        distributed.rank0_first(self._prepare)  # under torchrun: rank 0 writes, all read
+        return self
+
+    def _prepare(self) -> None:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         marker = self.dir / FINGERPRINT
         if self.dir.exists() and not (marker.exists() and marker.read_text() == self.fingerprint):
@@ -218,14 +222,20 @@ class StageWork:
                 (tmp / FINGERPRINT).write_text(self.fingerprint)
         for stale in self.dir.glob(".*.tmp*"):  # a seed being moved in when the kill came
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
-        return self
 
     def __exit__(self, kind, value, tb) -> None:
+        if not distributed.writer():
+            if kind is None:
+                distributed.rank0_first(lambda: None)  # wait for rank 0's swap
+            return
         if kind is not None:  # the target is untouched; keep what can be resumed, if anything
             resumable = [p for p in self.dir.iterdir() if p.name != FINGERPRINT]
             if not resumable:
                 shutil.rmtree(self.dir, ignore_errors=True)
             return
+        distributed.rank0_first(self._swap)
+
+    def _swap(self) -> None:
         (self.dir / FINGERPRINT).unlink()
         for leftover in self.dir.glob(f"*{RESUME_SUFFIX}"):
             leftover.unlink()
