@@ -121,6 +121,9 @@ def run(argv: list[str]) -> None:
     from sparsebench.config import load_params
 
     params, methods = load_params(args.params)
+    from sparsebench.accelerate import configure
+
+    configure(params.execution.options())  # bf16, channels_last, compile: off by default
     if args.stage in PER_METHOD and args.method not in methods:
         raise UsageError(f"--method: unknown method key {args.method!r}; allowed: "
                          f"{', '.join(methods)}")

@@ -179,12 +179,17 @@ def wrap(model: nn.Module) -> nn.Module:
     """``model`` in DistributedDataParallel when distributed, else ``model`` itself.
 
     Parameters are broadcast from rank 0 at construction (DDP's own check that the ranks
-    start equal); buffers (masks, batch-norm statistics) are not broadcast afterwards.
+    start equal); buffers (masks, batch-norm statistics) are not broadcast afterwards. On
+    CUDA, batch norm becomes SyncBatchNorm in place (the same parameters and buffers), so its
+    statistics are those of the global batch (on the CPU, where SyncBatchNorm does not run,
+    the stages refuse batch-norm models under torchrun).
     """
     if not active():
         return model
     device = next(model.parameters()).device
     ids = [device.index] if device.type == "cuda" else None
+    if device.type == "cuda":  # batch statistics over the global batch, as one process
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     with warnings.catch_warnings():  # 2.14 deprecates the name; its successor still syncs
         warnings.simplefilter("ignore", FutureWarning)  # buffers at init, which is fine too
         return nn.parallel.DistributedDataParallel(model, device_ids=ids,

@@ -130,6 +130,9 @@ def pretrain(params: Params) -> None:
     shared["threads"] = threads
     if distributed.world() > 1:  # another reduction order: not the single-process models
         shared["world_size"] = distributed.world()
+    if not params.execution.options().default:  # bf16 etc.: other numbers
+        shared["options"] = params.execution.model_dump(
+            include={"precision", "channels_last", "compile"})
     with StageWork(run_dir("pretrain"), fingerprint(stage="pretrain", config=shared,
                                                     inputs=[DATA_FILE])) as work:
         def one(seed: int) -> None:
@@ -168,6 +171,9 @@ def run_fingerprint(params: Params, planned: Planned) -> str:
               "threads": params.execution.threads, "budget": planned.budget}
     if distributed.world() > 1:  # another reduction order: not the single-process runs
         config["world_size"] = distributed.world()
+    if not params.execution.options().default:  # bf16 etc.: other numbers
+        config["options"] = params.execution.model_dump(
+            include={"precision", "channels_last", "compile"})
     return fingerprint(stage="run", config=config,
                        inputs=[DATA_FILE, *pretrained_file(planned.spec)])
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench import distributed
+from sparsebench import accelerate, distributed
 from sparsebench.data import Batches
 from sparsebench.errors import UsageError
 from sparsebench.metrics import sparsity_summary
@@ -155,7 +155,7 @@ def fit(
     x, y = train[0].to(device), train[1].to(device)
     batches = Batches(x, y, phase.batch_size, shuffle=True, generator=generator)
     distributed.check_shards(len(y), phase.batch_size, phase.name)
-    net = distributed.wrap(model)  # the model itself in one process
+    net = accelerate.prepare(distributed.wrap(model), model)  # by default the model itself
     optimizer = optimizer or make_optimizer(model.parameters(), phase.optim)
     scheduler = make_scheduler(optimizer, phase.optim, phase.epochs, len(batches))
     show = sys.stderr.isatty() if progress is None else progress
@@ -172,11 +172,10 @@ def fit(
         for xb, yb in _progress(batches, show, f"{phase.name} {epoch}/{phase.epochs}"):
             if distributed.active():  # this rank's share of the global batch
                 xb, yb, batch = *distributed.shard(xb, yb), len(yb)
-                logits = net(xb)
-                loss = distributed.local_loss(logits, yb, batch)
-            else:
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
+            with accelerate.autocast(device):  # by default no change
+                logits = net(accelerate.batch(xb))
+                loss = (distributed.local_loss(logits, yb, batch) if distributed.active()
+                        else F.cross_entropy(logits, yb))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if after_backward is not None:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from sparsebench import distributed
+from sparsebench import accelerate, distributed
 from sparsebench.data import Batches
 from sparsebench.methods.base import Context, Method, SparsityParams
 from sparsebench.metrics import prunable_modules
@@ -277,7 +277,7 @@ class SASADMMPruning(Method):
         replacement = p.sampling == "with_replacement"  # then every batch is whole
         distributed.check_shards(p.batch_size if replacement else len(ctx.train[1]),
                                  p.batch_size, f"methods.{self.key}")
-        net = distributed.wrap(model)  # the model itself in one process
+        net = accelerate.prepare(distributed.wrap(model), model)  # by default the model
         curves, first = [], 1
         saved = ctx.checkpoint.take("sas_admm") if ctx.checkpoint is not None else None
         if saved is not None:  # resume after iteration ``saved["epoch"]``
@@ -297,12 +297,14 @@ class SASADMMPruning(Method):
                 model.zero_grad(set_to_none=True)
                 if distributed.active():  # this rank's share of the global batch
                     x, y, batch = *distributed.shard(x, y), len(y)
-                    loss = distributed.local_loss(net(x), y, batch)
-                    loss.backward()
+                with accelerate.autocast(ctx.device):  # by default no change
+                    logits = net(accelerate.batch(x))
+                    loss = (distributed.local_loss(logits, y, batch) if distributed.active()
+                            else F.cross_entropy(logits, y))
+                loss.backward()
+                if distributed.active():
                     parts += loss.detach() / distributed.world()
                 else:
-                    loss = F.cross_entropy(model(x), y)
-                    loss.backward()
                     loss_sum += loss.item()
                 sas.inner_step(t, eta, h)
             if distributed.active():
