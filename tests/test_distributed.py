@@ -125,3 +125,44 @@ def test_more_ranks_than_the_smallest_batch_are_refused(monkeypatch):
                                          r"of pretrain: its smallest batch has 3 samples"):
         distributed.check_shards(131, 128, "pretrain")
     distributed.check_shards(132, 128, "pretrain")  # 4 samples: one each
+
+
+def test_torchrun_pretrain_trains_the_single_process_models(workspace):
+    """``torchrun --standalone --nproc_per_node 2 -m sparsebench pretrain`` (the CLI, two gloo
+    ranks): the same models as ``sparsebench pretrain`` to 1e-5, rank 0's lines alone on
+    stdout, and every run's figures recorded with the world size."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import small_params
+    from sparsebench.checkpoint import load_model
+
+    path = small_params(workspace, tracking={"enabled": False})
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["limit"] = 299  # the last batch of 32 is 11: shares of 6 and 5
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cli = [sys.executable, "-m", "sparsebench"]
+    for stage in ("prepare", "pretrain"):
+        subprocess.run([*cli, stage], check=True, env=env, cwd=workspace, capture_output=True)
+    single = {s: load_model(workspace / f"runs/pretrain/seed{s}/model.safetensors",
+                            torch.device("cpu"))[0] for s in raw["seeds"]}
+    shutil.rmtree(workspace / "runs/pretrain")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m", "sparsebench", "pretrain"]
+    done = subprocess.run(torchrun, env=env, cwd=workspace, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("pretrain seed")]
+    assert len(lines) == len(raw["seeds"]) * raw["pretrain"]["epochs"]  # rank 0's alone
+    for seed, model in single.items():
+        ddp, _ = load_model(workspace / f"runs/pretrain/seed{seed}/model.safetensors",
+                            torch.device("cpu"))
+        diff = relative(ddp.state_dict(), model.state_dict())
+        print(f"\ntorchrun pretrain seed {seed}: max relative difference {diff:.3g}")
+        assert diff <= TOLERANCE
+    assert not list((workspace / "runs").glob(".*work"))  # nothing left behind
