@@ -51,8 +51,9 @@ def model_spec():
     return ModelSpec("mlp", {"widths": [12]}, in_channels=1, image_size=4, num_classes=4)
 
 
-def pretrain(work: Path | None = None):
-    """Dense training as the pretrain stage does it; returns (model, curves)."""
+def pretrain(work: Path | None = None, on_epoch=None):
+    """Dense training as the pretrain stage does it, resumable from ``work`` when given;
+    returns (model, curves)."""
     from sparsebench.resume import EpochCheckpoint, Resume
     from sparsebench.schema import OptimizerParams
     from sparsebench.train import Phase, fit, seed_everything
@@ -63,7 +64,7 @@ def pretrain(work: Path | None = None):
     resume = None if work is None else Resume(EpochCheckpoint(work / "pretrain.resume.pt"))
     d = data()
     curves = fit(model, d["train"], d["val"], phase, generator=generator,
-                 device=torch.device("cpu"), progress=False, resume=resume)
+                 device=torch.device("cpu"), progress=False, resume=resume, on_epoch=on_epoch)
     return model, curves
 
 
@@ -143,12 +144,13 @@ def capture() -> dict:
 
 
 def rank_main(rank: int, world: int, port: int, out: str, cases: tuple[str, ...],
-              die_after: int | None = None) -> None:
+              die_after: int | None = None, work: str | None = None) -> None:
     """One rank of the distributed run of ``cases`` (spawned by the test): the same training
     as `train_all` over ``world`` gloo ranks. Rank 0 saves each model's state_dict, its masks,
     and the largest difference between the ranks of the model, the masks and the method's
-    state (`distributed.gather_equal`) under ``out``. ``die_after``: this rank exits after
-    that many epochs of pretrain (the dying-rank test)."""
+    state (`distributed.gather_equal`) under ``out``. ``die_after``: rank 1 exits after that
+    many epochs of pretrain (the dying-rank test); ``work``: pretrain checkpoints there every
+    epoch and resumes from it."""
     import os
 
     from sparsebench import distributed
@@ -160,7 +162,7 @@ def rank_main(rank: int, world: int, port: int, out: str, cases: tuple[str, ...]
     out_dir = Path(out)
     captured = capture()
     try:
-        train_cases(cases, out_dir, captured, rank, die_after)
+        train_cases(cases, out_dir, captured, rank, die_after, Path(work) if work else None)
     except RuntimeError as exc:  # a collective that lost a rank: the CLI's one line
         (out_dir / f"rank{rank}.err").write_text(distributed.failure_line(exc))
         raise SystemExit(1) from None
@@ -169,7 +171,7 @@ def rank_main(rank: int, world: int, port: int, out: str, cases: tuple[str, ...]
 
 
 def train_cases(cases: tuple[str, ...], out_dir: Path, captured: dict, rank: int,
-                die_after: int | None) -> None:
+                die_after: int | None, work: Path | None) -> None:
     import os
 
     from sparsebench import distributed
@@ -178,21 +180,10 @@ def train_cases(cases: tuple[str, ...], out_dir: Path, captured: dict, rank: int
     for case in cases:
         captured.clear()
         if case == "pretrain":
-            if die_after is not None:
-                from sparsebench.schema import OptimizerParams
-                from sparsebench.train import Phase, fit, seed_everything
-
-                generator = seed_everything(0)
-                model = model_spec().build()
-                d = data()
-
-                def die(row: dict) -> None:
-                    if row["epoch"] >= die_after:
-                        os._exit(7)
-                fit(model, d["train"], d["val"], Phase(50, 8, OptimizerParams()),
-                    generator=generator, device=torch.device("cpu"), progress=False,
-                    on_epoch=die if rank == 1 else None)
-            model, _ = pretrain()
+            def die(row: dict) -> None:
+                if rank == 1 and die_after is not None and row["epoch"] >= die_after:
+                    os._exit(7)
+            model, _ = pretrain(work, on_epoch=die)
         else:
             model, _ = prune(case, out_dir / "pretrained")
         masks = {f"mask.{n}": m for n, m in get_masks(model).items()}

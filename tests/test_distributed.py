@@ -55,8 +55,7 @@ def runs(tmp_path_factory):
                            get_masks(model))
     finally:
         torch.set_num_threads(threads)
-    mp.start_processes(ddp_cases.rank_main, args=(2, free_port(), str(out), ddp_cases.CASES),
-                       nprocs=2, start_method="spawn")
+    spawn(out, ddp_cases.CASES)
     ddp = {case: torch.load(out / f"ddp_{case}.pt") for case in ddp_cases.CASES}
     return single, ddp
 
@@ -85,23 +84,39 @@ def test_the_state_that_must_agree_is_identical_on_both_ranks(runs, case):
     assert not differing, f"{case}: ranks differ in {differing}"
 
 
-def test_a_rank_that_dies_stops_the_others_with_one_line(tmp_path, monkeypatch):
-    """Rank 1 exits after one epoch; rank 0 stops at its next collective, well within the
-    short timeout, with one line naming rank 1, and writes nothing but that line."""
+def spawn(out, cases, die_after=None, work=None, join=True):
+    return mp.start_processes(ddp_cases.rank_main,
+                              args=(2, free_port(), str(out), cases, die_after, work),
+                              nprocs=2, start_method="spawn", join=join)
+
+
+def test_a_rank_that_dies_stops_the_others_and_the_run_resumes(tmp_path, monkeypatch):
+    """Rank 1 exits after epoch 1 of 2; rank 0 stops at its next collective, well within the
+    short timeout, with one line naming rank 1, and writes nothing but that line and its
+    epoch-1 checkpoint. Started again, both ranks resume from it and end with the weights of
+    a 2-rank run never stopped, bit for bit."""
     monkeypatch.setenv("SPARSEBENCH_DDP_TIMEOUT", "20")
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    for out in (killed, whole):
+        (out / "work").mkdir(parents=True)
     started = time.perf_counter()
-    context = mp.start_processes(ddp_cases.rank_main,
-                                 args=(2, free_port(), str(tmp_path), ("pretrain",), 1),
-                                 nprocs=2, start_method="spawn", join=False)
+    context = spawn(killed, ("pretrain",), die_after=1, work=str(killed / "work"), join=False)
     first, second = context.processes
     second.join(timeout=60)
     first.join(timeout=30)
     assert (second.exitcode, first.exitcode) == (7, 1)
     assert time.perf_counter() - started < 30
-    line = (tmp_path / "rank0.err").read_text()
+    line = (killed / "rank0.err").read_text()
     assert len(line.splitlines()) == 1
     assert line.startswith("torchrun: rank 1 stopped; rank 0 stops too"), line
-    assert [p.name for p in tmp_path.iterdir()] == ["rank0.err"]  # nothing half-written
+    assert sorted(str(p.relative_to(killed)) for p in killed.rglob("*")) == [
+        "rank0.err", "work", "work/pretrain.resume.pt"]  # nothing half-written
+    saved = torch.load(killed / "work/pretrain.resume.pt", weights_only=True)
+    assert saved["epoch"] == 1
+    spawn(killed, ("pretrain",), work=str(killed / "work"))  # started again: resumes
+    spawn(whole, ("pretrain",), work=str(whole / "work"))  # never stopped
+    resumed, never = (torch.load(out / "ddp_pretrain.pt")["state_dict"] for out in (killed, whole))
+    assert all(torch.equal(resumed[k], never[k]) for k in never)
 
 
 def test_the_global_batch_is_split_in_contiguous_near_equal_shares():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
@@ -103,20 +104,35 @@ def setup(device: torch.device) -> torch.device:
 _PEERS: list[tuple[str, int] | None] = []  # (host, pid) of every rank, gathered by setup
 
 
-def lost_ranks() -> list[int]:
-    """The ranks on this host whose process is gone (a rank on another host cannot be
-    probed from here)."""
-    host, gone = socket.gethostname(), []
-    for r, peer in enumerate(_PEERS):
-        if peer is None or peer[0] != host or r == rank():
-            continue
+def lost_ranks(wait: float = 3.0) -> list[int]:
+    """The ranks on this host whose process is gone, polled for up to ``wait`` seconds (a
+    broken connection can be seen before the process has finished exiting); a rank on
+    another host cannot be probed from here."""
+    host, deadline = socket.gethostname(), time.monotonic() + wait
+    peers = [(r, p[1]) for r, p in enumerate(_PEERS)
+             if p is not None and p[0] == host and r != rank()]
+    while True:
+        gone = [r for r, pid in peers if not _alive(pid)]
+        if gone or time.monotonic() > deadline:
+            return gone
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
         try:
-            os.kill(peer[1], 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
-            gone.append(r)
+            return False
         except PermissionError:
             pass
-    return gone
+        return True
 
 
 def failure_line(exc: BaseException) -> str:
