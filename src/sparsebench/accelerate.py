@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -90,14 +91,14 @@ def compile_unavailable(device: torch.device) -> str | None:
     return None
 
 
-def prepare(net: nn.Module, model: nn.Module) -> nn.Module:
-    """The module to train through: ``net`` (the model, or its DDP wrapper), its weights in
-    channels-last order and compiled when the options say so."""
+def prepare(model: nn.Module, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """The module to train ``model`` through: its weights in channels-last order first (when
+    the options say so), then ``wrap(model)`` (DDP under torchrun, else the model), compiled
+    when the options say so."""
     if _OPTIONS.channels_last:
         model.to(memory_format=torch.channels_last)
-    if _OPTIONS.compile:
-        return torch.compile(net)
-    return net
+    net = wrap(model)
+    return torch.compile(net) if _OPTIONS.compile else net
 
 
 def batch(xb: torch.Tensor) -> torch.Tensor:

@@ -155,7 +155,7 @@ def fit(
     x, y = train[0].to(device), train[1].to(device)
     batches = Batches(x, y, phase.batch_size, shuffle=True, generator=generator)
     distributed.check_shards(len(y), phase.batch_size, phase.name)
-    net = accelerate.prepare(distributed.wrap(model), model)  # by default the model itself
+    net = accelerate.prepare(model, distributed.wrap)  # by default the model itself
     optimizer = optimizer or make_optimizer(model.parameters(), phase.optim)
     scheduler = make_scheduler(optimizer, phase.optim, phase.epochs, len(batches))
     show = sys.stderr.isatty() if progress is None else progress

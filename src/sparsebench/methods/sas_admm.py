@@ -272,12 +272,11 @@ class SASADMMPruning(Method):
         free = [q for q in model.parameters() if id(q) not in ids and q.requires_grad
                 ] if p.train_non_weights else []
         sas = SASADMM(coupled, free, beta=p.beta, lam=p.lam, r=p.r, s=p.s, z_init=p.z_init)
-        batches = _Minibatches(ctx, p.batch_size, ctx.device,
-                               replacement=p.sampling == "with_replacement")
         replacement = p.sampling == "with_replacement"  # then every batch is whole
+        batches = _Minibatches(ctx, p.batch_size, ctx.device, replacement=replacement)
         distributed.check_shards(p.batch_size if replacement else len(ctx.train[1]),
                                  p.batch_size, f"methods.{self.key}")
-        net = accelerate.prepare(distributed.wrap(model), model)  # by default the model
+        net = accelerate.prepare(model, distributed.wrap)  # by default the model itself
         curves, first = [], 1
         saved = ctx.checkpoint.take("sas_admm") if ctx.checkpoint is not None else None
         if saved is not None:  # resume after iteration ``saved["epoch"]``
