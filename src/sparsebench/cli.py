@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import time
 import warnings
@@ -105,12 +106,24 @@ def run(argv: list[str]) -> None:
         flush_subnormals()
     if args.stage in FILE_TOOLS:
         return run_file_tool(args)
+    from sparsebench import distributed
+
+    if distributed.launched() and os.environ.get("RANK", "0") != "0":
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  rank 0 alone prints progress
+    if args.stage in ("tune", "calibrate"):
+        if distributed.launched():  # their trials run in pools of independent processes
+            raise UsageError(f"{args.stage}: cannot run under torchrun (it trains many small "
+                             "models side by side in its own worker pool); allowed under "
+                             "torchrun: pretrain, run")
     if args.stage == "tune":
         return run_tune(args)
     from sparsebench import stages
     from sparsebench.config import load_params
 
     params, methods = load_params(args.params)
+    from sparsebench.accelerate import configure
+
+    configure(params.execution.options())  # bf16, channels_last, compile: off by default
     if args.stage in PER_METHOD and args.method not in methods:
         raise UsageError(f"--method: unknown method key {args.method!r}; allowed: "
                          f"{', '.join(methods)}")
@@ -140,11 +153,12 @@ def run(argv: list[str]) -> None:
 
         for path in all_methods(target=params.tune.target_sparsity):
             print(f"{path}: written")
-    if args.stage in PROFILED:
+    if args.stage in PROFILED and distributed.writer():
         from sparsebench import profile
 
         name = f"{args.stage}@{args.method}" if args.stage == "run" else args.stage
         profile.write(name, ready)
+    distributed.teardown()
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -169,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except TrackingFailed as exc:
         print(f"sparsebench: error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # a collective that lost a rank (torch.distributed.DistError)
+        from sparsebench import distributed
+
+        if not distributed.active():
+            raise
+        print(f"sparsebench: error: {distributed.failure_line(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:  # a full disk, a read-only or missing output directory
         if exc.errno not in OUTPUT_ERRORS:

@@ -21,6 +21,7 @@ from sparsebench.schema import OptimizerParams, PhaseParams, Strict, merge_phase
 __all__ = ["OptimizerParams", "Params", "PhaseParams", "Strict", "load_params", "validate"]
 
 if TYPE_CHECKING:
+    from sparsebench.accelerate import Options
     from torch import nn
 
 
@@ -115,6 +116,15 @@ class ExecutionParams(Strict):
 
     threads: int = Field(1, ge=1)
     workers: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (sparsebench.accelerate)
+    channels_last: bool = False  # NHWC weights and batches (convolutional models only)
+    compile: bool = False  # train through torch.compile(model)
+
+    def options(self) -> Options:
+        """The training options (`sparsebench.accelerate`)."""
+        from sparsebench.accelerate import Options
+
+        return Options(self.precision, self.channels_last, self.compile)
 
 
 class Range(Strict):
@@ -253,6 +263,9 @@ def load_params(path: str | Path = "params.yaml", *,
     if params.model.name not in MODELS:
         raise unknown_name("model.name", params.model.name, MODELS)
     model = _check_model_args(params)
+    from sparsebench.accelerate import check as check_options
+
+    check_options(params.execution.options(), resolve_device(params.device), model)
     methods = {name: method_params(name, cfg or {}) for name, cfg in params.methods.items()}
     check_spaces(params.tune, params.methods)
     if tuned:

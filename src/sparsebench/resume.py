@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsebench import distributed
 from sparsebench.paths import atomic_dir, atomic_write, swap_in
 from sparsebench.sparsity import apply_masks, get_masks
 
@@ -78,6 +79,8 @@ class EpochCheckpoint:
     def save(self, state: dict) -> None:
         """Write ``state`` beside the file, flush it to disk, then rename it over the file."""
         self._taken = True  # what is on disk now is newer than anything loaded before
+        if not distributed.writer():  # under torchrun rank 0 alone writes (same state)
+            return
         buffer = io.BytesIO()
         torch.save(state, buffer)  # in memory: a full disk then fails as a plain OSError
         atomic_write(self.path, buffer.getvalue())
@@ -207,6 +210,10 @@ class StageWork:
         self.fingerprint = fingerprint
 
     def __enter__(self) -> StageWork:
+        distributed.rank0_first(self._prepare)  # under torchrun: rank 0 writes, all read
+        return self
+
+    def _prepare(self) -> None:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         marker = self.dir / FINGERPRINT
         if self.dir.exists() and not (marker.exists() and marker.read_text() == self.fingerprint):
@@ -216,14 +223,20 @@ class StageWork:
                 (tmp / FINGERPRINT).write_text(self.fingerprint)
         for stale in self.dir.glob(".*.tmp*"):  # a seed being moved in when the kill came
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
-        return self
 
     def __exit__(self, kind, value, tb) -> None:
+        if not distributed.writer():
+            if kind is None:
+                distributed.rank0_first(lambda: None)  # wait for rank 0's swap
+            return
         if kind is not None:  # the target is untouched; keep what can be resumed, if anything
             resumable = [p for p in self.dir.iterdir() if p.name != FINGERPRINT]
             if not resumable:
                 shutil.rmtree(self.dir, ignore_errors=True)
             return
+        distributed.rank0_first(self._swap)
+
+    def _swap(self) -> None:
         (self.dir / FINGERPRINT).unlink()
         for leftover in self.dir.glob(f"*{RESUME_SUFFIX}"):
             leftover.unlink()

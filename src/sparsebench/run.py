@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from sparsebench import distributed
 from sparsebench.checkpoint import load_model, save_model
 from sparsebench.errors import Diverged, UsageError
 from sparsebench.methods import Context, MethodParams, build_method
@@ -196,12 +197,15 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
         with diverged(f"prune {spec.key} seed {spec.seed}", {f"methods.{spec.key}": spec.method}):
             outcome.curves["prune"] = method.prune(model, ctx)
         outcome.seconds["prune"] = time.perf_counter() - start
-        if pruned is not None:  # saved whole: built beside it, then renamed
-            with atomic_dir(pruned) as tmp:
-                save_run_model(tmp, model, {"rows": outcome.curves["prune"],
-                                            "wall": outcome.seconds["prune"]})
+        if pruned is not None:  # saved whole: built beside it, then renamed (by rank 0)
+            def keep() -> None:
+                with atomic_dir(pruned) as tmp:
+                    save_run_model(tmp, model, {"rows": outcome.curves["prune"],
+                                                "wall": outcome.seconds["prune"]})
+                (work / "prune.resume.pt").unlink(missing_ok=True)
+
+            distributed.rank0_first(keep)
             model = load_run_model(pruned, device)
-            (work / "prune.resume.pt").unlink(missing_ok=True)
     start = time.perf_counter()
     ctx = _context(spec, data, device, _checkpoint(work, "retrain"),
                    _phase_hook("retrain", on_epoch))
@@ -267,43 +271,46 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     wall = time.perf_counter()
     outcome = run(spec, data, device, work=work, on_epoch=on_epoch)
     model = outcome.model
-    evaluating = time.perf_counter()
-    test_loss, test_acc = evaluate(model, *data["test"], device=device)
-    figures = evaluate_model_metrics(model, shape)
-    layers = figures.pop("layers")
-    val = validation_figures(model, data["val"], device)
-    with atomic_dir(out) as tmp:
-        save_run_model(tmp, model, outcome.curves)
-        save(model, tmp / CHECKPOINT)
-        size, dense = (tmp / CHECKPOINT).stat().st_size, (tmp / MODEL).stat().st_size
-        if latency is not None and latency[0]:
-            from sparsebench.latency import compare_latency
+    def finish() -> dict[str, Any]:  # rank 0 alone under torchrun
+        evaluating = time.perf_counter()
+        test_loss, test_acc = evaluate(model, *data["test"], device=device)
+        figures = evaluate_model_metrics(model, shape)
+        layers = figures.pop("layers")
+        val = validation_figures(model, data["val"], device)
+        with atomic_dir(out) as tmp:
+            save_run_model(tmp, model, outcome.curves)
+            save(model, tmp / CHECKPOINT)
+            size, dense = (tmp / CHECKPOINT).stat().st_size, (tmp / MODEL).stat().st_size
+            if latency is not None and latency[0]:
+                from sparsebench.latency import compare_latency
 
-            timed = compare_latency(model.cpu(), shape, latency[0], repeats=latency[1])
-            for batch, row in timed["batch"].items():
-                figures[f"latency_b{batch}_dense_ms"] = 1000 * row["dense_s"]
-                figures[f"latency_b{batch}_sparse_ms"] = 1000 * row["sparse_s"]
-                figures[f"latency_b{batch}_ratio"] = row["ratio"]
-        evaluated = time.perf_counter() - evaluating
-        result = {
-            "key": spec.key, "method": build_method(spec.key, spec.method).name,
-            "level": spec.level, "point": spec.point, "seed": spec.seed,
-            "figures": {"test_accuracy": test_acc, "test_loss": test_loss,
-                        "val_accuracy": val["val_accuracy"], **figures,
-                        "checkpoint_bytes": size, "checkpoint_dense_bytes": dense,
-                        "checkpoint_ratio": dense / size,
-                        "checkpoint_bound_ratio": size / information_bound(model)},
-            "layers": layers, "epochs": budget,
-            "seconds": {"train": outcome.train_seconds, **outcome.seconds,
-                        "evaluate": evaluated, "run": time.perf_counter() - wall},
-            "params": spec.method.model_dump(mode="json"),
-            "environment": env, "fingerprint": fingerprint,
-        }
-        if not math.isfinite(test_loss):
-            raise FloatingPointError(f"{spec.key}: the test loss is {test_loss}")
-        atomic_write(tmp / RESULT, json.dumps(result, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
-    return result
+                timed = compare_latency(model.cpu(), shape, latency[0], repeats=latency[1])
+                for batch, row in timed["batch"].items():
+                    figures[f"latency_b{batch}_dense_ms"] = 1000 * row["dense_s"]
+                    figures[f"latency_b{batch}_sparse_ms"] = 1000 * row["sparse_s"]
+                    figures[f"latency_b{batch}_ratio"] = row["ratio"]
+            evaluated = time.perf_counter() - evaluating
+            result = {
+                "key": spec.key, "method": build_method(spec.key, spec.method).name,
+                "level": spec.level, "point": spec.point, "seed": spec.seed,
+                "figures": {"test_accuracy": test_acc, "test_loss": test_loss,
+                            "val_accuracy": val["val_accuracy"], **figures,
+                            "checkpoint_bytes": size, "checkpoint_dense_bytes": dense,
+                            "checkpoint_ratio": dense / size,
+                            "checkpoint_bound_ratio": size / information_bound(model)},
+                "layers": layers, "epochs": budget,
+                "seconds": {"train": outcome.train_seconds, **outcome.seconds,
+                            "evaluate": evaluated, "run": time.perf_counter() - wall},
+                "params": spec.method.model_dump(mode="json"),
+                "environment": env, "fingerprint": fingerprint,
+            }
+            if not math.isfinite(test_loss):
+                raise FloatingPointError(f"{spec.key}: the test loss is {test_loss}")
+            atomic_write(tmp / RESULT, json.dumps(result, indent=1))
+        shutil.rmtree(work, ignore_errors=True)
+        return result
+
+    return distributed.rank0_first(finish)
 
 
 def cached(out: Path, fingerprint: str) -> dict[str, Any] | None:

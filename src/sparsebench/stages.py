@@ -19,9 +19,9 @@ import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sparsebench import profile
+from sparsebench import distributed, profile
 from sparsebench.config import Params
 from sparsebench.data import (
     SYNTHETIC,
@@ -42,6 +42,9 @@ from sparsebench.suite import DATA_FILE, Planned, model_spec, plan, pretrained_f
 from sparsebench.tracking import RUN_STATE, tracking_uri
 from sparsebench.train import resolve_device
 from sparsebench.workers import Task, check_workers, default_workers, raise_failures, run_tasks
+
+if TYPE_CHECKING:
+    import torch
 
 
 def prepare(params: Params) -> None:
@@ -69,6 +72,8 @@ def prepare(params: Params) -> None:
 def _log_epoch(name: str):
     """One line per epoch (or ADMM iteration) on stdout: the figures the row has."""
     def show(phase: str, row: dict) -> None:
+        if not distributed.writer():  # under torchrun: rank 0's lines alone
+            return
         figures = " ".join(f"{k} {v:.4g}" for k, v in row.items()
                            if k not in ("epoch", "seconds") and isinstance(v, float))
         print(f"{phase} {name} epoch {row['epoch']}: {figures} "
@@ -103,15 +108,41 @@ def _live(live, work: Path):
 
 
 def workers_of(params: Params) -> tuple[int, int, bool]:
-    """(workers, threads, in_process) for this machine; warns when they exceed the cores."""
+    """(workers, threads, in_process) for this machine; warns when they exceed the cores.
+    Under torchrun: one run at a time in this process, over all ranks."""
     import warnings
 
-    device = resolve_device(params.device)
+    device = stage_device(params)
     threads = params.execution.threads
+    if distributed.active():
+        return 1, threads, True
     workers = params.execution.workers or default_workers(threads, device)
     if text := check_workers(workers, threads):
         warnings.warn(text, UserWarning, stacklevel=2)
     return workers, threads, device.type != "cpu"
+
+
+def stage_device(params: Params) -> torch.device:
+    """The device of this stage's process: ``device``, or this rank's under torchrun (joining
+    its process group; refused for a batch-norm model on the CPU, see `check_distributed`)."""
+    device = resolve_device(params.device)
+    if distributed.launched():
+        device = distributed.setup(device)
+        check_distributed(params, device)
+    return device
+
+
+def check_distributed(params: Params, device: torch.device) -> None:
+    """What cannot train over ranks, refused in one line: a model with batch norm on the CPU
+    (its statistics over the global batch need SyncBatchNorm, which PyTorch runs on CUDA
+    only; per-rank statistics would make another model than the single process trains)."""
+    from sparsebench.models import MODELS
+
+    if device.type == "cpu" and params.model.name.startswith("resnet"):
+        allowed = ", ".join(m for m in MODELS if not m.startswith("resnet"))
+        raise UsageError(f"model.name: {params.model.name!r} has batch norm, which cannot "
+                         "train under torchrun on the CPU (SyncBatchNorm is CUDA-only); "
+                         f"allowed there: {allowed}, or device: cuda")
 
 
 def pretrain(params: Params) -> None:
@@ -120,7 +151,7 @@ def pretrain(params: Params) -> None:
     from sparsebench.run import ModelSpec, save_run_model
     from sparsebench.train import fit, seed_everything
 
-    device = resolve_device(params.device)
+    device = stage_device(params)
     data = load_splits(DATA_FILE, ("train", "val"))
     phase = params.pretrain.to_phase("pretrain")
     spec: ModelSpec = model_spec(params)
@@ -129,7 +160,12 @@ def pretrain(params: Params) -> None:
     shared["threads"] = threads
     env = environment(device, threads, workers)
     tracker = (_Tracker(params, "pretrain", "tags.run_kind = 'pretrain'")
-               if params.tracking.enabled else None)
+               if params.tracking.enabled and distributed.writer() else None)
+    if distributed.world() > 1:  # another reduction order: not the single-process models
+        shared["world_size"] = distributed.world()
+    if not params.execution.options().default:  # bf16 etc.: other numbers
+        shared["options"] = params.execution.model_dump(
+            include={"precision", "channels_last", "compile"})
     with StageWork(run_dir("pretrain"), fingerprint(stage="pretrain", config=shared,
                                                     inputs=[DATA_FILE])) as work:
         def info(seed: int):
@@ -159,7 +195,8 @@ def pretrain(params: Params) -> None:
                 curves = fit(model, data["train"], data["val"], phase, generator=generator,
                              device=device, on_epoch=lambda row: hook("pretrain", row),
                              resume=resume)
-                done = work.finish(f"seed{seed}", save_run_model, model, curves)
+                done = distributed.rank0_first(lambda: work.finish(
+                    f"seed{seed}", save_run_model, model, curves))
                 if live is not None:
                     live.finish(pretrain_records(done))
 
@@ -201,6 +238,11 @@ def run_fingerprint(params: Params, planned: Planned) -> str:
               "data": params.data.model_dump(mode="json"),
               "evaluate": params.evaluate.model_dump(mode="json"),
               "threads": params.execution.threads, "budget": planned.budget}
+    if distributed.world() > 1:  # another reduction order: not the single-process runs
+        config["world_size"] = distributed.world()
+    if not params.execution.options().default:  # bf16 etc.: other numbers
+        config["options"] = params.execution.model_dump(
+            include={"precision", "channels_last", "compile"})
     return fingerprint(stage="run", config=config,
                        inputs=[DATA_FILE, *pretrained_file(planned.spec)])
 
@@ -226,10 +268,12 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         raise UsageError(f"--method: {key!r} is not configured under methods in params.yaml; "
                          f"allowed: {', '.join(methods)}")
     started = time.perf_counter()
-    device = resolve_device(params.device)
+    device = stage_device(params)
     planned = method_runs(params, methods, key)
     workers, threads, in_process = workers_of(params)
     env = environment(device, threads, workers)
+    if distributed.active():
+        env.update(distributed.describe())
     shape = tuple(dataset_info(DATA_FILE)["shape"])
     todo, results = [], {}
     for p in planned:
@@ -243,7 +287,7 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
           f"({workers} workers x {threads} threads)", flush=True)
     data = load_splits(DATA_FILE, ("train", "val", "test")) if todo else {}
     tracker = (_RunTracker(params, key, method_class(key, methods[key].model_dump()).name,
-                           planned) if params.tracking.enabled else None)
+                           planned) if params.tracking.enabled and distributed.writer() else None)
 
     def task(p: Planned, fp: str) -> Task:
         def fn() -> None:
@@ -272,7 +316,8 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
 
     failures = run_tasks([task(p, fp) for p, fp in todo], workers=workers, threads=threads,
                          on_done=done, in_process=in_process)
-    _remove_stale(key, planned)
+    if distributed.writer():
+        _remove_stale(key, planned)
     tracking_failed: TrackingFailed | None = None
     if tracker is not None:  # complete what the server lacks, from the runs' own records
         finished = [(tracker.run_info(p, results[p.name]["fingerprint"],
@@ -286,7 +331,8 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         except TrackingFailed as exc:  # reported once the method's files are written
             tracking_failed = exc
     raise_failures(f"run {key}", failures, len(planned))
-    summary = write_method_metrics(key, methods[key], planned, results)
+    summary = distributed.rank0_first(
+        lambda: write_method_metrics(key, methods[key], planned, results))
     if tracking_failed is not None:
         raise tracking_failed
     if tracker is not None:

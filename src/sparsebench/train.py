@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsebench import accelerate, distributed
 from sparsebench.data import Batches
 from sparsebench.errors import UsageError
 from sparsebench.metrics import sparsity_summary
@@ -160,6 +161,8 @@ def fit(
     """
     x, y = train[0].to(device), train[1].to(device)
     batches = Batches(x, y, phase.batch_size, shuffle=True, generator=generator)
+    distributed.check_shards(len(y), phase.batch_size, phase.name)
+    net = accelerate.prepare(model, distributed.wrap)  # by default the model itself
     optimizer = optimizer or make_optimizer(model.parameters(), phase.optim)
     scheduler = make_scheduler(optimizer, phase.optim, phase.epochs, len(batches))
     show = sys.stderr.isatty() if progress is None else progress
@@ -174,8 +177,12 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         for xb, yb in _progress(batches, show, f"{phase.name} {epoch}/{phase.epochs}"):
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            if distributed.active():  # this rank's share of the global batch
+                xb, yb, batch = *distributed.shard(xb, yb), len(yb)
+            with accelerate.autocast(device):  # by default no change
+                logits = net(accelerate.batch(xb))
+                loss = (distributed.local_loss(logits, yb, batch) if distributed.active()
+                        else F.cross_entropy(logits, yb))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if after_backward is not None:
@@ -186,8 +193,12 @@ def fit(
             if after_step is not None:
                 after_step(step)
             with torch.no_grad():
-                loss_sum += loss.detach() * len(yb)
+                if distributed.active():  # the share's summed loss
+                    loss_sum += loss.detach() * batch / distributed.world()
+                else:
+                    loss_sum += loss.detach() * len(yb)
                 correct += (logits.argmax(1) == yb).sum()
+        loss_sum, correct = distributed.all_sum(loss_sum), distributed.all_sum(correct)
         seconds = time.perf_counter() - start
         val_loss, val_acc = evaluate(model, val[0], val[1], device=device)
         row = {

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from sparsebench import accelerate, distributed
 from sparsebench.data import Batches
 from sparsebench.methods.base import Context, Method, SparsityParams
 from sparsebench.metrics import prunable_modules
@@ -271,8 +272,11 @@ class SASADMMPruning(Method):
         free = [q for q in model.parameters() if id(q) not in ids and q.requires_grad
                 ] if p.train_non_weights else []
         sas = SASADMM(coupled, free, beta=p.beta, lam=p.lam, r=p.r, s=p.s, z_init=p.z_init)
-        batches = _Minibatches(ctx, p.batch_size, ctx.device,
-                               replacement=p.sampling == "with_replacement")
+        replacement = p.sampling == "with_replacement"  # then every batch is whole
+        batches = _Minibatches(ctx, p.batch_size, ctx.device, replacement=replacement)
+        distributed.check_shards(p.batch_size if replacement else len(ctx.train[1]),
+                                 p.batch_size, f"methods.{self.key}")
+        net = accelerate.prepare(model, distributed.wrap)  # by default the model itself
         curves, first = [], 1
         saved = ctx.checkpoint.take("sas_admm") if ctx.checkpoint is not None else None
         if saved is not None:  # resume after iteration ``saved["epoch"]``
@@ -285,14 +289,25 @@ class SASADMMPruning(Method):
             h, loss_sum = sas.begin(), 0.0
             started = time.perf_counter()
             model.train()
+            parts = torch.zeros((), device=ctx.device)  # DDP: this rank's part of the losses
             for t in range(1, Mk + 1):
                 x, y = next(batches)
                 sas.set_md(t)
                 model.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x), y)
+                if distributed.active():  # this rank's share of the global batch
+                    x, y, batch = *distributed.shard(x, y), len(y)
+                with accelerate.autocast(ctx.device):  # by default no change
+                    logits = net(accelerate.batch(x))
+                    loss = (distributed.local_loss(logits, y, batch) if distributed.active()
+                            else F.cross_entropy(logits, y))
                 loss.backward()
+                if distributed.active():
+                    parts += loss.detach() / distributed.world()
+                else:
+                    loss_sum += loss.item()
                 sas.inner_step(t, eta, h)
-                loss_sum += loss.item()
+            if distributed.active():
+                loss_sum = distributed.all_sum(parts).item()
             row = {"epoch": k, "train_loss": loss_sum / Mk, "inner_steps": Mk, "eta": eta,
                    **sas.dual_step(), "seconds": time.perf_counter() - started}
             if not math.isfinite(row["train_loss"]):

@@ -102,6 +102,9 @@ def run_worker(spec: WorkerSpec) -> str:
     if spec.workers > 1:  # two processes with two threads each fight over two cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     params, _ = load_params(spec.params_path, tuned=False)
+    from sparsebench.accelerate import configure
+
+    configure(params.execution.options())  # the trials train as the suite's runs
     tune = params.tune
     seed = params.seeds[0] if tune.seed is None else tune.seed
     storage = open_storage(spec.storage, tune)
