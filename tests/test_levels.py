@@ -3,9 +3,11 @@ search (interpolation, bracketing, a level it cannot reach)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+import torch
 import yaml
 from conftest import small_params
 
@@ -268,3 +270,40 @@ def test_progressive_is_refused_where_a_level_is_not_a_target(workspace, capsys,
     assert main(["check-params", "--params", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"methods.{key}.progressive: true is not allowed" in err, err
+
+
+def test_a_progressive_series_runs_each_step_from_the_last(pretrained_workspace, tmp_path,
+                                                            monkeypatch):
+    """magnitude as a series: each step prunes the previous step's retrained model, whose
+    pruned weights are exactly zero, so every mask lies inside the previous one; the budget
+    adds up; run again, every step is cached."""
+    import shutil
+
+    from sparsebench.sparsity import load_masks
+
+    for part in ("data", "runs"):
+        shutil.copytree(pretrained_workspace / part, tmp_path / part)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
+    path = small_params(tmp_path, tracking={"enabled": False})
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["magnitude"].update(progressive=True, levels=[8, 16, 32])
+    raw["methods"]["magnitude"]["retrain"] = {"epochs": 1}
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", "--method", "magnitude", "--params", str(path)]) == 0
+    for seed in (0, 1):
+        masks = [load_masks(tmp_path / "runs" / "magnitude" / level / f"seed{seed}" /
+                            "masks.safetensors") for level in ("c8", "c16", "c32")]
+        for before, after in zip(masks, masks[1:]):
+            assert all(torch.equal(after[n] & ~before[n], torch.zeros_like(after[n]))
+                       for n in after)
+            assert sum(int(m.sum()) for m in after.values()) < sum(
+                int(m.sum()) for m in before.values())
+        result = json.loads((tmp_path / "runs" / "magnitude" / "c32" / f"seed{seed}" /
+                             "result.json").read_text())
+        assert result["epochs"] == {"pretrain": 2, "previous": 2, "prune": 0, "retrain": 1,
+                                    "total": 5}
+    mtime = (tmp_path / "runs" / "magnitude" / "c32" / "seed0" / "result.json").stat().st_mtime
+    assert main(["run", "--method", "magnitude", "--params", str(path)]) == 0
+    assert (tmp_path / "runs" / "magnitude" / "c32" / "seed0" /
+            "result.json").stat().st_mtime == mtime

@@ -41,7 +41,14 @@ from sparsebench.run import RESULT, cached, environment
 from sparsebench.suite import DATA_FILE, Planned, model_spec, plan, pretrained_file
 from sparsebench.tracking import RUN_STATE, tracking_uri
 from sparsebench.train import resolve_device
-from sparsebench.workers import Task, check_workers, default_workers, raise_failures, run_tasks
+from sparsebench.workers import (
+    Failure,
+    Task,
+    check_workers,
+    default_workers,
+    raise_failures,
+    run_tasks,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -275,17 +282,32 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     if distributed.active():
         env.update(distributed.describe())
     shape = tuple(dataset_info(DATA_FILE)["shape"])
-    todo, results = [], {}
-    for p in planned:
-        fp = run_fingerprint(params, p)
-        found = cached(p.out, fp)
-        if found is not None:
-            results[p.name] = found
-        else:
-            todo.append((p, fp))
-    print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(todo)} to train "
-          f"({workers} workers x {threads} threads)", flush=True)
-    data = load_splits(DATA_FILE, ("train", "val", "test")) if todo else {}
+    todo, results, failures = [], {}, {}
+    waves = series_waves(planned)
+
+    def pending(wave: list[Planned]) -> list[tuple[Planned, str]]:
+        """The wave's runs to train (a progressive step once its previous step is done: its
+        fingerprint covers that step's model); the cached ones go to ``results``."""
+        out = []
+        for p in wave:
+            if p.after is not None and p.after.name not in results:
+                failures[p.name] = Failure(f"{p.name}: not run, its previous step "
+                                           f"{p.after.name} failed")
+                continue
+            fp = run_fingerprint(params, p)
+            found = cached(p.out, fp)
+            if found is not None:
+                results[p.name] = found
+            else:
+                out.append((p, fp))
+        return out
+
+    first = pending(waves[0])
+    later = sum(len(w) for w in waves[1:])
+    print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(first)} to train "
+          f"({workers} workers x {threads} threads)" + (
+              f", {later} later steps of progressive series" if later else ""), flush=True)
+    data = (load_splits(DATA_FILE, ("train", "val", "test")) if first or later else {})
     tracker = (_RunTracker(params, key, method_class(key, methods[key].model_dump()).name,
                            planned) if params.tracking.enabled and distributed.writer() else None)
 
@@ -314,8 +336,11 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
               f"(training {r['seconds']['train']:.1f}s)", flush=True)
         profile.record(train=r["seconds"]["train"], evaluate=r["seconds"]["evaluate"])
 
-    failures = run_tasks([task(p, fp) for p, fp in todo], workers=workers, threads=threads,
-                         on_done=done, in_process=in_process)
+    for i, wave in enumerate(waves):  # one wave, unless a progressive series chains levels
+        now = first if i == 0 else pending(wave)
+        todo += now
+        failures.update(run_tasks([task(p, fp) for p, fp in now], workers=workers,
+                                  threads=threads, on_done=done, in_process=in_process))
     if distributed.writer():
         _remove_stale(key, planned)
     tracking_failed: TrackingFailed | None = None
@@ -341,6 +366,20 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     profile.record(workers=workers, trained=len(todo))
     print(f"run {key}: done in {time.perf_counter() - started:.1f}s", flush=True)
     return summary
+
+
+def series_waves(planned: list[Planned]) -> list[list[Planned]]:
+    """The runs in waves that can go side by side: a run in the wave after the one holding
+    the progressive step it starts from (`suite.Planned.after`); one wave without series."""
+    depth: dict[str, int] = {}
+    waves: list[list[Planned]] = []
+    for p in planned:  # plan() lists a step after the one it starts from
+        d = 0 if p.after is None else depth[p.after.name] + 1
+        depth[p.name] = d
+        if d == len(waves):
+            waves.append([])
+        waves[d].append(p)
+    return waves or [[]]
 
 
 def _remove_stale(key: str, planned: list[Planned]) -> None:
