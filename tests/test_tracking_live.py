@@ -54,7 +54,8 @@ def test_a_live_run_shows_each_epoch_before_it_ends(workspace):
 def _admm_workspace(root: Path) -> Path:
     path = small_params(root, tracking={"enabled": True})
     params = yaml.safe_load(path.read_text())
-    params["data"]["limit"] = 3000  # epochs long enough to be killed in the middle
+    params["data"]["limit"] = 12000  # epochs long enough to be killed in the middle, even
+    # on an idle machine (at 3,000 samples both runs ended within the second the test waits)
     params["levels"]["compression"] = [8]
     params["execution"] = {"threads": 1, "workers": 2}
     params["budget"] = None
