@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -307,3 +308,24 @@ def test_a_progressive_series_runs_each_step_from_the_last(pretrained_workspace,
     assert main(["run", "--method", "magnitude", "--params", str(path)]) == 0
     assert (tmp_path / "runs" / "magnitude" / "c32" / "seed0" /
             "result.json").stat().st_mtime == mtime
+
+
+def test_the_committed_calibrations_fit_the_committed_params():
+    """A change to a method's parameters (or to what every method accepts) that makes
+    calibrated/*.yaml stale would stop `make repro` at that method's stage: caught here."""
+    import os
+
+    from sparsebench.calibrate import read_calibration
+    from sparsebench.config import load_params
+
+    root = Path(__file__).resolve().parents[1]
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        _, methods = load_params(root / "params.yaml")
+        calibrated = sorted(p.stem for p in (root / "calibrated").glob("*.yaml"))
+        assert calibrated
+        for key in calibrated:
+            assert read_calibration(key, methods[key]) is not None
+    finally:
+        os.chdir(cwd)

@@ -89,9 +89,11 @@ def calibrated_path(key: str) -> Path:
 
 
 def config_digest(key: str, method: MethodParams) -> str:
-    """SHA-256 of the method's parameters without its strength and its level subset."""
+    """SHA-256 of the method's parameters without its strength and its level subset (and
+    ``progressive``, which a calibrated method cannot set: the digests of the calibrations
+    made before the key existed stay valid)."""
     strength = method_class(key, method.model_dump()).strength
-    raw = method.model_dump(mode="json", exclude={strength, "levels"})
+    raw = method.model_dump(mode="json", exclude={strength, "levels", "progressive"})
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 
