@@ -74,15 +74,16 @@ from sparsebench.schema import OptimizerParams
 from sparsebench.sparsity import apply_masks, magnitude_masks, make_permanent, prunable_modules
 from sparsebench.suite import DATA_FILE, at_level, layer_sizes, model_spec
 from sparsebench.train import Phase, evaluate, resolve_device
+from sparsebench.tuned import overlay
 from sparsebench.workers import Task, raise_failures, run_tasks
 
 BUDGET = 8  # prune epochs at --scale 1: the default suite's admm and gmp phases
 TUNING_SEED = 100
-METHODS = {  # benchmark name -> (registered method, change to params.yaml's entry)
+METHODS = {  # benchmark name -> (registered method, dotted changes to params.yaml's entry)
     "admm": ("admm", {}),
     "admm_l1": ("admm_l1", {}),
-    "admm_l1_sgd": ("admm_l1", {"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9,
-                                              "schedule": "constant"}}),
+    "admm_l1_sgd": ("admm_l1", {"optimizer.name": "sgd", "optimizer.lr": 0.01,
+                                "optimizer.momentum": 0.9, "optimizer.schedule": "constant"}),
     "sas_admm": ("sas_admm", {}),
     "gmp": ("gmp", {}),
 }
@@ -114,25 +115,6 @@ def suggest(trial, knobs: dict[str, tuple]) -> dict[str, float]:
     return out
 
 
-def nest(flat: dict[str, float]) -> dict:
-    """``{"optimizer.lr": x}`` -> ``{"optimizer": {"lr": x}}``."""
-    out: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return out
-
-
-def merge(base: dict, change: dict) -> dict:
-    out = dict(base)
-    for key, value in change.items():
-        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 def sas_iterations(M: int, k0: int, q: float, budget: int, batch: int, n_train: int) -> int:
     """The most SAS-ADMM iterations whose minibatches fit ``budget`` epochs."""
     k, steps = 0, 0
@@ -149,8 +131,7 @@ def configure(name: str, base: dict, knobs: dict, budget: int, scale: float,
               n_train: int) -> dict:
     """params.yaml's entry with the benchmark's change, the knobs and the budget."""
     registered, change = METHODS[name]
-    cfg = merge(merge(dict(base), change), nest(knobs))
-    cfg["method"] = registered
+    cfg = overlay(base, {**change, **knobs, "method": registered})
     if registered in ("admm", "admm_l1"):
         cfg.update(iterations=budget, epochs_per_iteration=1)
     elif registered == "gmp":

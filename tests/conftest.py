@@ -30,8 +30,7 @@ def tiny_mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
 
 
-@pytest.fixture
-def tiny_data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def prototype_data(n_train: int, n_val: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """A learnable 4-class problem on 1x4x4 inputs: class prototypes plus noise."""
     g = torch.Generator().manual_seed(0)
     protos = torch.randn(4, 1, 4, 4, generator=g) * 2
@@ -40,7 +39,12 @@ def tiny_data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         y = torch.randint(0, 4, (n,), generator=g)
         return protos[y] + 0.5 * torch.randn(n, 1, 4, 4, generator=g), y
 
-    return {"train": draw(256), "val": draw(64)}
+    return {"train": draw(n_train), "val": draw(n_val)}
+
+
+@pytest.fixture
+def tiny_data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return prototype_data(256, 64)
 
 
 SHRINK = {"iterations": 2, "epochs": 2, "end_epoch": 1, "start_epoch": 0, "frequency": 2,

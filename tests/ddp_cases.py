@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import prototype_data
 
 N_TRAIN, N_VAL, BATCH = 299, 64, 32
 
@@ -34,15 +35,8 @@ CASES = ("pretrain", *METHODS)
 
 
 def data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """A learnable 4-class problem on 1x4x4 inputs: class prototypes plus noise."""
-    g = torch.Generator().manual_seed(0)
-    protos = torch.randn(4, 1, 4, 4, generator=g) * 2
-
-    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.randint(0, 4, (n,), generator=g)
-        return protos[y] + 0.5 * torch.randn(n, 1, 4, 4, generator=g), y
-
-    return {"train": draw(N_TRAIN), "val": draw(N_VAL)}
+    """The tests' prototype problem (`conftest.prototype_data`) at this module's sizes."""
+    return prototype_data(N_TRAIN, N_VAL)
 
 
 def model_spec():
