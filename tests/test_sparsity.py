@@ -1,13 +1,19 @@
+import copy
 import itertools
+import pickle
 
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from sparsebench.errors import UsageError
+from sparsebench.metrics import effective_weight
 from sparsebench.sparsity import (
+    ZeroedMask,
     agp_sparsity,
     apply_masks,
+    effective_weights,
     get_masks,
     keep_count,
     load_masks,
@@ -241,7 +247,7 @@ def test_zeroing_the_masked_state_leaves_the_unmasked_trajectory_identical(name)
         a, b = fixed.get_submodule(layer), unfixed.get_submodule(layer)
         kept = a.weight_mask.bool()
         assert torch.equal(a.weight_mask, b.weight_mask)
-        assert torch.equal(a.weight, b.weight)  # the effective weights: bit for bit
+        assert torch.equal(effective_weight(a), effective_weight(b))  # bit for bit
         assert torch.equal(a.weight_orig[kept], b.weight_orig[kept])
         assert torch.equal(a.bias, b.bias)
     first = unfixed.get_submodule("0")
@@ -258,3 +264,109 @@ def test_zero_masked_state_leaves_other_state_alone():
     optimizer.state[orig]["v"] = torch.ones_like(orig)  # e.g. a Bregman subgradient
     zero_masked_state(optimizer, model)
     assert torch.equal(optimizer.state[orig]["v"], torch.ones_like(orig))
+
+
+def _conv_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+
+
+def _train_images(model, optimizer, steps: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(8, 2, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def _product_masks(model: nn.Module, masks) -> None:
+    """torch's own CustomFromMask form, weight_orig zeroed where masked (as apply_masks)."""
+    for name, mask in masks.items():
+        module = model.get_submodule(name)
+        prune.custom_from_mask(module, "weight", mask)
+        with torch.no_grad():
+            module.weight_orig.masked_fill_(~mask, 0.0)
+
+
+@pytest.mark.parametrize("net", ["linear", "conv"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_zeroed_mask_trains_the_same_numbers_as_the_product_form(name, net):
+    build, train = (_two_layer, _train) if net == "linear" else (_conv_net, _train_images)
+    states = []
+    for form in ("product", "zeroed"):
+        model = build()
+        optimizer = OPTIMIZERS[name](model.parameters())
+        train(model, optimizer, 3, seed=1)
+        masks = magnitude_masks(model, 0.6)
+        if form == "product":
+            _product_masks(model, masks)
+        else:
+            apply_masks(model, masks)
+            assert all(isinstance(h, ZeroedMask) for h in model[0]._forward_pre_hooks.values())
+        zero_masked_state(optimizer, model)
+        train(model, optimizer, 15, seed=2)
+        states.append(model.state_dict())
+    product, zeroed = states
+    assert product.keys() == zeroed.keys()
+    for key in product:  # weight_orig, weight_mask, bias: bit for bit
+        assert torch.equal(product[key], zeroed[key]), key
+
+
+def test_zeroed_mask_rezeroes_a_masked_entry_that_an_unzeroed_optimizer_moved():
+    """apply_masks without the optimizer leaves Adam's moments: the forward pass still uses
+    zero there, as the product form does, so both train the same effective weights."""
+    trained = []
+    for form in ("product", "zeroed"):
+        model = _two_layer()
+        optimizer = OPTIMIZERS["adam"](model.parameters())
+        _train(model, optimizer, 5, seed=1)
+        masks = magnitude_masks(model, 0.5)
+        _product_masks(model, masks) if form == "product" else apply_masks(model, masks)
+        _train(model, optimizer, 10, seed=2)
+        trained.append(model)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(trained[0](x), trained[1](x))
+    for layer in ("0", "2"):
+        a, b = trained[0].get_submodule(layer), trained[1].get_submodule(layer)
+        assert torch.equal(effective_weight(a), effective_weight(b))
+        assert torch.count_nonzero(effective_weight(b)[~b.weight_mask.bool()]) == 0
+
+
+def test_zeroed_mask_keeps_masking_the_gradient_of_a_copied_model():
+    model = _two_layer()
+    masks = magnitude_masks(model, 0.5)
+    apply_masks(model, masks)
+    _train(model, torch.optim.SGD(model.parameters(), lr=0.1), 2, seed=1)
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        _train(copied, torch.optim.SGD(copied.parameters(), lr=0.1, momentum=0.9), 5, seed=2)
+        for layer, mask in masks.items():
+            module = copied.get_submodule(layer)
+            assert torch.count_nonzero(module.weight_orig[~mask]) == 0
+            assert torch.count_nonzero(module.weight_orig.grad[~mask]) == 0
+            assert torch.count_nonzero(module.weight_orig.grad[mask]) > 0
+
+
+def test_zeroed_mask_comes_off_with_prune_remove():
+    model = _two_layer()
+    masks = magnitude_masks(model, 0.5)
+    apply_masks(model, masks)
+    _train(model, torch.optim.SGD(model.parameters(), lr=0.1), 2, seed=1)
+    make_permanent(model)
+    first = model.get_submodule("0")
+    assert not prune.is_pruned(model) and not hasattr(first, "weight_mask")
+    assert torch.count_nonzero(first.weight[~masks["0"]]) == 0  # pruned, permanently
+    _train(model, torch.optim.SGD(model.parameters(), lr=0.1), 2, seed=2)
+    assert torch.count_nonzero(first.weight[~masks["0"]]) > 0  # no mask on the gradient now
+
+
+def test_effective_weights_are_the_current_ones_after_a_step():
+    """Magnitude scores (gradual pruning between steps) read the weights after the last step,
+    not the product the last forward pass computed before it."""
+    model = _two_layer()
+    apply_masks(model, magnitude_masks(model, 0.5))
+    _train(model, torch.optim.SGD(model.parameters(), lr=0.5), 1, seed=1)
+    for name, weight in effective_weights(model).items():
+        module = model.get_submodule(name)
+        assert torch.equal(weight, module.weight_mask * module.weight_orig.detach())

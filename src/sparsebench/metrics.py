@@ -19,8 +19,9 @@ section 0 of the project's ALGORITHMS.md:
   the **theoretical speedup** is ``flops / flops_nonzero`` (ShrinkBench's ``flops_nz`` and
   ``theoretical_speedup``).
 
-Models pruned with :mod:`torch.nn.utils.prune` are supported: the effective weight is read
-as the ``module.weight`` attribute (``weight_orig * weight_mask``), and such a module's
+Models pruned with :mod:`torch.nn.utils.prune` are supported: the effective weight is
+``weight_mask * weight_orig``, computed when read (the ``module.weight`` attribute is only what
+the last forward pass used), and such a module's
 weight is counted once, through its ``weight_orig`` parameter, never through the mask
 buffer.
 
@@ -78,8 +79,14 @@ def _nonzeros(tensor: torch.Tensor) -> int:
     return int(torch.count_nonzero(tensor.detach()).item())
 
 
-def _effective_weight(module: nn.Module) -> torch.Tensor:
-    """The weight a prunable module actually uses (masked if under ``nn.utils.prune``)."""
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight a prunable module uses now: ``weight_mask * weight_orig`` under
+    ``nn.utils.prune`` (the product ``CustomFromMask`` computes, from the current values),
+    else ``module.weight``."""
+    orig = module._parameters.get("weight" + _ORIG_SUFFIX)
+    mask = module._buffers.get("weight_mask")
+    if orig is not None and mask is not None:
+        return mask.to(dtype=orig.dtype) * orig
     return module.weight
 
 
@@ -128,7 +135,7 @@ def layer_sparsity(model: nn.Module) -> dict[str, dict[str, float]]:
     """
     result: dict[str, dict[str, float]] = {}
     for name, module in prunable_modules(model):
-        weight = _effective_weight(module)
+        weight = effective_weight(module)
         numel = weight.numel()
         nonzeros = _nonzeros(weight)
         result[name] = {"numel": numel, "nonzeros": nonzeros, **_sparsity_fields(numel, nonzeros)}
@@ -186,7 +193,7 @@ def sparsity_summary(model: nn.Module) -> dict[str, float]:
         if key in seen:
             continue
         seen.add(key)
-        weight = _effective_weight(module)
+        weight = effective_weight(module)
         numel += weight.numel()
         nonzeros += _nonzeros(weight)
     params_total, params_nonzero = _all_parameter_counts(model)
@@ -245,7 +252,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
 
     def make_hook(name: str):
         def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            weight = _effective_weight(module)
+            weight = effective_weight(module)
             if isinstance(module, nn.Linear):
                 out_features = module.out_features
             else:
@@ -296,7 +303,7 @@ def kind_density(model: nn.Module) -> dict[str, float]:
     """
     kernels = nonzero_kernels = linear = nonzero_linear = 0
     for _, module in prunable_modules(model):
-        w = module.weight.detach()
+        w = effective_weight(module).detach()
         if isinstance(module, nn.Linear):
             linear += w.numel()
             nonzero_linear += int(torch.count_nonzero(w))
