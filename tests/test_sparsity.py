@@ -39,6 +39,24 @@ def test_topk_mask_selects_largest():
     assert topk_mask(scores, 2).tolist() == [False, True, False, True]
 
 
+def _first_k_of_a_stable_sort(scores: torch.Tensor, k: int) -> torch.Tensor:
+    order = torch.argsort(scores.flatten(), descending=True, stable=True)
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[order[:k]] = True
+    return mask.view_as(scores)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_topk_mask_is_the_first_k_of_a_stable_descending_sort(seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 6, (40, 25), generator=g).float()  # many ties at every value
+    scores[0, :3] = float("-inf")
+    for k in (0, 1, 7, 333, 500, 999, 1000, 1500):
+        assert torch.equal(topk_mask(scores, k), _first_k_of_a_stable_sort(scores, k)), k
+    scores[5, 5] = float("nan")  # NaN sorts first; the mask takes the sort then
+    assert torch.equal(topk_mask(scores, 9), _first_k_of_a_stable_sort(scores, 9))
+
+
 def test_keep_count_rounds_the_pruned_count_and_keeps_at_least_one():
     # 192 * 0.9 = 172.8 -> 173 pruned, 19 kept; 36 * 0.75 = 27 pruned; 10 * 0.999 -> 10 pruned,
     # but one entry stays
