@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,20 @@ def test_atomic_write_many_changes_nothing_when_one_file_cannot_be_written(tmp_p
         atomic_write_many({tmp_path / "a.txt": "new", tmp_path / "f" / "b.txt": "new"})
     assert (tmp_path / "a.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "f"]
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_atomic_write_replaces_whole_or_keeps_the_old_file(tmp_path, durable, monkeypatch):
+    target = tmp_path / "state.pt"
+    atomic_write(target, b"old", durable=durable)
+    atomic_write(target, b"new", durable=durable)
+    assert target.read_bytes() == b"new"
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    atomic_write(target, b"newer", durable=durable)
+    assert bool(synced) == durable  # the flush to disk is what durable=False leaves out
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("no")))
+    with pytest.raises(OSError):
+        atomic_write(target, b"lost", durable=durable)
+    assert target.read_bytes() == b"newer"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]

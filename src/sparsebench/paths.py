@@ -94,16 +94,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _temporary_copy(path: Path, data: bytes | str) -> Path:
-    """``data`` (str as UTF-8) in a new file beside ``path``, flushed to disk, mode 0644;
-    nothing is left behind when that fails."""
+def _temporary_copy(path: Path, data: bytes | str, durable: bool = True) -> Path:
+    """``data`` (str as UTF-8) in a new file beside ``path``, flushed to disk (unless not
+    ``durable``), mode 0644; nothing is left behind when that fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
     except BaseException:
         os.unlink(tmp)
@@ -131,6 +132,18 @@ def atomic_write_many(files: dict[Path, bytes | str]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write one file that appears whole or not at all (`atomic_write_many` of one file)."""
-    atomic_write_many({Path(path): data})
+def atomic_write(path: Path, data: bytes | str, durable: bool = True) -> None:
+    """Write one file that appears whole or not at all (`atomic_write_many` of one file).
+
+    ``durable=False`` skips the flush to disk: the file is still whole or absent after the
+    process is killed (the kernel holds it), but not after a power cut or a kernel crash, when
+    it may be empty. For files worth losing then, written often (resume checkpoints)."""
+    path = Path(path)
+    if durable:
+        atomic_write_many({path: data})
+        return
+    tmp = _temporary_copy(path, data, durable=False)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

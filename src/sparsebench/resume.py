@@ -77,13 +77,18 @@ class EpochCheckpoint:
         return state
 
     def save(self, state: dict) -> None:
-        """Write ``state`` beside the file, flush it to disk, then rename it over the file."""
+        """Write ``state`` beside the file, then rename it over the file.
+
+        Not flushed to disk (`atomic_write` with ``durable=False``): a killed stage finds the
+        file whole, and after a power cut an empty or unreadable one only restarts the run
+        from its first epoch (`__init__`); the flush took 20 to 50 ms an epoch here, 3% of a
+        LeNet-300-100 epoch."""
         self._taken = True  # what is on disk now is newer than anything loaded before
         if not distributed.writer():  # under torchrun rank 0 alone writes (same state)
             return
         buffer = io.BytesIO()
         torch.save(state, buffer)  # in memory: a full disk then fails as a plain OSError
-        atomic_write(self.path, buffer.getvalue())
+        atomic_write(self.path, buffer.getvalue(), durable=False)
 
 
 @dataclass
