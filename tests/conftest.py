@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from torch import nn
+
+from sparsebench.resume import EpochCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +48,18 @@ def prototype_data(n_train: int, n_val: int) -> dict[str, tuple[torch.Tensor, to
 @pytest.fixture
 def tiny_data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return prototype_data(256, 64)
+
+
+class Recording(EpochCheckpoint):
+    """Keeps a copy of every state saved: the points a kill could have resumed from."""
+
+    def __init__(self, path: Path, snapshots: Path):
+        super().__init__(path)
+        self.snapshots = snapshots
+
+    def save(self, state: dict) -> None:
+        super().save(state)
+        shutil.copy(self.path, self.snapshots / f"{len(list(self.snapshots.iterdir())):03d}.pt")
 
 
 SHRINK = {"iterations": 2, "epochs": 2, "end_epoch": 1, "start_epoch": 0, "frequency": 2,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import small_params, write_calibration
+from conftest import Recording, small_params, write_calibration
 from safetensors import safe_open
 from torch import nn
 
@@ -38,18 +38,6 @@ CASES = {
                 "init_density": 0.3},
     "adabreg": {"epochs": 3, "lr": 0.01, "lam": 0.1, "batch_size": 32},
 }
-
-
-class Recording(EpochCheckpoint):
-    """Keeps a copy of every state saved: the points a kill could have resumed from."""
-
-    def __init__(self, path: Path, snapshots: Path):
-        super().__init__(path)
-        self.snapshots = snapshots
-
-    def save(self, state: dict) -> None:
-        super().save(state)
-        shutil.copy(self.path, self.snapshots / f"{len(list(self.snapshots.iterdir())):03d}.pt")
 
 
 def _run(key: str, data: dict, checkpoint: EpochCheckpoint) -> tuple[nn.Module, list[dict]]:

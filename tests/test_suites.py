@@ -47,7 +47,8 @@ def _smoke(params: dict) -> dict:
     spec = DATASETS[params["data"]["dataset"]]
     params.update(seeds=params["seeds"][:1], device="cpu")
     params["data"] = {"dataset": "synthetic", "val_size": 32, "limit": 64,
-                      "synthetic_shape": list(spec.shape), "synthetic_classes": 10}
+                      "synthetic_shape": list(spec.shape), "synthetic_classes": 10,
+                      "augment": params["data"].get("augment", "none")}  # kept: it is tested
     for phase in ("pretrain", "retrain"):
         params[phase].update(epochs=1, batch_size=32)
     for cfg in shrink_methods(params["methods"]).values():

@@ -173,7 +173,7 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
               workers: int = 1, threads: int = 1) -> CalibrationFile:
     """Search the strength of ``methods.<key>`` per level; write ``calibrated/<key>.yaml``."""
     from sparsebench.data import load_splits
-    from sparsebench.suite import DATA_FILE, levels_of, model_spec, retrain_phase
+    from sparsebench.suite import DATA_FILE, augment_of, levels_of, model_spec, retrain_phase
     from sparsebench.train import resolve_device
     from sparsebench.workers import run_tasks
 
@@ -189,6 +189,7 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
     device = resolve_device(params.device)
     data = load_splits(DATA_FILE, ("train", "val"))
     spec_model, retrain = model_spec(params), retrain_phase(params, method)
+    augment = augment_of(params)
     seed, tol = params.seeds[0], params.levels.tolerance
     start = getattr(method, cls.strength)
     history: list[Trial] = []
@@ -199,7 +200,7 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
             todo = sorted({g for g in guesses if round(g, 12) not in seen})
             outs = [Path(scratch, f"{number}-{i}.json") for i in range(len(todo))]
             tasks = [_trial(key, method, cls.strength, value, out, seed, retrain, spec_model,
-                            data, device) for value, out in zip(todo, outs, strict=True)]
+                            data, device, augment) for value, out in zip(todo, outs, strict=True)]
             failures = run_tasks(tasks, workers=workers, threads=threads)
             for task, value, out in zip(tasks, todo, outs, strict=True):
                 if task.name in failures:
@@ -233,7 +234,7 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
 
 
 def _trial(key: str, method: MethodParams, strength: str, value: float, out: Path, seed: int,
-           retrain: Any, spec_model: Any, data: dict, device: Any) -> Any:
+           retrain: Any, spec_model: Any, data: dict, device: Any, augment: Any = None) -> Any:
     """One calibration run at ``strength = value``: its validation figures go to ``out``."""
     from sparsebench.methods import build_method
     from sparsebench.paths import run_dir, seed_dir
@@ -243,7 +244,7 @@ def _trial(key: str, method: MethodParams, strength: str, value: float, out: Pat
     at = method_params(key, {**method.model_dump(exclude_none=True), strength: value})
     pretrained = seed_dir(run_dir("pretrain"), seed) if build_method(key, at).from_pretrained \
         else None
-    spec = RunSpec(key, at, None, seed, retrain, spec_model, pretrained)
+    spec = RunSpec(key, at, None, seed, retrain, spec_model, pretrained, augment=augment)
 
     def trial() -> None:
         outcome = run(spec, data, device)

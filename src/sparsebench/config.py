@@ -41,6 +41,10 @@ def check_name(key: str, value: str) -> str:
 
 
 class DataParams(Strict):
+    """The data set and its splits. ``augment`` is applied to training batches only
+    (`sparsebench.data.augment`): ``none``, or ``crop_flip`` (4-pixel pad, random 32x32 crop,
+    horizontal flip; for 3x32x32 images, the SAS-ADMM authors' CIFAR-10 training)."""
+
     dataset: str = "mnist"
     dir: str | None = None
     val_size: int = Field(5000, gt=0)
@@ -49,6 +53,7 @@ class DataParams(Strict):
     # dataset: synthetic only (tests and smoke runs of the GPU suites): image shape and classes
     synthetic_shape: tuple[Annotated[int, Field(gt=0)], ...] = (1, 8, 8)
     synthetic_classes: int = Field(4, ge=2)
+    augment: Literal["none", "crop_flip"] = "none"
 
 
 class ModelParams(Strict):
@@ -286,6 +291,7 @@ def _check_data(data: DataParams) -> int:
     sees (after the validation split and ``limit``)."""
     from sparsebench.data import SYNTHETIC, get_spec
 
+    _check_augment(data)
     if data.dataset == SYNTHETIC:
         return data.limit or 256  # the synthetic training set (`stages.prepare`)
     pool = get_spec(data.dataset).train_size
@@ -293,6 +299,27 @@ def _check_data(data: DataParams) -> int:
         raise UsageError(f"data.val_size: {data.val_size} is not allowed; {data.dataset} has "
                          f"{pool} training samples; allowed: 1 .. {pool - 1}")
     return min(pool - data.val_size, data.limit or pool)
+
+
+def _check_augment(data: DataParams) -> None:
+    """``crop_flip`` needs images of `CROP_FLIP_SHAPE` (an unknown data set is refused later,
+    by its own rule)."""
+    from sparsebench.data import DATASETS, SYNTHETIC
+    from sparsebench.data.augment import CROP_FLIP_SHAPE
+
+    if data.augment == "none":
+        return
+    if data.dataset == SYNTHETIC:
+        shape = tuple(data.synthetic_shape)
+    elif data.dataset in DATASETS:
+        shape = tuple(DATASETS[data.dataset].shape)
+    else:
+        return
+    if shape != CROP_FLIP_SHAPE:
+        need = "x".join(map(str, CROP_FLIP_SHAPE))
+        raise UsageError(f"data.augment: {data.augment!r} is not allowed for data.dataset "
+                         f"{data.dataset} (images {'x'.join(map(str, shape))}); allowed: none, "
+                         f"or a data set of {need} images (cifar10)")
 
 
 def check_budget(params: Params, key: str, method: Any, n_train: int) -> None:

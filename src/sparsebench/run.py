@@ -22,7 +22,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from torch import nn
 
 from sparsebench import distributed
 from sparsebench.checkpoint import load_model, save_model
+from sparsebench.data.augment import Augment
 from sparsebench.errors import Diverged, UsageError
 from sparsebench.methods import Context, MethodParams, build_method
 from sparsebench.methods.retrain import masked_retrain
@@ -77,6 +78,7 @@ class RunSpec:
         pretrained: the dense model this run starts from; None to start from a fresh init.
         point: which measured point of the level this is ("" for the level itself, or the
             "low" / "high" bracket of an interpolated level).
+        augment: the training batches' augmentation (``data.augment``; None: none).
     """
 
     key: str
@@ -87,6 +89,7 @@ class RunSpec:
     model: ModelSpec
     pretrained: Path | None = None
     point: str = ""
+    augment: Augment | None = None
 
     def config(self) -> dict[str, Any]:
         """The resolved configuration (JSON-able): what a cached run is keyed by."""
@@ -96,7 +99,8 @@ class RunSpec:
                 "model": {"name": self.model.name, "args": self.model.args,
                           "in_channels": self.model.in_channels,
                           "image_size": self.model.image_size,
-                          "num_classes": self.model.num_classes}}
+                          "num_classes": self.model.num_classes},
+                **({} if self.augment is None else {"augment": asdict(self.augment)})}
 
 
 @dataclass
@@ -153,7 +157,7 @@ def _context(spec: RunSpec, data: dict, device: torch.device, checkpoint: EpochC
              on_epoch: Callable[[dict], None] | None) -> Context:
     return Context(train=data["train"], val=data["val"], device=device,
                    generator=seed_everything(spec.seed), seed=spec.seed, progress=False,
-                   on_epoch=on_epoch, checkpoint=checkpoint)
+                   on_epoch=on_epoch, checkpoint=checkpoint, augment=spec.augment)
 
 
 def _phase_hook(phase: str, on_epoch: Callable[[str, dict], None] | None):

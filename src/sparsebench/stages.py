@@ -38,7 +38,8 @@ from sparsebench.methods import MethodParams, method_class
 from sparsebench.paths import atomic_write_many, repo_root, run_dir, seed_dir
 from sparsebench.resume import StageWork, fingerprint
 from sparsebench.run import RESULT, cached, environment
-from sparsebench.suite import DATA_FILE, Planned, model_spec, plan, pretrained_file
+from sparsebench.suite import (DATA_FILE, Planned, augment_of, model_spec, plan,
+                               pretrained_file)
 from sparsebench.tracking import RUN_STATE, tracking_uri
 from sparsebench.train import resolve_device
 from sparsebench.workers import (
@@ -162,6 +163,7 @@ def pretrain(params: Params) -> None:
     data = load_splits(DATA_FILE, ("train", "val"))
     phase = params.pretrain.to_phase("pretrain")
     spec: ModelSpec = model_spec(params)
+    augment = augment_of(params, DATA_FILE)
     workers, threads, in_process = workers_of(params)
     shared = params.model_dump(include={"seeds", "device", "data", "model", "pretrain"})
     shared["threads"] = threads
@@ -201,7 +203,7 @@ def pretrain(params: Params) -> None:
                 hook = _both(_log_epoch(f"seed {seed}"), on_epoch)
                 curves = fit(model, data["train"], data["val"], phase, generator=generator,
                              device=device, on_epoch=lambda row: hook("pretrain", row),
-                             resume=resume)
+                             resume=resume, augment=augment)
                 done = distributed.rank0_first(lambda: work.finish(
                     f"seed{seed}", save_run_model, model, curves))
                 if live is not None:

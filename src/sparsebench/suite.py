@@ -18,6 +18,7 @@ import torch
 
 from sparsebench.config import Params, check_budget
 from sparsebench.data import dataset_info
+from sparsebench.data.augment import Augment
 from sparsebench.errors import UsageError
 from sparsebench.levels import layer_targets, level_name
 from sparsebench.methods import MethodParams, build_method, method_class, method_params
@@ -35,6 +36,12 @@ def model_spec(params: Params, data_file: Path = DATA_FILE) -> ModelSpec:
     shape = info["shape"]
     return ModelSpec(params.model.name, dict(params.model.args), shape[0], shape[1],
                      info["num_classes"])
+
+
+def augment_of(params: Params, data_file: Path = DATA_FILE) -> Augment | None:
+    """``data.augment`` for the prepared data (its padding: the normalised black pixel)."""
+    info = dataset_info(data_file)
+    return Augment.for_data(params.data.augment, info["mean"], info["std"])
 
 
 def retrain_phase(params: Params, method: MethodParams) -> PhaseParams:
@@ -113,6 +120,7 @@ def plan(params: Params, methods: dict[str, MethodParams], key: str,
     sizes = layer_sizes(spec_model)
     n_train = dataset_info(data_file)["sizes"]["train"]
     retrain = retrain_phase(params, method)
+    augment = augment_of(params, data_file)
     runs: list[Planned] = []
     last: dict[int, Planned] = {}  # a progressive series' previous step, per seed
     for level in levels_of(params, key, method):
@@ -127,7 +135,8 @@ def plan(params: Params, methods: dict[str, MethodParams], key: str,
                 if before is not None:  # the previous step's model, and the series' epochs
                     pretrained = before.out
                     steps = series_budget(before.budget, budget)
-                spec = RunSpec(key, at, level, seed, retrain, spec_model, pretrained, point)
+                spec = RunSpec(key, at, level, seed, retrain, spec_model, pretrained, point,
+                               augment)
                 name = "dense" if level is None else level_name(level)
                 leaf = seed_dir(run_dir(key, name), seed)
                 out = leaf.with_name(f"{leaf.name}-{point}") if point else leaf

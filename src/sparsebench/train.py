@@ -22,6 +22,7 @@ from torch import nn
 
 from sparsebench import accelerate, distributed
 from sparsebench.data import Batches
+from sparsebench.data.augment import Augment
 from sparsebench.errors import UsageError
 from sparsebench.metrics import sparsity_summary
 from sparsebench.resume import Resume, restore_training, training_state
@@ -135,6 +136,7 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool | None = None,
     resume: Resume | None = None,
+    augment: Augment | None = None,
 ) -> list[dict]:
     """Train ``model`` for ``phase.epochs`` epochs; return one dict of figures per epoch.
 
@@ -154,6 +156,9 @@ def fit(
         progress: show a progress bar; by default only when stderr is a terminal.
         resume: checkpoint every epoch there (`sparsebench.resume`), and start from the
             checkpoint this fit call saved, if any: the result is bit for bit the same.
+        augment: applied to every training batch (`sparsebench.data.augment`), drawing from
+            ``generator``; on the global batch, before a DDP rank takes its share, so every
+            rank draws the same. None (``data.augment: none``): no draws, no change.
 
     Returns:
         Per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy, sparsity, lr,
@@ -177,6 +182,8 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         for xb, yb in _progress(batches, show, f"{phase.name} {epoch}/{phase.epochs}"):
+            if augment is not None:
+                xb = augment(xb, generator)
             if distributed.active():  # this rank's share of the global batch
                 xb, yb, batch = *distributed.shard(xb, yb), len(yb)
             with accelerate.autocast(device):  # by default no change

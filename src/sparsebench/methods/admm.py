@@ -245,7 +245,8 @@ class ADMMPruning(Method):
 
             rows = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
                        device=ctx.device, optimizer=optimizer, after_backward=admm.add_penalty_grad,
-                       progress=ctx.progress, resume=ctx.resume(f"iteration {k}", state))
+                       progress=ctx.progress, resume=ctx.resume(f"iteration {k}", state),
+                       augment=ctx.augment)
             residuals = admm.step()
             last = rows[-1]
             curves.append({"epoch": k, **{key: last[key] for key in (

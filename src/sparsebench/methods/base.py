@@ -16,6 +16,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from sparsebench.data.augment import Augment
 from sparsebench.schema import OptimizerParams, Strict
 from sparsebench.errors import UsageError
 from sparsebench.metrics import prunable_modules
@@ -81,7 +82,9 @@ class SparsityParams(MethodParams):
 
 @dataclass
 class Context:
-    """What a method's prune phase may use: data, device, seeded generator."""
+    """What a method's prune phase may use: data, device, seeded generator, and the training
+    batches' augmentation (`sparsebench.data.augment`; None: ``data.augment: none``), which
+    every training batch a method draws goes through (`train.fit`'s ``augment``)."""
 
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
@@ -91,6 +94,7 @@ class Context:
     progress: bool | None = None
     on_epoch: Callable[[dict], None] | None = None  # sees each epoch's (or iteration's) row
     checkpoint: EpochCheckpoint | None = None  # where training saves its state each epoch
+    augment: Augment | None = None
 
     def resume(self, tag: str = "fit", extra: Callable[[], dict] | None = None) -> Resume | None:
         """The `train.fit` argument that checkpoints this run (None without a checkpoint)."""

@@ -68,6 +68,7 @@ class GMP(Method):
         optimizer = make_optimizer(model.parameters(), phase.optim)  # re-pruning zeroes its state
         curves = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator,
                      device=ctx.device, optimizer=optimizer, after_step=reprune,
-                     progress=ctx.progress, on_epoch=ctx.on_epoch, resume=ctx.resume())
+                     progress=ctx.progress, on_epoch=ctx.on_epoch, resume=ctx.resume(),
+                     augment=ctx.augment)
         apply_masks(model, magnitude_masks(model, final, p.scope))
         return curves

@@ -21,6 +21,7 @@ def masked_retrain(model: nn.Module, phase: Phase, ctx: Context) -> list[dict]:
         return []
     masks = get_masks(model)
     curves = fit(model, ctx.train, ctx.val, phase, generator=ctx.generator, device=ctx.device,
-                 progress=ctx.progress, on_epoch=ctx.on_epoch, resume=ctx.resume())
+                 progress=ctx.progress, on_epoch=ctx.on_epoch, resume=ctx.resume(),
+                 augment=ctx.augment)
     apply_masks(model, masks)
     return curves

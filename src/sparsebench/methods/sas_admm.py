@@ -217,18 +217,25 @@ class SASADMMParams(SparsityParams):
 class _Minibatches:
     """An endless stream of minibatches: drawn independently with replacement (the released
     code), or shuffled passes over the data (a new order per pass, as `Batches` draws it),
-    whose position can be saved and restored between two SAS-ADMM iterations."""
+    whose position can be saved and restored between two SAS-ADMM iterations. Each batch goes
+    through ``ctx.augment`` (drawing from the same generator, after its indices) when set."""
 
     def __init__(self, ctx: Context, batch_size: int, device: torch.device,
                  replacement: bool = True):
         self.x, self.y = ctx.train[0].to(device), ctx.train[1].to(device)
         self.batch_size, self.generator = batch_size, ctx.generator
-        self.replacement = replacement
+        self.replacement, self.augment = replacement, ctx.augment
         self.batches = len(Batches(self.x, self.y, batch_size, shuffle=False))
         self.order: torch.Tensor | None = None
         self.position = 0
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._draw()
+        if self.augment is not None:
+            x = self.augment(x, self.generator)
+        return x, y
+
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.replacement:
             index = torch.randint(len(self.x), (self.batch_size,), generator=self.generator)
             index = index.to(self.x.device)

@@ -105,7 +105,7 @@ class SparseTraining(Method):
                                                       self.name),
                      generator=ctx.generator, device=ctx.device,
                      optimizer=self.optimizer(model), progress=ctx.progress,
-                     on_epoch=ctx.on_epoch, resume=ctx.resume())
+                     on_epoch=ctx.on_epoch, resume=ctx.resume(), augment=ctx.augment)
         apply_masks(model, {name: m.weight.detach() != 0 for name, m in prunable_modules(model)})
         return curves
 

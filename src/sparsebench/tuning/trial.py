@@ -141,7 +141,8 @@ class Objective:
         training split; the figures are the validation split's."""
         from sparsebench.paths import run_dir, seed_dir
         from sparsebench.run import RunSpec, run, validation_figures
-        from sparsebench.suite import at_level, layer_sizes, model_spec, retrain_phase
+        from sparsebench.suite import (at_level, augment_of, layer_sizes, model_spec,
+                                       retrain_phase)
 
         s = self.setup
         sampled = method_params(s.key, overlay(s.cfg, values))
@@ -153,7 +154,7 @@ class Objective:
         pretrained = (seed_dir(run_dir("pretrain"), s.seed)
                       if build_method(s.key, at).from_pretrained else None)
         spec = RunSpec(s.key, at, level, s.seed, retrain_phase(s.params, at), spec_model,
-                       pretrained)
+                       pretrained, augment=augment_of(s.params))
         outcome = run(spec, self.data, self.device, on_epoch=self._on_epoch(trial, curves))
         figures = validation_figures(outcome.model, self.data["val"], self.device)
         figures.pop("compression")
