@@ -38,7 +38,8 @@ from sparsebench.methods import MethodParams, method_class
 from sparsebench.paths import atomic_write_many, repo_root, run_dir, seed_dir
 from sparsebench.resume import StageWork, fingerprint
 from sparsebench.run import RESULT, cached, environment
-from sparsebench.suite import DATA_FILE, Planned, model_spec, plan, pretrained_file
+from sparsebench.suite import (DATA_FILE, Planned, model_spec, plan, pretrained_file,
+                              seeds_of)
 from sparsebench.tracking import RUN_STATE, tracking_uri
 from sparsebench.train import resolve_device
 from sparsebench.workers import (
@@ -315,7 +316,7 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         def fn() -> None:
             latency = ((tuple(params.evaluate.latency_batch_sizes),
                         params.evaluate.latency_repeats)
-                       if p.spec.seed == params.seeds[0] else None)
+                       if p.spec.seed == seeds_of(params, methods[key])[0] else None)
             work = p.out.with_name(f".{p.out.name}.work")  # the run's resume state (`execute`)
             live = (tracker.live(tracker.run_info(p, fp, env), work / RUN_STATE, p.name)
                     if tracker is not None else None)
