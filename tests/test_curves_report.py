@@ -368,3 +368,26 @@ def test_a_progressive_series_has_its_own_table_and_stays_off_the_curve(tmp_path
     csv_rows = read_curves_csv((tmp_path / "curves.csv").read_text())
     assert sum(r["method"] == "admm_prog" for r in csv_rows) == 9
     assert len(files) == 4
+
+
+def test_a_suite_of_series_only_has_dense_and_the_series_table(tmp_path):
+    """Every pruned method a series (pipelines/lenet5-progressive): no empty curve sections,
+    dense's line and the series table; without dense too."""
+    series = [run("admm", level, seed, 0.99 - 0.001 * i, progressive=True, epochs=60 + 50 * i)
+              for i, level in enumerate([100.0, 150.0]) for seed in range(3)]
+    dense = [r for r in ROWS if r["method"] == "dense"]
+    assert dense
+    markdown = curves_markdown(dense + series, suite="t", budget=60)
+    assert "## Per method" not in markdown and "## 100x" not in markdown
+    assert "Dense (no pruning): test accuracy" in markdown
+    assert "No method is on the equal-budget curve" in markdown
+    assert [r["level"] for r in tables(markdown)["Progressive series"]] == ["100x", "150x"]
+    alone = curves_markdown(series, suite="t", budget=60)
+    assert "Dense: not in these runs" in alone and "## Progressive series" in alone
+    files = write_curves_report(dense + series, tmp_path, suite="t", budget=60)
+    assert len(files) == 4
+    plotted = (tmp_path / "plots" / "accuracy_vs_compression.csv").read_text().splitlines()
+    assert len(plotted) == 2 and plotted[1].startswith("dense,")  # dense alone is plotted
+    write_curves_report(series, tmp_path / "alone", suite="t", budget=60)
+    assert (tmp_path / "alone" / "plots" / "accuracy_vs_compression.csv").read_text(
+        ).splitlines() == plotted[:1]  # no point: the same header

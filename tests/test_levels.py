@@ -262,6 +262,49 @@ def test_a_progressive_series_chains_its_levels_per_seed(pretrained_workspace, m
                for r in plan(params, methods, "admm"))
 
 
+def test_a_method_runs_only_its_own_seeds(pretrained_workspace, monkeypatch):
+    """methods.<key>.seeds: that method's plan has only those seeds (a progressive series
+    too), the others keep the suite's; the key is in no dump, so neither the run's
+    fingerprint config nor the calibration digest sees it."""
+    from sparsebench.calibrate import config_digest
+    from sparsebench.config import load_params
+    from sparsebench.suite import plan
+
+    monkeypatch.chdir(pretrained_workspace)
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(pretrained_workspace))
+    path = small_params(pretrained_workspace, tracking={"enabled": False}, seeds=[0, 1, 2])
+    raw = yaml.safe_load(path.read_text())
+    _, before = load_params(path)
+    raw["methods"]["admm"].update(progressive=True, levels=[8, 16], seeds=[2, 0])
+    raw["methods"]["grda"]["seeds"] = [1]
+    path.write_text(yaml.safe_dump(raw))
+    params, methods = load_params(path)
+    runs = plan(params, methods, "admm")
+    assert [(r.spec.level, r.spec.seed) for r in runs] == [(8, 0), (8, 2), (16, 0), (16, 2)]
+    assert runs[2].after is runs[0] and runs[3].after is runs[1]
+    assert {r.spec.seed for r in plan(params, methods, "magnitude")} == {0, 1, 2}
+    assert "seeds" not in runs[0].spec.config()["method"]
+    assert config_digest("grda", methods["grda"]) == config_digest("grda", before["grda"])
+
+
+@pytest.mark.parametrize("seeds, expected", [
+    ([], "methods.sas_admm.seeds: [] is not allowed"),
+    ([3], "methods.sas_admm.seeds: 3 is not a seed of this suite; allowed: a subset of 0, 1 "
+          "(seeds)"),
+    ([0, 0], "methods.sas_admm.seeds: [0, 0] repeats a seed; allowed: distinct seeds of 0, 1"),
+    ([-1], "methods.sas_admm.seeds.0: -1 is not allowed"),
+    ("0", "methods.sas_admm.seeds: '0' is not allowed"),
+])
+def test_a_bad_method_seed_list_is_one_line_and_exit_2(workspace, capsys, seeds, expected):
+    path = small_params(workspace)
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["sas_admm"]["seeds"] = seeds
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check-params", "--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
 @pytest.mark.parametrize("key", ["grda", "dense"])
 def test_progressive_is_refused_where_a_level_is_not_a_target(workspace, capsys, key):
     path = small_params(workspace)

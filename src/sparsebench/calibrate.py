@@ -173,7 +173,8 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
               workers: int = 1, threads: int = 1) -> CalibrationFile:
     """Search the strength of ``methods.<key>`` per level; write ``calibrated/<key>.yaml``."""
     from sparsebench.data import load_splits
-    from sparsebench.suite import DATA_FILE, augment_of, levels_of, model_spec, retrain_phase
+    from sparsebench.suite import (DATA_FILE, augment_of, levels_of, model_spec, retrain_phase,
+                                   seeds_of)
     from sparsebench.train import resolve_device
     from sparsebench.workers import run_tasks
 
@@ -190,7 +191,7 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
     data = load_splits(DATA_FILE, ("train", "val"))
     spec_model, retrain = model_spec(params), retrain_phase(params, method)
     augment = augment_of(params)
-    seed, tol = params.seeds[0], params.levels.tolerance
+    seed, tol = seeds_of(params, method)[0], params.levels.tolerance
     start = getattr(method, cls.strength)
     history: list[Trial] = []
     guesses = [start * f for f in FIRST_ROUND] if start > 0 else [1e-4, 1e-3, 1e-2, 1e-1]

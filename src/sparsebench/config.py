@@ -280,6 +280,7 @@ def load_params(path: str | Path = "params.yaml", *,
         if hasattr(method, "targets"):
             method.targets(model, name)  # a layer name the model does not have is refused
         _check_levels(params.levels, name, method)
+        _check_seeds(params.seeds, name, method)
         _check_progressive(name, method)
         merge_phase(params.retrain, method.retrain.model_dump(), prefix=f"methods.{name}.retrain.")
         check_budget(params, name, method, n_train)
@@ -335,6 +336,20 @@ def check_budget(params: Params, key: str, method: Any, n_train: int) -> None:
             f"methods.{key}: {budget['total']} epochs a run ({budget['pretrain']} pretrain + "
             f"{budget['prune']} prune + {budget['retrain']} retrain) is over the suite's "
             f"budget; allowed: at most budget: {params.budget}")
+
+
+def _check_seeds(seeds: list[int], key: str, method: Any) -> None:
+    """A method's own ``seeds``: distinct members of the suite's ``seeds``."""
+    if method.seeds is None:
+        return
+    allowed = ", ".join(map(str, seeds))
+    for seed in method.seeds:
+        if seed not in seeds:
+            raise UsageError(f"methods.{key}.seeds: {seed} is not a seed of this suite; "
+                             f"allowed: a subset of {allowed} (seeds)")
+    if len(set(method.seeds)) != len(method.seeds):
+        raise UsageError(f"methods.{key}.seeds: {method.seeds} repeats a seed; allowed: "
+                         f"distinct seeds of {allowed} (seeds)")
 
 
 def _check_progressive(key: str, method: Any) -> None:

@@ -261,6 +261,12 @@ def curves_markdown(rows: Iterable[dict[str, Any]], *, suite: str, budget: int |
     rows, series = split_progressive(rows)
     summaries = summarize(rows)
     levels = levels_of(summaries)
+    if not levels:  # every pruned method is a series: no curve to compare on
+        return "\n".join([
+            f"# sparsebench: accuracy against compression, suite `{suite}`", "",
+            _dense_line(dense_summary(summaries)), "",
+            "No method is on the equal-budget curve: every pruned method of this suite runs "
+            "as a progressive series (below).", "", *series_table(series)]) + "\n"
     seeds = sorted({s["n"] for s in summaries})
     lines = [
         f"# sparsebench: accuracy against compression, suite `{suite}`",
@@ -339,6 +345,11 @@ COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:b
 MARKERS = "osD^vPX*<>hp"  # 12 shapes: with the colours, 12 methods apart
 
 
+PLOT_COLUMNS = ("method", "compression", "test_accuracy", "test_accuracy_std",
+                "test_accuracy_min", "test_accuracy_max", "achieved_compression", "seeds",
+                "interpolated")
+
+
 def plot_table(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-(method, level) means for ``dvc plots``: x ``compression`` (the nominal level; 1
     for dense), y ``test_accuracy`` (mean, a fraction), the spread and the achieved compression.
@@ -353,7 +364,8 @@ def plot_table(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _table_csv(table: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(table[0]) if table else PLOT_COLUMNS,
+                            lineterminator="\n")  # no row: every run a series, the header
     writer.writeheader()
     writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in table)
     return buffer.getvalue()

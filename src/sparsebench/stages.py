@@ -39,7 +39,7 @@ from sparsebench.paths import atomic_write_many, repo_root, run_dir, seed_dir
 from sparsebench.resume import StageWork, fingerprint
 from sparsebench.run import RESULT, cached, environment
 from sparsebench.suite import (DATA_FILE, Planned, augment_of, model_spec, plan,
-                               pretrained_file)
+                               pretrained_file, seeds_of)
 from sparsebench.tracking import RUN_STATE, tracking_uri
 from sparsebench.train import resolve_device
 from sparsebench.workers import (
@@ -317,7 +317,7 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         def fn() -> None:
             latency = ((tuple(params.evaluate.latency_batch_sizes),
                         params.evaluate.latency_repeats)
-                       if p.spec.seed == params.seeds[0] else None)
+                       if p.spec.seed == seeds_of(params, methods[key])[0] else None)
             work = p.out.with_name(f".{p.out.name}.work")  # the run's resume state (`execute`)
             live = (tracker.live(tracker.run_info(p, fp, env), work / RUN_STATE, p.name)
                     if tracker is not None else None)

@@ -114,7 +114,8 @@ def epoch_budget(params: Params, key: str, method: MethodParams, n_train: int) -
 
 def plan(params: Params, methods: dict[str, MethodParams], key: str,
          calibration: Any = None, data_file: Path = DATA_FILE) -> list[Planned]:
-    """Every run of ``methods.<key>``: its levels x the suite's seeds (x bracket points)."""
+    """Every run of ``methods.<key>``: its levels x its seeds (x bracket points); its seeds
+    are the suite's, or the subset ``methods.<key>.seeds`` in the suite's order."""
     method = methods[key]
     spec_model = model_spec(params, data_file)
     sizes = layer_sizes(spec_model)
@@ -127,7 +128,7 @@ def plan(params: Params, methods: dict[str, MethodParams], key: str,
         for point, at in at_level(params, key, method, level, sizes, calibration):
             budget = epoch_budget(params, key, at, n_train)
             check_budget(params, key, at, n_train)
-            for seed in params.seeds:
+            for seed in seeds_of(params, method):
                 pretrained = (seed_dir(run_dir("pretrain"), seed)
                               if build_method(key, at).from_pretrained else None)
                 before = last.get(seed) if method.progressive else None
@@ -143,6 +144,11 @@ def plan(params: Params, methods: dict[str, MethodParams], key: str,
                 runs.append(Planned(spec, out, steps, before))
                 last[seed] = runs[-1]
     return runs
+
+
+def seeds_of(params: Params, method: MethodParams) -> list[int]:
+    """The seeds ``methods.<key>`` runs with: ``methods.<key>.seeds`` or the suite's."""
+    return [s for s in params.seeds if method.seeds is None or s in method.seeds]
 
 
 def series_budget(before: dict[str, int], step: dict[str, int]) -> dict[str, int]:

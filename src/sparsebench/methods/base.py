@@ -43,12 +43,18 @@ class MethodParams(Strict):
     weight pruning of deep neural networks using ADMM"); target-driven methods only. A series'
     budget is the sum of its steps (`sparsebench.suite.plan`), so it is reported apart from
     the equal-budget curve.
+
+    ``seeds`` runs the method on a subset of the suite's seeds (default: all of them), e.g. a
+    costly series on one seed. It only says which runs there are, not what any run does, so
+    it is left out of every dump (``exclude``): a run's fingerprint and recorded parameters,
+    and a calibration's digest, are the same with and without it.
     """
 
     method: str | None = None
     retrain: RetrainOverride = RetrainOverride()
     levels: list[float] | None = Field(None, min_length=1)  # a subset of the suite's levels
     progressive: bool = False
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, exclude=True)
 
 
 class SparsityParams(MethodParams):
