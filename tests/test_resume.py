@@ -198,3 +198,38 @@ def test_the_code_left_out_of_the_run_digest_exists():
 
     root = Path(sparsebench.__file__).parent
     assert all((root / name).exists() for name in NOT_RESULT_CODE), NOT_RESULT_CODE
+
+
+def test_the_run_digest_reads_code_not_docstrings_comments_or_layout():
+    from sparsebench.resume import code_of
+
+    source = b'''"""Module."""
+import torch
+
+
+class A:
+    """A class."""
+
+    def f(self, x):  # a comment
+        """Twice x."""
+        return 2 * x
+
+
+def g():
+    """Only a docstring."""
+'''
+    edited = b'''"""The module, reworded."""
+import torch
+class A:
+    """Reworded."""
+    def f(self, x):
+        return 2 * x   # another comment
+def g():
+    """Another docstring."""
+'''
+    assert code_of(source) == code_of(edited)
+    for change in (b"return 3 * x", b"return 2 * x + 0"):
+        assert code_of(source.replace(b"return 2 * x", change)) != code_of(source)
+    assert code_of(source.replace(b"import torch", b"import math")) != code_of(source)
+    # a string that is not the first statement is code
+    assert code_of(source + b'x = "text"\n') != code_of(source + b'x = "other"\n')

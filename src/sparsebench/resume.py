@@ -23,6 +23,7 @@ strings and containers only, nothing executable.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
@@ -187,7 +188,9 @@ NOT_RESULT_CODE = ("cli.py", "stages.py", "workers.py", "tracking.py", "curves.p
 
 def code_digest() -> str:
     """SHA-256 of the package's Python sources that can change a run's result (all but
-    `NOT_RESULT_CODE`): a resume or a cached run never mixes two versions of them."""
+    `NOT_RESULT_CODE`): a resume or a cached run never mixes two versions of them. Each file
+    counts as its syntax tree without docstrings (`code_of`), so an edit of a docstring, a
+    comment or the layout keeps every cached run."""
     global _CODE_DIGEST
     if _CODE_DIGEST is None:
         digest = hashlib.sha256()
@@ -197,9 +200,23 @@ def code_digest() -> str:
             if name.startswith(NOT_RESULT_CODE):  # a file's name, or under a folder
                 continue
             digest.update(name.encode())
-            digest.update(file.read_bytes())
+            digest.update(code_of(file.read_bytes()))
         _CODE_DIGEST = digest.hexdigest()
     return _CODE_DIGEST
+
+
+def code_of(source: bytes) -> bytes:
+    """What of a Python source can change what it computes: ``ast.dump`` of its tree (no
+    comments, no positions, no layout) with the docstring of every module, class and function
+    left out."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0] if node.body else None
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 class StageWork:

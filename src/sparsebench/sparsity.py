@@ -7,8 +7,8 @@ beside a ``weight_mask`` buffer, and a forward pre-hook sets ``weight`` from the
 tooling that knows ``torch.nn.utils.prune`` therefore understands a sparsebench model, and
 ``make_permanent`` turns it back into a plain model before export. The hook is `ZeroedMask`, a
 ``CustomFromMask`` that skips the forward multiplication while training (``weight_orig`` is kept
-exactly zero where masked) and masks the gradient instead: the same numbers, bit for bit, at
-less time per masked step (`benchmarks/masked_epoch.py`).
+exactly zero where masked) and masks the gradient in place instead: the same numbers, bit for
+bit, with no weight-sized allocation a step (`benchmarks/masked_epoch.py`).
 
 Definitions follow ALGORITHMS.md section 0: the prunable parameters are the ``weight`` of every
 ``nn.Linear`` and ``nn.Conv*`` module. The gradual schedule is Zhu & Gupta (2017), "To prune, or
@@ -119,10 +119,13 @@ class ZeroedMask(prune.CustomFromMask):
     bit: w * 1 = w, and a zero times 0 keeps its sign), and a post-accumulate-grad hook
     multiplies ``weight_orig.grad`` by the mask in place (the same op, ``grad * mask``, that the
     product's backward computes). A masked entry thus gets gradient exactly zero, and with its
-    optimizer state zero (`zero_masked_state`) no SGD or Adam step moves it off zero. On
-    LeNet-300-100 a masked step costs about 1.05x an unmasked one against about 1.2x with the
-    product (`benchmarks/masked_epoch.py`). Without autograd (evaluation, ``prune.remove``)
-    the weight is the product, as ``CustomFromMask`` computes it.
+    optimizer state zero (`zero_masked_state`) no SGD or Adam step moves it off zero. Without
+    autograd (evaluation, ``prune.remove``) the weight is the product, as ``CustomFromMask``
+    computes it. What it saves is the two allocations a step, not the two passes over the
+    weight: on LeNet-300-100 (`benchmarks/masked_epoch.py`, 4 interleaved runs on a shared
+    2-core VM) a masked epoch took 0.98 to 1.15x an unmasked one, against 1.08 to 1.14x with
+    the product, within the machine's noise; without the in-place re-zero it would save a
+    pass more, but then nothing else may move a masked entry.
 
     Each training forward pass first multiplies ``weight_orig`` by the mask in place (no new
     tensor), so a masked entry that something else moved (an optimizer whose state was not
