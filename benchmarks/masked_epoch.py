@@ -7,8 +7,8 @@ Nesterov momentum and weight decay, as `benchmarks/epoch_speed.py`):
 - ``product``: 90%-sparse magnitude masks in ``torch.nn.utils.prune``'s own ``CustomFromMask``
   form, which multiplies ``weight_orig * weight_mask`` before every forward pass (and its
   gradient by the mask after it): what sparsebench did before `sparsity.ZeroedMask`;
-  measured 2026-12-03 on the 2-core VM, 4 runs: ``zeroed`` 0.98-1.15x dense, ``product``
-  1.08-1.14x: within the machine's noise;
+  measured 2026-12-03 on the 2-core VM, 3 runs: ``zeroed`` 1.06, 1.15, 1.10x dense against
+  ``product`` 1.14, 1.11, 1.08x: within the machine's noise;
 - ``zeroed``: the same masks as `sparsity.apply_masks` applies them today (`ZeroedMask`: the
   forward takes ``weight_orig`` as it is, exactly zero where masked, and only the gradient is
   masked).
