@@ -364,6 +364,11 @@ def test_zeroed_mask_keeps_masking_the_gradient_of_a_copied_model():
             assert torch.count_nonzero(module.weight_orig[~mask]) == 0
             assert torch.count_nonzero(module.weight_orig.grad[~mask]) == 0
             assert torch.count_nonzero(module.weight_orig.grad[mask]) > 0
+    _train(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), 5, seed=3)
+    for layer, mask in masks.items():  # the original keeps its own gradient mask
+        module = model.get_submodule(layer)
+        assert torch.count_nonzero(module.weight_orig[~mask]) == 0
+        assert torch.count_nonzero(module.weight_orig.grad[~mask]) == 0
 
 
 def test_zeroed_mask_comes_off_with_prune_remove():

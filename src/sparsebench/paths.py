@@ -112,8 +112,9 @@ def _temporary_copy(path: Path, data: bytes | str, durable: bool = True) -> Path
     return Path(tmp)
 
 
-def atomic_write_many(files: dict[Path, bytes | str]) -> None:
-    """Write each file beside its target, flushed to disk, then rename them in (str as UTF-8).
+def atomic_write_many(files: dict[Path, bytes | str], durable: bool = True) -> None:
+    """Write each file beside its target, flushed to disk (unless not ``durable``: see
+    `atomic_write`), then rename them in (str as UTF-8).
 
     What it guarantees: each target holds, at any moment, its old content or its new one,
     whole. Every file is written before the first rename, so an error while writing (a full
@@ -124,7 +125,7 @@ def atomic_write_many(files: dict[Path, bytes | str]) -> None:
     renames: list[tuple[Path, Path]] = []
     try:
         for path, data in files.items():
-            renames.append((_temporary_copy(Path(path), data), Path(path)))
+            renames.append((_temporary_copy(Path(path), data, durable), Path(path)))
         for tmp, path in renames:
             os.replace(tmp, path)
     finally:
@@ -138,12 +139,4 @@ def atomic_write(path: Path, data: bytes | str, durable: bool = True) -> None:
     ``durable=False`` skips the flush to disk: the file is still whole or absent after the
     process is killed (the kernel holds it), but not after a power cut or a kernel crash, when
     it may be empty. For files worth losing then, written often (resume checkpoints)."""
-    path = Path(path)
-    if durable:
-        atomic_write_many({path: data})
-        return
-    tmp = _temporary_copy(path, data, durable=False)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_many({Path(path): data}, durable)

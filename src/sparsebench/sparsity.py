@@ -122,10 +122,10 @@ class ZeroedMask(prune.CustomFromMask):
     optimizer state zero (`zero_masked_state`) no SGD or Adam step moves it off zero. Without
     autograd (evaluation, ``prune.remove``) the weight is the product, as ``CustomFromMask``
     computes it. What it saves is the two allocations a step, not the two passes over the
-    weight: on LeNet-300-100 (`benchmarks/masked_epoch.py`, 4 interleaved runs on a shared
-    2-core VM) a masked epoch took 0.98 to 1.15x an unmasked one, against 1.08 to 1.14x with
-    the product, within the machine's noise; without the in-place re-zero it would save a
-    pass more, but then nothing else may move a masked entry.
+    weight: on LeNet-300-100 (`benchmarks/masked_epoch.py`, 3 interleaved runs on a shared
+    2-core VM) a masked epoch took 1.06, 1.15 and 1.10x an unmasked one, against 1.14, 1.11 and
+    1.08x with the product, within the machine's noise; without the in-place re-zero it would
+    save a pass more, but then nothing else may move a masked entry.
 
     Each training forward pass first multiplies ``weight_orig`` by the mask in place (no new
     tensor), so a masked entry that something else moved (an optimizer whose state was not
@@ -156,8 +156,8 @@ class ZeroedMask(prune.CustomFromMask):
         hooked = getattr(self, "_hooked", None)
         if hooked is not None and hooked[0]() is orig:
             return
-        if hooked is not None and hooked[0]() is not None:
-            hooked[1].remove()
+        # a hook on another tensor (the model this one was copied from) stays: it is that
+        # model's, and on any tensor but its layer's weight_orig it does nothing
         name, owner = self._tensor_name, weakref.ref(module)
 
         def mask_gradient(param: torch.Tensor) -> None:

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 import torch
 
-#: the values of ``data.augment`` (params.yaml)
-AUGMENTS = ("none", "crop_flip")
 #: the image shape ``crop_flip`` is for (C, H, W): CIFAR-10's
 CROP_FLIP_SHAPE = (3, 32, 32)
 
