@@ -26,7 +26,7 @@ def _workspace(root: Path, workers: int) -> Path:
     path = small_params(root, tracking={"enabled": False})
     raw = yaml.safe_load(path.read_text())
     raw["levels"]["compression"] = [32]
-    raw["execution"] = {"threads": 1, "workers": workers}
+    raw["execution"] = {"threads": 1, "workers": workers, "fill_idle": False}
     raw["data"]["limit"] = 512
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -59,6 +59,50 @@ def _die() -> None:
 
 def _fail() -> None:
     raise FloatingPointError("the training loss is nan at epoch 3")
+
+
+def _count(path: Path) -> None:
+    """A filler that would run for minutes: it writes its progress, one line a step."""
+    import time
+
+    for step in range(3000):
+        with path.open("a") as f:
+            f.write(f"{step}\n")
+        time.sleep(0.02)
+
+
+def test_an_idle_worker_takes_filler_work_killed_once_the_last_task_ends(tmp_path):
+    import time
+
+    fills = iter([Task("fill-1", lambda: _write(tmp_path / "fill-1")),
+                  Task("fill-2", lambda: _count(tmp_path / "fill-2")),
+                  Task("fill-3", _die)])
+    asked = []
+
+    def fill():
+        asked.append(1)
+        return next(fills, None)
+
+    done = []
+    started = time.perf_counter()
+    failures = run_tasks([Task("quick", lambda: _write(tmp_path / "quick")),
+                          Task("slow", lambda: (time.sleep(3), _write(tmp_path / "slow")))],
+                         workers=2, threads=1, on_done=lambda t: done.append(t.name), fill=fill)
+    took = time.perf_counter() - started
+    assert failures == {} and sorted(done) == ["quick", "slow"]  # fillers are not this call's
+    assert (tmp_path / "fill-1").read_text() == "done"  # a finished filler gets a next one
+    steps = (tmp_path / "fill-2").read_text().split()
+    assert 10 < len(steps) < 2900, len(steps)  # it ran, and was killed with the last task
+    assert took < 30, took
+    assert len(asked) == 2  # the third filler was never started: no idle worker was left
+
+
+def test_no_filler_while_tasks_wait_or_with_one_task_per_worker(tmp_path):
+    calls = []
+    run_tasks([Task(n, lambda n=n: _write(tmp_path / n)) for n in "abc"], workers=3, threads=1,
+              fill=lambda: calls.append(1))  # returns None: asked at most once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
+    assert len(calls) <= 1
 
 
 def test_a_killed_worker_fails_its_run_alone_and_the_others_are_kept(tmp_path):
@@ -107,3 +151,54 @@ def test_more_workers_than_cores_are_warned_in_one_line_and_run(workspace, capsy
     err = capsys.readouterr().err
     assert (f"sparsebench: warning: execution.workers: {cores + 1} workers x 1 threads exceed "
             f"the {cores} cores here; the runs will share cores (same results, slower)") in err
+
+
+def _two_methods(root: Path, fill: bool) -> Path:
+    root.mkdir()
+    path = small_params(root, tracking={"enabled": True})
+    raw = yaml.safe_load(path.read_text())
+    raw["levels"]["compression"] = [8, 32]
+    raw["execution"] = {"threads": 1, "workers": 2, "fill_idle": fill}
+    raw["data"]["limit"] = 3000
+    raw["methods"] = {key: raw["methods"][key] for key in ("magnitude", "gmp")}
+    raw["tune"]["spaces"] = {}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slow
+def test_an_idle_worker_starts_the_next_method_whose_stage_resumes_it_unchanged(
+        tmp_path, monkeypatch, capsys):
+    """run@magnitude's last run leaves a worker idle: it starts gmp's first run (killed with
+    the stage, or finished); run@gmp then gives the same weights as without the filler, and
+    its MLflow runs hold every epoch once."""
+    from sparsebench.tracking import client_for, tracking_uri
+
+    outputs, histories = {}, {}
+    for fill in (True, False):
+        root = tmp_path / f"fill{fill}"
+        path = _two_methods(root, fill)
+        monkeypatch.chdir(root)
+        monkeypatch.setenv("SPARSEBENCH_ROOT", str(root))
+        for stage in ("prepare", "pretrain"):
+            assert main([stage, "--params", str(path)]) == 0
+        capsys.readouterr()
+        assert main(["run", "--params", str(path), "--method", "magnitude"]) == 0
+        said = capsys.readouterr().out
+        assert ("run magnitude: an idle worker starts gmp c8 seed 0" in said) == fill, said
+        if fill:
+            assert list((root / "runs" / "gmp" / "c8").glob("*seed0*")), "the filler left nothing"
+        assert main(["run", "--params", str(path), "--method", "gmp"]) == 0
+        outputs[fill] = {str(p.relative_to(root)): _tensors(p)
+                         for p in sorted(root.glob("runs/gmp/**/model.safetensors"))}
+        client, experiment = client_for(tracking_uri(), "sparsebench-default")
+        runs = client.search_runs([experiment], "tags.method_key = 'gmp' and "
+                                                "tags.run_kind = 'seed'")
+        assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+        histories[fill] = {
+            r.data.tags["level_name"] + r.data.tags["seed"]: sorted(
+                m.step for m in client.get_metric_history(r.info.run_id, "prune/val_accuracy"))
+            for r in runs}
+    assert len(outputs[True]) == 4 and outputs[True] == outputs[False]
+    assert histories[True] == histories[False]
+    assert all(steps == sorted(set(steps)) and steps for steps in histories[True].values())

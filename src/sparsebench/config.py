@@ -117,10 +117,13 @@ class LevelsParams(Strict):
 class ExecutionParams(Strict):
     """How a stage runs its independent runs: ``threads`` torch threads per run (fixed here, so
     results do not depend on the machine's core count) and ``workers`` runs side by side
-    (null: cores // threads on the CPU, one on CUDA)."""
+    (null: cores // threads on the CPU, one on CUDA). ``fill_idle``: a worker left idle by a
+    stage's last runs starts the next method's runs, which their own stage resumes
+    (`sparsebench.stages`); results are the same either way."""
 
     threads: int = Field(1, ge=1)
     workers: int | None = Field(None, ge=1)
+    fill_idle: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (sparsebench.accelerate)
     channels_last: bool = False  # NHWC weights and batches (convolutional models only)
     compile: bool = False  # train through torch.compile(model)

@@ -314,20 +314,7 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
                            planned) if params.tracking.enabled and distributed.writer() else None)
 
     def task(p: Planned, fp: str) -> Task:
-        def fn() -> None:
-            latency = ((tuple(params.evaluate.latency_batch_sizes),
-                        params.evaluate.latency_repeats)
-                       if p.spec.seed == seeds_of(params, methods[key])[0] else None)
-            work = p.out.with_name(f".{p.out.name}.work")  # the run's resume state (`execute`)
-            live = (tracker.live(tracker.run_info(p, fp, env), work / RUN_STATE, p.name)
-                    if tracker is not None else None)
-            with _live(live, work) as on_epoch:
-                execute(p.spec, data, device, p.out, fingerprint=fp, budget=p.budget,
-                        shape=shape, env=env, on_epoch=_both(_log_epoch(p.name), on_epoch),
-                        latency=latency)
-                if live is not None:
-                    live.finish(run_records(p.out))
-        return Task(p.name, fn)
+        return _run_task(params, methods, p, fp, data, device, shape, env, tracker)
 
     def done(t: Task) -> None:
         p = next(p for p, _ in todo if p.name == t.name)
@@ -341,8 +328,12 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     for i, wave in enumerate(waves):  # one wave, unless a progressive series chains levels
         now = first if i == 0 else pending(wave)
         todo += now
+        last = i == len(waves) - 1
+        fill = (_filler(params, methods, key, data, device, shape, env)
+                if last and params.execution.fill_idle and not distributed.active() else None)
         failures.update(run_tasks([task(p, fp) for p, fp in now], workers=workers,
-                                  threads=threads, on_done=done, in_process=in_process))
+                                  threads=threads, on_done=done, in_process=in_process,
+                                  fill=fill))
     if distributed.writer():
         _remove_stale(key, planned)
     tracking_failed: TrackingFailed | None = None
@@ -368,6 +359,65 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     profile.record(workers=workers, trained=len(todo))
     print(f"run {key}: done in {time.perf_counter() - started:.1f}s", flush=True)
     return summary
+
+
+def _run_task(params: Params, methods: dict[str, MethodParams], p: Planned, fp: str,
+              data: dict, device: torch.device, shape: tuple[int, ...], env: dict[str, Any],
+              tracker: _RunTracker | None) -> Task:
+    """The worker's job for run ``p``: `execute` it (resuming its ``.work`` state), logging its
+    MLflow run live; the latency is measured on the method's first seed only."""
+    from sparsebench.run import execute
+
+    def fn() -> None:
+        key = p.spec.key
+        latency = ((tuple(params.evaluate.latency_batch_sizes), params.evaluate.latency_repeats)
+                   if p.spec.seed == seeds_of(params, methods[key])[0] else None)
+        work = p.out.with_name(f".{p.out.name}.work")  # the run's resume state (`execute`)
+        live = (tracker.live(tracker.run_info(p, fp, env), work / RUN_STATE, p.name)
+                if tracker is not None else None)
+        with _live(live, work) as on_epoch:
+            execute(p.spec, data, device, p.out, fingerprint=fp, budget=p.budget,
+                    shape=shape, env=env, on_epoch=_both(_log_epoch(p.name), on_epoch),
+                    latency=latency)
+            if live is not None:
+                live.finish(run_records(p.out))
+    return Task(p.name, fn)
+
+
+def _filler(params: Params, methods: dict[str, MethodParams], key: str, data: dict,
+            device: torch.device, shape: tuple[int, ...], env: dict[str, Any]):
+    """Work for a worker that ``run@<key>``'s last runs leave idle (`workers.run_tasks`): the
+    next uncached run of the methods after ``key`` in params.yaml (the order DVC runs them in),
+    then of those before it; the first step of a progressive series only. Each is the very run
+    its own stage would start, resumable, so the part trained here is not trained again there:
+    the epochs before the kill are kept (`EpochCheckpoint`). It is not tracked here: its own
+    stage logs its MLflow run, completed from the run's records (`_Tracker.sync`). A method
+    that cannot be planned yet (a calibration missing) is skipped."""
+    keys = list(methods)
+    order = keys[keys.index(key) + 1:] + keys[:keys.index(key)]
+    started: set[str] = set()
+
+    def runs():
+        for other in order:
+            try:
+                planned = [p for p in method_runs(params, methods, other) if p.after is None]
+            except (UsageError, OSError, ValueError):
+                continue
+            for p in planned:
+                fp = run_fingerprint(params, p)
+                if p.name not in started and cached(p.out, fp) is None:
+                    started.add(p.name)
+                    yield _run_task(params, methods, p, fp, data, device, shape, env, None)
+
+    found = runs()
+
+    def fill() -> Task | None:
+        task = next(found, None)
+        if task is not None:
+            print(f"run {key}: an idle worker starts {task.name} (resumed by its own stage)",
+                  flush=True)
+        return task
+    return fill
 
 
 def series_waves(planned: list[Planned]) -> list[list[Planned]]:

@@ -123,7 +123,8 @@ def one_line(exc: BaseException) -> str:
 
 def run_tasks(tasks: list[Task], *, workers: int, threads: int,
               on_done: Callable[[Task], None] | None = None,
-              in_process: bool = False) -> dict[str, Failure]:
+              in_process: bool = False,
+              fill: Callable[[], Task | None] | None = None) -> dict[str, Failure]:
     """Run every task, at most ``workers`` at a time; return name -> its failure.
 
     Args:
@@ -132,6 +133,10 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
         threads: torch threads in each.
         on_done: called in this process after each task that succeeded (tracking, progress).
         in_process: run the tasks one after another here (CUDA), not in children.
+        fill: once no task waits, gives work for an idle worker (or None): a resumable run of a
+            later stage, killed as soon as the last of ``tasks`` ends, so the stage's tail, its
+            last runs on fewer workers than it has, trains the next stage's runs instead of
+            idling. A filler's success or failure is not this call's; its stage resumes it.
     """
     failures: dict[str, Failure] = {}
     if not tasks:  # everything cached: no worker, no warm-up
@@ -151,18 +156,30 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
     context = mp.get_context("fork")
     pending = list(reversed(tasks))
     running: dict[int, tuple[Task, mp.Process, object]] = {}
+    fillers: set[int] = set()  # sentinels of the running fillers
+
+    def start(task: Task) -> int:
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(target=_child, args=(task.fn, threads, send, os.getpid()),
+                                  name=task.name, daemon=True)
+        process.start()
+        send.close()
+        running[process.sentinel] = (task, process, receive)
+        return process.sentinel
+
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        while pending or running:
+        while pending or len(running) > len(fillers):
             while pending and len(running) < workers:
-                task = pending.pop()
-                receive, send = context.Pipe(duplex=False)
-                process = context.Process(target=_child, args=(task.fn, threads, send, os.getpid()),
-                                          name=task.name, daemon=True)
-                process.start()
-                send.close()
-                running[process.sentinel] = (task, process, receive)
+                start(pending.pop())
+            while (fill is not None and not pending and len(running) < workers
+                   and len(running) > len(fillers)):
+                extra = fill()
+                if extra is None:
+                    fill = None
+                    break
+                fillers.add(start(extra))
             for sentinel in wait(list(running)):
                 task, process, receive = running.pop(sentinel)
                 try:
@@ -171,6 +188,9 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
                     message = None
                 process.join()
                 receive.close()
+                if sentinel in fillers:  # done or failed: its own stage sees to it
+                    fillers.discard(sentinel)
+                    continue
                 if process.exitcode == 0:
                     if on_done is not None:
                         on_done(task)
