@@ -129,6 +129,9 @@ def test_a_killed_worker_fails_its_run_alone_and_the_others_are_kept(tmp_path):
     ({"threads": -2}, "execution.threads: -2 is not allowed"),
     ({"workers": 1.5}, "execution.workers: 1.5 is not allowed"),
     ({"procs": 2}, "execution.procs: unknown key; allowed: threads, workers"),
+    ({"fill_idle": "maybe"}, "execution.fill_idle: 'maybe' is not allowed; input should be a "
+                             "valid boolean"),
+    ({"fill_idle": 2}, "execution.fill_idle: 2 is not allowed; input should be a valid boolean"),
 ])
 def test_bad_execution_keys_are_one_line_and_exit_2(workspace, capsys, execution, expected):
     path = small_params(workspace, execution=execution)
