@@ -72,7 +72,7 @@ from sparsebench.numerics import flush_subnormals
 from sparsebench.run import load_run_model
 from sparsebench.schema import OptimizerParams
 from sparsebench.sparsity import apply_masks, magnitude_masks, make_permanent, prunable_modules
-from sparsebench.suite import DATA_FILE, at_level, layer_sizes, model_spec
+from sparsebench.suite import DATA_FILE, at_level, augment_of, layer_sizes, model_spec
 from sparsebench.train import Phase, evaluate, resolve_device
 from sparsebench.tuned import overlay
 from sparsebench.workers import Task, raise_failures, run_tasks
@@ -152,8 +152,8 @@ class Checker:
     """Scores what a method returns at each check mark (see the module docstring)."""
 
     def __init__(self, name: str, model: torch.nn.Module, method, retrain: Phase, split,
-                 train, val, n_train: int, check: float, seed: int):
-        self.name, self.model, self.method = name, model, method
+                 train, val, n_train: int, check: float, seed: int, augment=None):
+        self.name, self.model, self.method, self.augment = name, model, method, augment
         self.p = method.params
         self.retrain, self.split, self.train, self.val = retrain, split, train, val
         self.n_train, self.check, self.seed = n_train, check, seed
@@ -202,7 +202,7 @@ class Checker:
         apply_masks(snap, magnitude_masks(snap, self.p.targets(snap, self.method.key)))
         generator = torch.Generator().manual_seed(self.seed * 1000 + len(self.rows))
         ctx = Context(train=self.train, val=self.val, device=torch.device("cpu"),
-                      generator=generator, seed=self.seed, progress=False)
+                      generator=generator, seed=self.seed, progress=False, augment=self.augment)
         masked_retrain(snap, self.retrain, ctx)
         _, accuracy = evaluate(snap, *self.split)
         self.rows.append({"epoch": round(self.epochs, 4), "wall_seconds": round(self.seconds, 3),
@@ -210,19 +210,20 @@ class Checker:
 
 
 def one_run(name: str, cfg: dict, seed: int, pretrained: int, retrain: Phase, data: dict,
-            split: str, n_train: int, check: float, out: Path) -> None:
-    """Train ``name`` with ``cfg`` from seed ``pretrained``'s model, batches from ``seed``;
-    write its check rows to ``out`` (JSON)."""
+            split: str, n_train: int, check: float, out: Path, augment=None) -> None:
+    """Train ``name`` with ``cfg`` from seed ``pretrained``'s model, batches from ``seed``
+    (through the suite's ``data.augment``, as the pipeline's runs); write its check rows to
+    ``out`` (JSON)."""
     torch.manual_seed(seed)
     params = method_params(name, cfg)
     method = build_method(name, params)
     model = load_run_model(Path(f"runs/pretrain/seed{pretrained}"), torch.device("cpu"),
                            masked=False)
     checker = Checker(name, model, method, retrain, data[split], data["train"], data["val"],
-                      n_train, check, seed)
+                      n_train, check, seed, augment)
     ctx = Context(train=data["train"], val=data["val"], device=torch.device("cpu"),
                   generator=torch.Generator().manual_seed(seed), seed=seed, progress=False,
-                  on_epoch=checker)
+                  on_epoch=checker, augment=augment)
     method.prune(model, ctx)
     if not checker.rows or checker.rows[-1]["epoch"] < checker.epochs - 1e-9:
         checker.score()  # the end of the budget is always scored
@@ -247,6 +248,7 @@ def main() -> None:
     if resolve_device(params.device).type != "cpu":
         raise SystemExit("this benchmark runs on the CPU (its workers fork)")
     data = load_splits(DATA_FILE, ("train", "val", "test"))
+    augment = augment_of(params)
     n_train = len(data["train"][1])
     sizes = layer_sizes(model_spec(params))
     budget = max(1, round(BUDGET * args.scale))
@@ -270,7 +272,7 @@ def main() -> None:
             check = args.check if split == "test" else math.inf  # a trial: its end only
             tasks.append(Task(f"{name} seed {seed}", lambda a=(name, cfg, seed, pretrained,
                                                                split, file, check): one_run(
-                a[0], a[1], a[2], a[3], retrain, data, a[4], n_train, a[6], a[5])))
+                a[0], a[1], a[2], a[3], retrain, data, a[4], n_train, a[6], a[5], augment)))
         raise_failures("time_to_accuracy", run_tasks(tasks, workers=args.workers,
                                                      threads=params.execution.threads),
                        len(tasks))

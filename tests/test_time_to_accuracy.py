@@ -88,3 +88,19 @@ def test_a_check_scores_at_the_level_after_retrain(tiny_mlp, tiny_data):
     assert [r["epoch"] for r in checker.rows] == [1, 2]
     assert all(r["returned"] == "W" and 0 <= r["accuracy"] <= 1 for r in checker.rows)
     assert checker.rows[1]["wall_seconds"] > checker.rows[0]["wall_seconds"] > 0
+
+
+def test_checks_retrain_through_the_suite_s_augmentation(tiny_mlp, tiny_data, monkeypatch):
+    """The benchmark's check retrain draws its batches as the pipeline's runs do: through the
+    suite's ``data.augment`` (here a marker object; None when the suite has none)."""
+    seen = []
+    monkeypatch.setattr(tta, "masked_retrain", lambda snap, phase, ctx: seen.append(ctx.augment))
+    params = method_params("admm", {"method": "admm", "target_sparsity": 0.75, "iterations": 1,
+                                    "epochs_per_iteration": 1, "batch_size": 32})
+    marker = object()
+    for augment in (marker, None):
+        checker = tta.Checker("admm", tiny_mlp, build_method("admm", params), Phase(1, 32),
+                              tiny_data["val"], tiny_data["train"], tiny_data["val"],
+                              n_train=256, check=1.0, seed=0, augment=augment)
+        checker.score()
+    assert seen[0] is marker and seen[1] is None
