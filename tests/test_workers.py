@@ -32,16 +32,21 @@ def _workspace(root: Path, workers: int) -> Path:
     return path
 
 
+def _prepared(path: Path, monkeypatch) -> Path:
+    """The workspace of ``path`` entered, its data prepared and its models pretrained."""
+    monkeypatch.chdir(path.parent)
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(path.parent))
+    for stage in ("prepare", "pretrain"):
+        assert main([stage, "--params", str(path)]) == 0
+    return path
+
+
 @pytest.mark.parametrize("key", ["gmp", "admm"])
 def test_a_run_gives_the_same_weights_alone_or_beside_others(key, tmp_path, monkeypatch):
     outputs = {}
     for workers in (1, 2):
         root = tmp_path / f"w{workers}"
-        path = _workspace(root, workers)
-        monkeypatch.chdir(root)
-        monkeypatch.setenv("SPARSEBENCH_ROOT", str(root))
-        for stage in ("prepare", "pretrain"):
-            assert main([stage, "--params", str(path)]) == 0
+        path = _prepared(_workspace(root, workers), monkeypatch)
         assert main(["run", "--params", str(path), "--method", key]) == 0
         outputs[workers] = {str(p.relative_to(root)): _tensors(p)
                             for p in sorted(root.glob("runs/**/model.safetensors"))}
@@ -180,11 +185,7 @@ def test_an_idle_worker_starts_the_next_method_whose_stage_resumes_it_unchanged(
     outputs, histories = {}, {}
     for fill in (True, False):
         root = tmp_path / f"fill{fill}"
-        path = _two_methods(root, fill)
-        monkeypatch.chdir(root)
-        monkeypatch.setenv("SPARSEBENCH_ROOT", str(root))
-        for stage in ("prepare", "pretrain"):
-            assert main([stage, "--params", str(path)]) == 0
+        path = _prepared(_two_methods(root, fill), monkeypatch)
         capsys.readouterr()
         assert main(["run", "--params", str(path), "--method", "magnitude"]) == 0
         said = capsys.readouterr().out

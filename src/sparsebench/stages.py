@@ -313,9 +313,6 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     tracker = (_RunTracker(params, key, method_class(key, methods[key].model_dump()).name,
                            planned) if params.tracking.enabled and distributed.writer() else None)
 
-    def task(p: Planned, fp: str) -> Task:
-        return _run_task(params, methods, p, fp, data, device, shape, env, tracker)
-
     def done(t: Task) -> None:
         p = next(p for p, _ in todo if p.name == t.name)
         results[p.name] = json.loads((p.out / RESULT).read_text())
@@ -331,7 +328,9 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         last = i == len(waves) - 1
         fill = (_filler(params, methods, key, data, device, shape, env)
                 if last and params.execution.fill_idle and not distributed.active() else None)
-        failures.update(run_tasks([task(p, fp) for p, fp in now], workers=workers,
+        tasks = [_run_task(params, methods, p, fp, data, device, shape, env, tracker)
+                 for p, fp in now]
+        failures.update(run_tasks(tasks, workers=workers,
                                   threads=threads, on_done=done, in_process=in_process,
                                   fill=fill))
     if distributed.writer():
@@ -395,7 +394,6 @@ def _filler(params: Params, methods: dict[str, MethodParams], key: str, data: di
     that cannot be planned yet (a calibration missing) is skipped."""
     keys = list(methods)
     order = keys[keys.index(key) + 1:] + keys[:keys.index(key)]
-    started: set[str] = set()
 
     def runs():
         for other in order:
@@ -405,8 +403,7 @@ def _filler(params: Params, methods: dict[str, MethodParams], key: str, data: di
                 continue
             for p in planned:
                 fp = run_fingerprint(params, p)
-                if p.name not in started and cached(p.out, fp) is None:
-                    started.add(p.name)
+                if cached(p.out, fp) is None:  # each run is offered once: a generator
                     yield _run_task(params, methods, p, fp, data, device, shape, env, None)
 
     found = runs()
