@@ -70,13 +70,17 @@ def bare_side_by_side(workers: int, rounds: int) -> float:
 
 
 def epoch_rows() -> dict[tuple[str, str], list[list[dict]]]:
-    """(method, phase) -> each run's rows of that phase."""
+    """(method, phase) -> each run's rows of that phase. A prune phase shared by the levels
+    of a seed (``runs/<method>/prune/seed<s>``) counts once: the level runs' copies of its
+    rows (``seconds.shared`` in their result.json) are left out."""
     rows: dict[tuple[str, str], list[list[dict]]] = {}
     for path in Path("runs").glob("*/*/seed*/curves.json"):
         method = path.parts[1]
         curves = json.loads(path.read_text())
+        result = path.with_name("result.json")
+        shared = result.exists() and "shared" in json.loads(result.read_text())["seconds"]
         for phase, phase_rows in curves.items():
-            if phase_rows:
+            if phase_rows and not (shared and phase == "prune"):
                 rows.setdefault((method, phase), []).append(phase_rows)
     for path in Path("runs/pretrain").glob("seed*/curves.json"):
         rows.setdefault(("pretrain", "pretrain"), []).append(json.loads(path.read_text()))

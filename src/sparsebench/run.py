@@ -47,6 +47,7 @@ from sparsebench.train import evaluate, seed_everything
 MODEL, MASKS, CURVES = "model.safetensors", "masks.safetensors", "curves.json"
 CHECKPOINT = "model.sparse.safetensors"  # the compressed sparse checkpoint (sparsebench.checkpoint)
 RESULT = "result.json"
+TRAJECTORY = "trajectory.json"  # a shared prune phase's record (`shared_prune`)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class RunSpec:
         point: which measured point of the level this is ("" for the level itself, or the
             "low" / "high" bracket of an interpolated level).
         augment: the training batches' augmentation (``data.augment``; None: none).
+        shared_prune: the directory of this seed's prune trajectory (`shared_prune`) when the
+            method's prune phase is shared across levels; the run then finishes it at its level
+            instead of training it. Not part of `config`: a run is the same either way.
     """
 
     key: str
@@ -90,6 +94,7 @@ class RunSpec:
     pretrained: Path | None = None
     point: str = ""
     augment: Augment | None = None
+    shared_prune: Path | None = None
 
     def config(self) -> dict[str, Any]:
         """The resolved configuration (JSON-able): what a cached run is keyed by."""
@@ -105,7 +110,9 @@ class RunSpec:
 
 @dataclass
 class Outcome:
-    """What `run` returns: the model with its masks applied, curves and seconds per phase."""
+    """What `run` returns: the model with its masks applied, curves and seconds per phase
+    (``shared``: the epoch seconds of a prune trajectory trained once for every level and
+    counted in `train_seconds`, as the run's own cost)."""
 
     model: nn.Module
     curves: dict[str, list[dict]] = field(default_factory=dict)
@@ -186,6 +193,19 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
         model = load_run_model(pruned, device)
         saved = json.loads((pruned / CURVES).read_text())
         outcome.curves["prune"], outcome.seconds["prune"] = saved["rows"], saved["wall"]
+        if "shared" in saved:
+            outcome.seconds["shared"] = saved["shared"]
+    elif spec.shared_prune is not None:  # the seed's trajectory, finished at this level
+        start = time.perf_counter()
+        model = load_run_model(spec.shared_prune, device, masked=False)
+        method.finish(model)
+        rows = json.loads((spec.shared_prune / CURVES).read_text())["prune"]
+        outcome.curves["prune"] = rows
+        outcome.seconds["prune"] = time.perf_counter() - start
+        outcome.seconds["shared"] = sum(row.get("seconds", 0.0) for row in rows)
+        if pruned is not None:
+            _keep_pruned(work, pruned, model, outcome)
+            model = load_run_model(pruned, device)
     else:
         start = time.perf_counter()
         if method.from_pretrained:
@@ -201,14 +221,8 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
         with diverged(f"prune {spec.key} seed {spec.seed}", {f"methods.{spec.key}": spec.method}):
             outcome.curves["prune"] = method.prune(model, ctx)
         outcome.seconds["prune"] = time.perf_counter() - start
-        if pruned is not None:  # saved whole: built beside it, then renamed (by rank 0)
-            def keep() -> None:
-                with atomic_dir(pruned) as tmp:
-                    save_run_model(tmp, model, {"rows": outcome.curves["prune"],
-                                                "wall": outcome.seconds["prune"]})
-                (work / "prune.resume.pt").unlink(missing_ok=True)
-
-            distributed.rank0_first(keep)
+        if pruned is not None:
+            _keep_pruned(work, pruned, model, outcome)
             model = load_run_model(pruned, device)
     start = time.perf_counter()
     ctx = _context(spec, data, device, _checkpoint(work, "retrain"),
@@ -220,6 +234,58 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     outcome.seconds["retrain"] = time.perf_counter() - start
     outcome.model = model
     return outcome
+
+
+def _keep_pruned(work: Path, pruned: Path, model: nn.Module, outcome: Outcome) -> None:
+    """The finished prune phase, saved whole (built beside it, then renamed, by rank 0)."""
+    def keep() -> None:
+        with atomic_dir(pruned) as tmp:
+            save_run_model(tmp, model, {"rows": outcome.curves["prune"],
+                                        "wall": outcome.seconds["prune"],
+                                        **({"shared": outcome.seconds["shared"]}
+                                           if "shared" in outcome.seconds else {})})
+        (work / "prune.resume.pt").unlink(missing_ok=True)
+
+    distributed.rank0_first(keep)
+
+
+def shared_prune(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 device: torch.device, out: Path, *, fingerprint: str,
+                 on_epoch: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
+    """Train the prune trajectory of ``spec``'s method and seed once, for all its levels.
+
+    For a method whose level enters only its final masks (`Method.shares_prune`: admm_l1,
+    SAS-ADMM), the prune phase up to them is the same at every level, epoch for epoch (tested
+    in tests/methods/test_level_free_prune.py). It is trained here from the pretrained model,
+    with the run's seed, and ``out`` receives the model it leaves (unmasked), its curves and
+    ``trajectory.json`` (seconds, fingerprint); each level's run then loads it and applies its
+    own masks (`run` with ``spec.shared_prune``), with the weights of a run that trained it
+    itself, bit for bit. Resumable as a run's prune phase (state in ``.<name>.work``).
+    """
+    method = build_method(spec.key, spec.method)
+    if spec.pretrained is None:
+        raise UsageError(f"methods.{spec.key}: starts from the pretrained model, and none "
+                         "was given")
+    work = out.with_name(f".{out.name}.work")
+    start = time.perf_counter()
+    model = load_run_model(spec.pretrained, device, masked=False)
+    ctx = _context(spec, data, device, _checkpoint(work, "prune"), _phase_hook("prune", on_epoch))
+    with diverged(f"prune {spec.key} seed {spec.seed}", {f"methods.{spec.key}": spec.method}):
+        curves = method.trajectory(model, ctx)
+    wall = time.perf_counter() - start
+    record = {"key": spec.key, "seed": spec.seed, "epochs": method.prune_epochs(
+        len(data["train"][1])), "seconds": {"train": sum(r.get("seconds", 0.0) for r in curves),
+                                            "prune": wall}, "fingerprint": fingerprint}
+
+    def keep() -> dict[str, Any]:
+        with atomic_dir(out) as tmp:
+            save_model(model, tmp / MODEL)
+            (tmp / CURVES).write_text(json.dumps({"prune": curves}, indent=1))
+            atomic_write(tmp / TRAJECTORY, json.dumps(record, indent=1))
+        shutil.rmtree(work, ignore_errors=True)
+        return record
+
+    return distributed.rank0_first(keep)
 
 
 def _checkpoint(work: Path | None, phase: str) -> EpochCheckpoint | None:
@@ -317,10 +383,11 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     return distributed.rank0_first(finish)
 
 
-def cached(out: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The result of a finished run at ``out`` made from the same spec, inputs and code."""
+def cached(out: Path, fingerprint: str, name: str = RESULT) -> dict[str, Any] | None:
+    """The result of a finished run at ``out`` made from the same spec, inputs and code (or,
+    with ``name`` `TRAJECTORY`, of a shared prune trajectory)."""
     try:
-        result = json.loads((out / RESULT).read_text())
+        result = json.loads((out / name).read_text())
     except (OSError, ValueError):
         return None
     return result if result.get("fingerprint") == fingerprint else None

@@ -7,7 +7,9 @@ A run is (method, level, seed) (`sparsebench.run`); ``run@<method>`` does every 
 (its levels x the seeds), each pruned, retrained and evaluated in one worker process
 (`sparsebench.workers`), up to ``execution.workers`` side by side. A run's directory is cached
 by its fingerprint (resolved configuration, input files, code): adding a level or changing one
-method's parameters reruns only the runs it touches. Outputs appear whole or not at all.
+method's parameters reruns only the runs it touches. A prune phase that does not read the level
+(admm_l1, SAS-ADMM) is trained once per seed and finished by each level's run
+(`sparsebench.run.shared_prune`). Outputs appear whole or not at all.
 MLflow (`sparsebench.tracking`): each training run is an MLflow run logged live by the worker
 that trains it, completed by the stage from the run's own files when the tracker missed any.
 """
@@ -37,7 +39,7 @@ from sparsebench.errors import TrackingFailed, UsageError
 from sparsebench.methods import MethodParams, method_class
 from sparsebench.paths import atomic_write_many, repo_root, run_dir, seed_dir
 from sparsebench.resume import StageWork, fingerprint
-from sparsebench.run import RESULT, cached, environment
+from sparsebench.run import RESULT, TRAJECTORY, cached, environment
 from sparsebench.suite import (DATA_FILE, Planned, augment_of, model_spec, plan,
                                pretrained_file, seeds_of)
 from sparsebench.tracking import RUN_STATE, tracking_uri
@@ -243,17 +245,37 @@ def run_fingerprint(params: Params, planned: Planned) -> str:
     """What a run's cached directory is keyed by: its resolved spec, the shared sections it
     reads (device, data, evaluate), its thread count, its input files and the code that can
     change it (`resume.code_digest`)."""
-    config = {"run": planned.spec.config(), "device": params.device,
-              "data": params.data.model_dump(mode="json"),
-              "evaluate": params.evaluate.model_dump(mode="json"),
-              "threads": params.execution.threads, "budget": planned.budget}
+    config = {"run": planned.spec.config(), **_numerics(params),
+              "evaluate": params.evaluate.model_dump(mode="json"), "budget": planned.budget}
+    return fingerprint(stage="run", config=config,
+                       inputs=[DATA_FILE, *pretrained_file(planned.spec)])
+
+
+#: what a run's method parameters hold about its level alone (and its retrain)
+LEVEL_KEYS = ("target_sparsity", "layer_sparsity", "scope", "levels", "retrain")
+
+
+def shared_fingerprint(params: Params, planned: Planned) -> str:
+    """What a shared prune trajectory is keyed by: the run's spec without what only its level
+    and retrain read, the data, device and threads, the inputs and the code."""
+    run = planned.spec.config()
+    run["method"] = {k: v for k, v in run["method"].items() if k not in LEVEL_KEYS}
+    for key in ("level", "point", "retrain"):
+        run.pop(key)
+    return fingerprint(stage="shared_prune", config={"run": run, **_numerics(params)},
+                       inputs=[DATA_FILE, *pretrained_file(planned.spec)])
+
+
+def _numerics(params: Params) -> dict[str, Any]:
+    """The settings a run's numbers depend on beside its spec."""
+    config = {"device": params.device, "data": params.data.model_dump(mode="json"),
+              "threads": params.execution.threads}
     if distributed.world() > 1:  # another reduction order: not the single-process runs
         config["world_size"] = distributed.world()
     if not params.execution.options().default:  # bf16 etc.: other numbers
         config["options"] = params.execution.model_dump(
             include={"precision", "channels_last", "compile"})
-    return fingerprint(stage="run", config=config,
-                       inputs=[DATA_FILE, *pretrained_file(planned.spec)])
+    return config
 
 
 def method_runs(params: Params, methods: dict[str, MethodParams], key: str) -> list[Planned]:
@@ -285,6 +307,7 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         env.update(distributed.describe())
     shape = tuple(dataset_info(DATA_FILE)["shape"])
     todo, results, failures = [], {}, {}
+    shared: dict[str, Path] = {}  # task name -> the shared prune trajectory it trains
     waves = series_waves(planned)
 
     def pending(wave: list[Planned]) -> list[tuple[Planned, str]]:
@@ -306,21 +329,31 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
 
     first = pending(waves[0])
     later = sum(len(w) for w in waves[1:])
+    prunes = len(_shared_prunes(params, first))
     print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(first)} to train "
           f"({workers} workers x {threads} threads)" + (
+              f", {prunes} shared prune phase{'s' * (prunes != 1)}" if prunes else "") + (
               f", {later} later steps of progressive series" if later else ""), flush=True)
     data = (load_splits(DATA_FILE, ("train", "val", "test")) if first or later else {})
     tracker = (_RunTracker(params, key, method_class(key, methods[key].model_dump()).name,
                            planned) if params.tracking.enabled and distributed.writer() else None)
 
     def done(t: Task) -> None:
+        if t.name in shared:
+            record = json.loads((shared[t.name] / TRAJECTORY).read_text())
+            print(f"run {t.name}: shared by its levels, in {record['seconds']['prune']:.1f}s "
+                  f"(training {record['seconds']['train']:.1f}s)", flush=True)
+            profile.record(train=record["seconds"]["train"])
+            return
         p = next(p for p, _ in todo if p.name == t.name)
         results[p.name] = json.loads((p.out / RESULT).read_text())
         r = results[p.name]
         print(f"run {p.name}: test_accuracy {r['figures']['test_accuracy']:.4f} compression "
               f"{r['figures']['compression_ratio']:.2f}x in {r['seconds']['run']:.1f}s "
               f"(training {r['seconds']['train']:.1f}s)", flush=True)
-        profile.record(train=r["seconds"]["train"], evaluate=r["seconds"]["evaluate"])
+        # a shared prune's epochs are the trajectory task's, counted once
+        profile.record(train=r["seconds"]["train"] - r["seconds"].get("shared", 0.0),
+                       evaluate=r["seconds"]["evaluate"])
 
     for i, wave in enumerate(waves):  # one wave, unless a progressive series chains levels
         now = first if i == 0 else pending(wave)
@@ -328,8 +361,12 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         last = i == len(waves) - 1
         fill = (_filler(params, methods, key, data, device, shape, env)
                 if last and params.execution.fill_idle and not distributed.active() else None)
-        tasks = [_run_task(params, methods, p, fp, data, device, shape, env, tracker)
-                 for p, fp in now]
+        prunes = _shared_prunes(params, now)
+        shared.update({name: q.spec.shared_prune for name, (q, _) in prunes.items()})
+        tasks = [_prune_task(q, tfp, data, device) for q, tfp in prunes.values()]
+        after = {q.spec.shared_prune: name for name, (q, _) in prunes.items()}
+        tasks += [_run_task(params, methods, p, fp, data, device, shape, env, tracker,
+                            after=after.get(p.spec.shared_prune)) for p, fp in now]
         failures.update(run_tasks(tasks, workers=workers,
                                   threads=threads, on_done=done, in_process=in_process,
                                   fill=fill))
@@ -360,9 +397,38 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     return summary
 
 
+def _shared_prunes(params: Params, runs: list[tuple[Planned, str]]
+                   ) -> dict[str, tuple[Planned, str]]:
+    """The shared prune trajectories that ``runs`` (to train) need and no cache holds: task
+    name -> (the first run that needs it, the trajectory's fingerprint)."""
+    found: dict[str, tuple[Planned, str]] = {}
+    seen: set[Path] = set()
+    for p, _ in runs:
+        where = p.spec.shared_prune
+        if where is None or where in seen:
+            continue
+        seen.add(where)
+        fp = shared_fingerprint(params, p)
+        if cached(where, fp, TRAJECTORY) is None:
+            found[f"{p.spec.key} prune seed {p.spec.seed}"] = (p, fp)
+    return found
+
+
+def _prune_task(p: Planned, fp: str, data: dict, device: torch.device) -> Task:
+    """The worker's job for the prune trajectory that ``p``'s seed shares across levels."""
+    from sparsebench.run import shared_prune
+
+    name = f"{p.spec.key} prune seed {p.spec.seed}"
+
+    def fn() -> None:
+        shared_prune(p.spec, data, device, p.spec.shared_prune, fingerprint=fp,
+                     on_epoch=_log_epoch(name))
+    return Task(name, fn)
+
+
 def _run_task(params: Params, methods: dict[str, MethodParams], p: Planned, fp: str,
               data: dict, device: torch.device, shape: tuple[int, ...], env: dict[str, Any],
-              tracker: _RunTracker | None) -> Task:
+              tracker: _RunTracker | None, after: str | None = None) -> Task:
     """The worker's job for run ``p``: `execute` it (resuming its ``.work`` state), logging its
     MLflow run live; the latency is measured on the method's first seed only."""
     from sparsebench.run import execute
@@ -380,14 +446,15 @@ def _run_task(params: Params, methods: dict[str, MethodParams], p: Planned, fp: 
                     latency=latency)
             if live is not None:
                 live.finish(run_records(p.out))
-    return Task(p.name, fn)
+    return Task(p.name, fn, after)
 
 
 def _filler(params: Params, methods: dict[str, MethodParams], key: str, data: dict,
             device: torch.device, shape: tuple[int, ...], env: dict[str, Any]):
     """Work for a worker that ``run@<key>``'s last runs leave idle (`workers.run_tasks`): the
     next uncached run of the methods after ``key`` in params.yaml (the order DVC runs them in),
-    then of those before it; the first step of a progressive series only. Each is the very run
+    then of those before it; the first step of a progressive series only, and a shared prune
+    trajectory before the runs that finish it (`_shared_prunes`). Each is the very run
     its own stage would start, resumable, so the part trained here is not trained again there:
     the epochs before the kill are kept (`EpochCheckpoint`). It is not tracked here: its own
     stage logs its MLflow run, completed from the run's records (`_Tracker.sync`). A method
@@ -396,6 +463,7 @@ def _filler(params: Params, methods: dict[str, MethodParams], key: str, data: di
     order = keys[keys.index(key) + 1:] + keys[:keys.index(key)]
 
     def runs():
+        offered: set[str] = set()
         for other in order:
             try:
                 planned = [p for p in method_runs(params, methods, other) if p.after is None]
@@ -403,7 +471,17 @@ def _filler(params: Params, methods: dict[str, MethodParams], key: str, data: di
                 continue
             for p in planned:
                 fp = run_fingerprint(params, p)
-                if cached(p.out, fp) is None:  # each run is offered once: a generator
+                if cached(p.out, fp) is not None:
+                    continue
+                if p.spec.shared_prune is None:  # each run is offered once: a generator
+                    yield _run_task(params, methods, p, fp, data, device, shape, env, None)
+                    continue
+                for name, (q, tfp) in _shared_prunes(params, [(p, fp)]).items():
+                    if name not in offered:  # its trajectory first; its levels wait for it
+                        offered.add(name)
+                        yield _prune_task(q, tfp, data, device)
+                    break
+                else:
                     yield _run_task(params, methods, p, fp, data, device, shape, env, None)
 
     found = runs()
@@ -437,7 +515,8 @@ def _remove_stale(key: str, planned: list[Planned]) -> None:
     import shutil
 
     keep = {p.out.resolve() for p in planned}
-    levels = {p.out.parent.resolve() for p in planned}
+    keep |= {p.spec.shared_prune.resolve() for p in planned if p.spec.shared_prune}
+    levels = {q.parent for q in keep}
     root = run_dir(key)
     if not root.is_dir():
         return

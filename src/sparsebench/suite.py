@@ -3,7 +3,10 @@
 A target-driven method takes the level as per-layer targets (`sparsebench.levels`); a
 regularisation-driven one takes the strength its calibration found for the level
 (`sparsebench.calibrate`), or the two strengths that bracket it when it could not be hit, and
-its value at the level is then interpolated; dense has no level. Each run's epoch budget
+its value at the level is then interpolated; dense has no level. A method whose prune phase
+does not read the level (`Method.shares_prune`) trains it once per seed, in
+``runs/<key>/prune/seed<s>``, and each level's run finishes it (`sparsebench.run.shared_prune`);
+a progressive series does not, as each step starts from the last. Each run's epoch budget
 (pretrain share + prune + retrain) is checked against the suite's ``budget``. A progressive
 method's levels form a series per seed: each starts from the previous level's run.
 """
@@ -28,6 +31,7 @@ from sparsebench.run import MODEL, ModelSpec, RunSpec
 from sparsebench.schema import PhaseParams, merge_phase
 
 DATA_FILE = Path("data", "prepared", "splits.safetensors")
+SHARED_PRUNE = "prune"  # runs/<key>/prune/seed<s>: a prune trajectory shared by the levels
 
 
 def model_spec(params: Params, data_file: Path = DATA_FILE) -> ModelSpec:
@@ -136,8 +140,11 @@ def plan(params: Params, methods: dict[str, MethodParams], key: str,
                 if before is not None:  # the previous step's model, and the series' epochs
                     pretrained = before.out
                     steps = series_budget(before.budget, budget)
+                shared = (seed_dir(run_dir(key, SHARED_PRUNE), seed)
+                          if level is not None and not method.progressive
+                          and build_method(key, at).shares_prune() else None)
                 spec = RunSpec(key, at, level, seed, retrain, spec_model, pretrained, point,
-                               augment)
+                               augment, shared)
                 name = "dense" if level is None else level_name(level)
                 leaf = seed_dir(run_dir(key, name), seed)
                 out = leaf.with_name(f"{leaf.name}-{point}") if point else leaf

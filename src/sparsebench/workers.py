@@ -42,10 +42,13 @@ class Failure:
 
 @dataclass
 class Task:
-    """A named unit of work; ``fn`` writes its own outputs (returns nothing of use)."""
+    """A named unit of work; ``fn`` writes its own outputs (returns nothing of use). ``after``
+    names an earlier task of the same `run_tasks` call whose outputs it reads: it starts once
+    that one succeeded, and fails without running when that one failed."""
 
     name: str
     fn: Callable[[], None]
+    after: str | None = None
 
 
 def default_workers(threads: int, device: torch.device) -> int:
@@ -141,14 +144,35 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
     failures: dict[str, Failure] = {}
     if not tasks:  # everything cached: no worker, no warm-up
         return failures
+    seen: set[str] = set()
+    for task in tasks:
+        if task.after is not None and task.after not in seen:
+            raise ValueError(f"task {task.name!r} runs after {task.after!r}, which is not an "
+                             "earlier task of the same call")
+        seen.add(task.name)
+
+    def blocked(task: Task) -> bool:
+        """True when ``task`` waits on its dependency; a failed dependency fails it here."""
+        if task.after is None or task.after in succeeded:
+            return False
+        if task.after in failures:
+            failures[task.name] = Failure(f"{task.name}: not run, {task.after} failed")
+            dropped.add(task.name)
+        return True
+
+    succeeded: set[str] = set()
+    dropped: set[str] = set()
     if in_process or (workers == 1 and len(tasks) <= 1):
         setup_process(threads)
         for task in tasks:
+            if blocked(task):  # listed after its dependency: that one ended
+                continue
             try:
                 task.fn()
             except (UsageError, FloatingPointError) as exc:
                 failures[task.name] = Failure(one_line(exc), isinstance(exc, UsageError))
                 continue
+            succeeded.add(task.name)
             if on_done is not None:
                 on_done(task)
         return failures
@@ -171,8 +195,14 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
     sys.stderr.flush()
     try:
         while pending or len(running) > len(fillers):
-            while pending and len(running) < workers:
-                start(pending.pop())
+            while len(running) < workers:  # the first task that does not wait on another
+                ready = next((t for t in reversed(pending) if not blocked(t)), None)
+                pending = [t for t in pending if t is not ready and t.name not in dropped]
+                if ready is None:
+                    break
+                start(ready)
+            if len(running) == len(fillers):  # no task left, or only those of failed ones
+                break
             while (fill is not None and not pending and len(running) < workers
                    and len(running) > len(fillers)):
                 extra = fill()
@@ -192,6 +222,7 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
                     fillers.discard(sentinel)
                     continue
                 if process.exitcode == 0:
+                    succeeded.add(task.name)
                     if on_done is not None:
                         on_done(task)
                     continue

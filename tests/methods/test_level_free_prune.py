@@ -1,8 +1,8 @@
 """admm_l1's and SAS-ADMM's prune phases do not read the level: their Z-step is the l1 prox,
 and the level enters only through the final magnitude prune (ALGORITHMS.md sections 3 and 4).
 So two levels give the same trajectory, epoch for epoch, and the same weights under different
-masks; plain ADMM, whose Z-step projects onto the level, does not. A cache of the prune phase
-shared across levels (an open speed-up, 15% of the default suite's epochs) would rest on this."""
+masks; plain ADMM, whose Z-step projects onto the level, does not. The prune phase shared
+across levels (`sparsebench.run.shared_prune`, tests/test_shared_prune.py) rests on this."""
 
 import pytest
 import torch

@@ -230,6 +230,12 @@ class ADMMPruning(Method):
         return admm.masks()
 
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
+        admm, curves = self._iterate(model, ctx)
+        apply_masks(model, self._final_masks(admm, model))
+        return curves
+
+    def _iterate(self, model: nn.Module, ctx: Context) -> tuple[ADMM, list[dict]]:
+        """The K ADMM iterations (W-, Z- and U-steps); the model is left unmasked."""
         p = self.params
         admm = self._admm(model)
         optimizer = make_optimizer(model.parameters(), p.optimizer)
@@ -254,8 +260,7 @@ class ADMMPruning(Method):
                 **residuals, "seconds": sum(r["seconds"] for r in rows)})
             if ctx.on_epoch is not None:
                 ctx.on_epoch(curves[-1])
-        apply_masks(model, self._final_masks(admm, model))
-        return curves
+        return admm, curves
 
 
 class ADMML1Pruning(ADMMPruning):
@@ -275,3 +280,21 @@ class ADMML1Pruning(ADMMPruning):
         if p.final_mask == "support":
             return admm.masks()
         return admm.masks(sparsity=p.targets(model, self.key))
+
+    def shares_prune(self) -> bool:
+        """The l1 Z-step never reads the target: with the magnitude final mask the level
+        enters only in `finish` (Z's support, ``final_mask: support``, is not kept apart)."""
+        return self.params.final_mask == "magnitude"
+
+    def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
+        if self.shares_prune():
+            return Method.prune(self, model, ctx)
+        return super().prune(model, ctx)
+
+    def trajectory(self, model: nn.Module, ctx: Context) -> list[dict]:
+        return self._iterate(model, ctx)[1]
+
+    def finish(self, model: nn.Module) -> None:
+        """|W| magnitude masks at the target, as `ADMM.masks` with a sparsity."""
+        weights = {name: m.weight.detach().abs() for name, m in prunable_modules(model)}
+        apply_masks(model, masks_from_scores(weights, self.params.targets(model, self.key)))

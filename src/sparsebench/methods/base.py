@@ -136,6 +136,25 @@ class Method:
 
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
         """Prune ``model`` in place, leave its masks applied; return per-epoch curves."""
+        if self.shares_prune():
+            curves = self.trajectory(model, ctx)
+            self.finish(model)
+            return curves
+        raise NotImplementedError
+
+    def shares_prune(self) -> bool:
+        """Whether the prune phase is `trajectory` then `finish`, with the level read by
+        `finish` alone: the trajectory is then the same at every level (a method whose
+        definition ends in a magnitude prune to the target: admm_l1, SAS-ADMM), so a suite
+        trains it once per seed and each level finishes it (`sparsebench.run.shared_prune`)."""
+        return False
+
+    def trajectory(self, model: nn.Module, ctx: Context) -> list[dict]:
+        """The prune phase up to its final masks, without reading the target; return curves."""
+        raise NotImplementedError
+
+    def finish(self, model: nn.Module) -> None:
+        """Apply the final masks at the target to the model `trajectory` left."""
         raise NotImplementedError
 
 

@@ -272,7 +272,12 @@ class SASADMMPruning(Method):
         """Epochs' worth of minibatches, rounded up (the exact steps are in the curves)."""
         return max(1, math.ceil(self.total_steps() * self.params.batch_size / n_train))
 
-    def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
+    def shares_prune(self) -> bool:
+        """The l1 Z-step never reads the target: the level enters only in `finish`."""
+        return True
+
+    def trajectory(self, model: nn.Module, ctx: Context) -> list[dict]:
+        """The SAS-ADMM iterations, ending with the ergodic average written into the model."""
         p = self.params
         coupled = [m.weight for _, m in prunable_modules(model)]
         ids = {id(w) for w in coupled}
@@ -332,8 +337,10 @@ class SASADMMPruning(Method):
             if ctx.on_epoch is not None:
                 ctx.on_epoch(row)
         sas.write_average()
-        apply_masks(model, self._masks(model))
         return curves
+
+    def finish(self, model: nn.Module) -> None:
+        apply_masks(model, self._masks(model))
 
     def _masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Per-layer magnitude masks at the target for the chosen layer types, dense elsewhere."""
