@@ -192,3 +192,28 @@ def train_cases(cases: tuple[str, ...], out_dir: Path, captured: dict, rank: int
 
 if __name__ == "__main__":
     train_all(Path(sys.argv[1]))
+
+
+def stage_rank(rank: int, world: int, port: int, root: str, late: float) -> None:
+    """One rank of ``sparsebench pretrain`` (the CLI's stage) in the workspace ``root``. On
+    rank 1, listing the stage's work directory (``runs/.pretrain.work``) takes ``late`` seconds
+    longer, between finding it and reading it: the window that a loaded machine can open
+    while rank 0 swaps that directory in. Exits with the CLI's code."""
+    import os
+    import time
+
+    from sparsebench.cli import main
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), SPARSEBENCH_ROOT=root)
+    os.chdir(root)
+    if rank == 1:
+        original = os.scandir
+
+        def slow(path="."):
+            if os.path.basename(os.fspath(path)) == ".pretrain.work":
+                time.sleep(late)
+            return original(path)
+
+        os.scandir = slow
+    raise SystemExit(main(["pretrain"]))

@@ -220,7 +220,9 @@ def pretrain(params: Params) -> None:
                                f"pretrain seed {s}") for s in params.seeds
                               if work.done(f"seed{s}")])
         raise_failures("pretrain", failures, len(tasks))
-        for state in work.dir.glob(f"*.{RUN_STATE}"):  # not part of the stage's output
+        # not part of the stage's output; rank 0 alone (under torchrun it swaps the work
+        # directory in as it leaves this block, while another rank may still be here)
+        for state in work.dir.glob(f"*.{RUN_STATE}") if distributed.writer() else []:
             state.unlink()
     epochs = [row for s in params.seeds for row in json.loads(
         (seed_dir(run_dir("pretrain"), s) / "curves.json").read_text())]
