@@ -18,6 +18,7 @@ baseline paired by seed with its 95% Student-t interval (≈: within noise).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -83,9 +84,12 @@ def main() -> None:
                 continue  # bracketed points are left out: no interpolation here
             out = scratch / name / p.out.parent.name / f"seed{p.spec.seed}"
             outs[name, p.spec.level, p.spec.seed] = out
-            tasks.append(Task(f"{name} seed {p.spec.seed}", lambda p=p, out=out: execute(
-                p.spec, data, device, out, fingerprint="", budget=p.budget, shape=shape,
-                env=env)))
+            # each run trains its own prune phase: the pipeline's shared one
+            # (runs/<key>/prune) is the params.yaml variant's, not this one's
+            spec = dataclasses.replace(p.spec, shared_prune=None)
+            tasks.append(Task(f"{name} seed {p.spec.seed}", lambda spec=spec, p=p, out=out:
+                              execute(spec, data, device, out, fingerprint="", budget=p.budget,
+                                      shape=shape, env=env)))
     if not tasks:
         raise SystemExit(f"--levels: none of {args.levels} is a level methods.{key} runs at")
     print(f"{len(tasks)} runs, {args.workers} workers", flush=True)
