@@ -206,3 +206,33 @@ def test_a_task_after_one_not_listed_before_it_is_refused(tmp_path):
     with pytest.raises(ValueError, match="'b' runs after 'a', which is not an earlier task"):
         run_tasks([Task("b", lambda: None, after="a"), Task("a", lambda: None)], workers=2,
                   threads=1)
+
+
+def test_method_variants_trains_each_variants_own_prune_phase(workspace):
+    """benchmarks/method_variants.py plans the pipeline's runs: its variant of lam must not be
+    finished from the pipeline's trajectory (the params.yaml value's), and its params.yaml run
+    must be the pipeline's run."""
+    import shutil
+    import subprocess
+    import sys
+
+    _set_levels(workspace, [8])
+    assert main(["run", "--params", "params.yaml", "--method", "sas_admm"]) == 0
+    script = Path(__file__).parents[1] / "benchmarks" / "method_variants.py"
+    done = subprocess.run([sys.executable, str(script), "--method", "sas_admm", "--seeds", "0",
+                           "--variant", "lam=0.05", "--workers", "1", "--out", "rows.json"],
+                          cwd=workspace, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scratch = Path(done.stdout.rsplit("runs: ", 1)[1].strip())
+
+    def prune_rows(run: Path) -> list[dict]:
+        rows = json.loads((run / "curves.json").read_text())["prune"]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    pipeline = workspace / "runs" / "sas_admm" / "c8" / "seed0"
+    assert prune_rows(scratch / "params.yaml" / "c8" / "seed0") == prune_rows(pipeline)
+    assert prune_rows(scratch / "lam=0.05" / "c8" / "seed0") != prune_rows(pipeline)
+    rows = {r["method"]: r for r in json.loads((workspace / "rows.json").read_text())}
+    result = json.loads((pipeline / "result.json").read_text())
+    assert rows["params.yaml"]["test_accuracy"] == result["figures"]["test_accuracy"]
+    shutil.rmtree(scratch)  # the script's scratch directory, outside the test's
