@@ -331,10 +331,11 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
 
     first = pending(waves[0])
     later = sum(len(w) for w in waves[1:])
-    prunes = len(_shared_prunes(params, first))
+    prunes = _shared_prunes(params, first)  # the first wave's; later waves are series steps
     print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(first)} to train "
           f"({workers} workers x {threads} threads)" + (
-              f", {prunes} shared prune phase{'s' * (prunes != 1)}" if prunes else "") + (
+              f", {len(prunes)} shared prune phase{'s' * (len(prunes) != 1)}" if prunes
+              else "") + (
               f", {later} later steps of progressive series" if later else ""), flush=True)
     data = (load_splits(DATA_FILE, ("train", "val", "test")) if first or later else {})
     tracker = (_RunTracker(params, key, method_class(key, methods[key].model_dump()).name,
@@ -363,9 +364,9 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         last = i == len(waves) - 1
         fill = (_filler(params, methods, key, data, device, shape, env)
                 if last and params.execution.fill_idle and not distributed.active() else None)
-        prunes = _shared_prunes(params, now)
+        prunes = prunes if i == 0 else _shared_prunes(params, now)
         shared.update({name: q.spec.shared_prune for name, (q, _) in prunes.items()})
-        tasks = [_prune_task(q, tfp, data, device) for q, tfp in prunes.values()]
+        tasks = [_prune_task(name, q, tfp, data, device) for name, (q, tfp) in prunes.items()]
         after = {q.spec.shared_prune: name for name, (q, _) in prunes.items()}
         tasks += [_run_task(params, methods, p, fp, data, device, shape, env, tracker,
                             after=after.get(p.spec.shared_prune)) for p, fp in now]
@@ -416,11 +417,10 @@ def _shared_prunes(params: Params, runs: list[tuple[Planned, str]]
     return found
 
 
-def _prune_task(p: Planned, fp: str, data: dict, device: torch.device) -> Task:
-    """The worker's job for the prune trajectory that ``p``'s seed shares across levels."""
+def _prune_task(name: str, p: Planned, fp: str, data: dict, device: torch.device) -> Task:
+    """The worker's job ``name`` (`_shared_prunes`): the prune trajectory that ``p``'s seed
+    shares across levels."""
     from sparsebench.run import shared_prune
-
-    name = f"{p.spec.key} prune seed {p.spec.seed}"
 
     def fn() -> None:
         shared_prune(p.spec, data, device, p.spec.shared_prune, fingerprint=fp,
@@ -481,7 +481,7 @@ def _filler(params: Params, methods: dict[str, MethodParams], key: str, data: di
                 for name, (q, tfp) in _shared_prunes(params, [(p, fp)]).items():
                     if name not in offered:  # its trajectory first; its levels wait for it
                         offered.add(name)
-                        yield _prune_task(q, tfp, data, device)
+                        yield _prune_task(name, q, tfp, data, device)
                     break
                 else:
                     yield _run_task(params, methods, p, fp, data, device, shape, env, None)
