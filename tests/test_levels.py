@@ -353,6 +353,46 @@ def test_a_progressive_series_runs_each_step_from_the_last(pretrained_workspace,
             "result.json").stat().st_mtime == mtime
 
 
+def test_a_series_step_starts_once_its_own_previous_step_is_done(pretrained_workspace,
+                                                                  tmp_path, monkeypatch):
+    """Two workers, two seeds: seed 1's first step does not end until seed 0's second step
+    has ended, which the scheduler allows only if a step waits for its own previous step and
+    not for the whole level (the waves it ran in before). Then every step is there."""
+    import shutil
+    import time
+
+    import sparsebench.run as run_module
+
+    for part in ("data", "runs"):
+        shutil.copytree(pretrained_workspace / part, tmp_path / part)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
+    path = small_params(tmp_path, tracking={"enabled": False},
+                        execution={"threads": 1, "workers": 2})
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["magnitude"].update(progressive=True, levels=[8, 16])
+    raw["methods"]["magnitude"]["retrain"] = {"epochs": 1}
+    path.write_text(yaml.safe_dump(raw))
+    awaited = tmp_path / "runs" / "magnitude" / "c16" / "seed0" / "result.json"
+    execute = run_module.execute
+
+    def held(spec, *args, **kwargs):  # runs in the forked worker
+        if spec.seed == 1 and spec.level == 8:
+            deadline = time.monotonic() + 120
+            while not awaited.exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("seed 0's second step never ran beside seed 1's first")
+                time.sleep(0.05)
+        return execute(spec, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "execute", held)
+    assert main(["run", "--method", "magnitude", "--params", str(path)]) == 0
+    for level in ("c8", "c16"):
+        for seed in (0, 1):
+            assert (tmp_path / "runs" / "magnitude" / level / f"seed{seed}" /
+                    "result.json").exists()
+
+
 def test_the_committed_calibrations_fit_the_committed_params():
     """A change to a method's parameters (or to what every method accepts) that makes
     calibrated/*.yaml stale would stop `make repro` at that method's stage: caught here."""

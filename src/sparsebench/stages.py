@@ -310,34 +310,25 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     shape = tuple(dataset_info(DATA_FILE)["shape"])
     todo, results, failures = [], {}, {}
     shared: dict[str, Path] = {}  # task name -> the shared prune trajectory it trains
-    waves = series_waves(planned)
-
-    def pending(wave: list[Planned]) -> list[tuple[Planned, str]]:
-        """The wave's runs to train (a progressive step once its previous step is done: its
-        fingerprint covers that step's model); the cached ones go to ``results``."""
-        out = []
-        for p in wave:
-            if p.after is not None and p.after.name not in results:
-                failures[p.name] = Failure(f"{p.name}: not run, its previous step "
-                                           f"{p.after.name} failed")
-                continue
-            fp = run_fingerprint(params, p)
-            found = cached(p.out, fp)
-            if found is not None:
-                results[p.name] = found
-            else:
-                out.append((p, fp))
-        return out
-
-    first = pending(waves[0])
-    later = sum(len(w) for w in waves[1:])
-    prunes = _shared_prunes(params, first)  # the first wave's; later waves are series steps
-    print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(first)} to train "
+    later: list[Planned] = []  # series steps whose previous step trains in this call
+    for p in planned:  # plan() lists a step after the one it starts from
+        if p.after is not None and p.after.name not in results:
+            later.append(p)  # its fingerprint covers that step's model: known once it is done
+            continue
+        fp = run_fingerprint(params, p)
+        found = cached(p.out, fp)
+        if found is not None:
+            results[p.name] = found
+        else:
+            todo.append((p, fp))
+    prunes = _shared_prunes(params, todo)  # a series step never shares (`suite.plan`)
+    print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(todo)} to train "
           f"({workers} workers x {threads} threads)" + (
               f", {len(prunes)} shared prune phase{'s' * (len(prunes) != 1)}" if prunes
               else "") + (
-              f", {later} later steps of progressive series" if later else ""), flush=True)
-    data = (load_splits(DATA_FILE, ("train", "val", "test")) if first or later else {})
+              f", {len(later)} later steps of progressive series" if later else ""), flush=True)
+    todo += [(p, None) for p in later]
+    data = (load_splits(DATA_FILE, ("train", "val", "test")) if todo else {})
     tracker = (_RunTracker(params, key, method_class(key, methods[key].model_dump()).name,
                            planned) if params.tracking.enabled and distributed.writer() else None)
 
@@ -358,21 +349,18 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         profile.record(train=r["seconds"]["train"] - r["seconds"].get("shared", 0.0),
                        evaluate=r["seconds"]["evaluate"])
 
-    for i, wave in enumerate(waves):  # one wave, unless a progressive series chains levels
-        now = first if i == 0 else pending(wave)
-        todo += now
-        last = i == len(waves) - 1
-        fill = (_filler(params, methods, key, data, device, shape, env)
-                if last and params.execution.fill_idle and not distributed.active() else None)
-        prunes = prunes if i == 0 else _shared_prunes(params, now)
-        shared.update({name: q.spec.shared_prune for name, (q, _) in prunes.items()})
-        tasks = [_prune_task(name, q, tfp, data, device) for name, (q, tfp) in prunes.items()]
-        after = {q.spec.shared_prune: name for name, (q, _) in prunes.items()}
-        tasks += [_run_task(params, methods, p, fp, data, device, shape, env, tracker,
-                            after=after.get(p.spec.shared_prune)) for p, fp in now]
-        failures.update(run_tasks(tasks, workers=workers,
-                                  threads=threads, on_done=done, in_process=in_process,
-                                  fill=fill))
+    # one call: a series step starts as soon as its own previous step is done (`Task.after`),
+    # beside the other seeds' steps, not after a whole wave of them
+    fill = (_filler(params, methods, key, data, device, shape, env)
+            if params.execution.fill_idle and not distributed.active() else None)
+    shared.update({name: q.spec.shared_prune for name, (q, _) in prunes.items()})
+    tasks = [_prune_task(name, q, tfp, data, device) for name, (q, tfp) in prunes.items()]
+    after = {q.spec.shared_prune: name for name, (q, _) in prunes.items()}
+    tasks += [_run_task(params, methods, p, fp, data, device, shape, env, tracker,
+                        after=p.after.name if fp is None else after.get(p.spec.shared_prune))
+              for p, fp in todo]
+    failures.update(run_tasks(tasks, workers=workers, threads=threads, on_done=done,
+                              in_process=in_process, fill=fill))
     if distributed.writer():
         _remove_stale(key, planned)
     tracking_failed: TrackingFailed | None = None
@@ -428,14 +416,21 @@ def _prune_task(name: str, p: Planned, fp: str, data: dict, device: torch.device
     return Task(name, fn)
 
 
-def _run_task(params: Params, methods: dict[str, MethodParams], p: Planned, fp: str,
+def _run_task(params: Params, methods: dict[str, MethodParams], p: Planned, fp: str | None,
               data: dict, device: torch.device, shape: tuple[int, ...], env: dict[str, Any],
               tracker: _RunTracker | None, after: str | None = None) -> Task:
     """The worker's job for run ``p``: `execute` it (resuming its ``.work`` state), logging its
-    MLflow run live; the latency is measured on the method's first seed only."""
+    MLflow run live; the latency is measured on the method's first seed only. ``fp`` None: a
+    progressive step whose previous step (``after``) trains first; its fingerprint is taken
+    when it starts, and a cached result is kept."""
     from sparsebench.run import execute
 
     def fn() -> None:
+        nonlocal fp
+        if fp is None:
+            fp = run_fingerprint(params, p)
+            if cached(p.out, fp) is not None:
+                return
         key = p.spec.key
         latency = ((tuple(params.evaluate.latency_batch_sizes), params.evaluate.latency_repeats)
                    if p.spec.seed == seeds_of(params, methods[key])[0] else None)
@@ -495,20 +490,6 @@ def _filler(params: Params, methods: dict[str, MethodParams], key: str, data: di
                   flush=True)
         return task
     return fill
-
-
-def series_waves(planned: list[Planned]) -> list[list[Planned]]:
-    """The runs in waves that can go side by side: a run in the wave after the one holding
-    the progressive step it starts from (`suite.Planned.after`); one wave without series."""
-    depth: dict[str, int] = {}
-    waves: list[list[Planned]] = []
-    for p in planned:  # plan() lists a step after the one it starts from
-        d = 0 if p.after is None else depth[p.after.name] + 1
-        depth[p.name] = d
-        if d == len(waves):
-            waves.append([])
-        waves[d].append(p)
-    return waves or [[]]
 
 
 def _remove_stale(key: str, planned: list[Planned]) -> None:
