@@ -112,3 +112,51 @@ def test_a_killed_stage_continues_its_mlflow_runs(workspace, capsys):
                              / "result.json").read_text())
         # from its first start to the end of its evaluation: at least the rerun's own seconds
         assert (run.info.end_time - run.info.start_time) / 1000 >= result["seconds"]["run"] - 0.5
+
+
+def _log_at_once(uri: str, experiment_id: str, dataset, barrier, results, i: int) -> None:
+    from mlflow import MlflowClient
+
+    from sparsebench.tracking import log_dataset
+
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(experiment_id, run_name=f"run {i}").info.run_id
+    barrier.wait()
+    try:
+        log_dataset(client, run_id, dataset)
+        results.put((i, run_id))
+    except Exception as exc:  # the failure is the test's message
+        results.put((i, f"failed: {type(exc).__name__}: {str(exc)[:200]}"))
+
+
+def test_runs_side_by_side_all_log_their_data_set(tmp_path, monkeypatch):
+    """Three workers log the same data set to their runs at the same instant, in a fresh
+    SQLite store: every run gets it (with one try, as `client.log_inputs` alone, two of the
+    three fail on the store's unique constraint nearly every time: the pretrain stage's
+    second worker lost its live run that way)."""
+    import multiprocessing as mp
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from sparsebench.tracking import client_for
+
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, experiment_id = client_for(uri, "race")
+    dataset = DatasetInput(Dataset(name="synthetic", digest="0" * 32, source_type="local",
+                                   source="{}"), tags=[InputTag("mlflow.data.context",
+                                                                "training")])
+    context = mp.get_context("fork")
+    barrier, results = context.Barrier(3), context.Queue()
+    workers = [context.Process(target=_log_at_once,
+                               args=(uri, experiment_id, dataset, barrier, results, i))
+               for i in range(3)]
+    for w in workers:
+        w.start()
+    logged = dict(results.get(timeout=120) for _ in workers)
+    for w in workers:
+        w.join(timeout=60)
+    assert not any(v.startswith("failed") for v in logged.values()), logged
+    for run_id in logged.values():
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [("synthetic", "0" * 32)]

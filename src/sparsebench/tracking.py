@@ -331,8 +331,22 @@ def open_run(client: Any, info: RunInfo, start_ms: int | None = None) -> str:
                             run_name=info.name)
     log_batches(client, run.info.run_id, [], _params(info))
     if info.dataset is not None:
-        client.log_inputs(run.info.run_id, datasets=[info.dataset])
+        log_dataset(client, run.info.run_id, info.dataset)
     return run.info.run_id
+
+
+def log_dataset(client: Any, run_id: str, dataset: Any) -> None:
+    """Log the data set input ``dataset`` to ``run_id``. Runs started side by side (the
+    workers of a stage) race to insert the same data set into their experiment: MLflow checks
+    that it is absent, then inserts it, so the losers fail on the store's unique constraint
+    (SQLite and PostgreSQL alike) and nothing of theirs was written. Once more then finds the
+    winner's row and only links it to this run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_inputs(run_id, datasets=[dataset])
+    except MlflowException:
+        client.log_inputs(run_id, datasets=[dataset])
 
 
 def complete_run(client: Any, run_id: str, info: RunInfo, records: Records,
@@ -355,7 +369,7 @@ def complete_run(client: Any, run_id: str, info: RunInfo, records: Records,
         client.log_batch(run_id, tags=tags)
     if info.dataset is not None and not any(
             d.dataset.digest == info.dataset.dataset.digest for d in run.inputs.dataset_inputs):
-        client.log_inputs(run_id, datasets=[info.dataset])
+        log_dataset(client, run_id, info.dataset)
     for path, artifact_path in records.artifacts:
         present = {a.path for a in client.list_artifacts(run_id, artifact_path)}
         if f"{artifact_path}/{Path(path).name}" not in present:
