@@ -170,6 +170,34 @@ def tune_workspace(tmp_path, monkeypatch, pretrained_workspace):
     return write
 
 
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, its tables made once by MLflow itself (its ~100 schema
+    migrations take about 6 s a store here); `seed_store` copies it."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def seed_store(template: Path, db: Path) -> Path:
+    """Put a copy of the empty store at ``db`` (what a first use would create there). Not for
+    tests of a fresh store's creation (two writers at once): those keep it absent."""
+    import shutil
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, db)
+    return db
+
+
+@pytest.fixture
+def tracked_workspace(workspace, store_template):
+    """`workspace` with its MLflow store in place, empty."""
+    seed_store(store_template, workspace / "mlruns" / "mlflow.db")
+    return workspace
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """An empty workspace as the working directory and repository root (stores inside)."""

@@ -104,10 +104,12 @@ def test_unreachable_tracking_server_is_reported_before_training(workspace, caps
     assert not (workspace / "runs").exists()  # nothing trained
 
 
-def test_tracking_failure_mid_run_keeps_the_results_and_marks_the_run_failed(workspace, capsys):
+def test_tracking_failure_mid_run_keeps_the_results_and_marks_the_run_failed(tracked_workspace,
+                                                                            capsys):
     """The artifact store turns read-only while the runs train: each live run gets its metrics
     and is marked FAILED, training goes on, the stage exits 1 with one line; once the store is
     writable again, the rerun trains nothing and completes the same runs (no duplicates)."""
+    workspace = tracked_workspace
     from mlflow import MlflowClient
 
     from sparsebench.tracking import client_for, tracking_uri

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, small_params
+from conftest import ROOT, seed_store, small_params
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def _stages(status: str) -> list[str]:
 
 
 @pytest.fixture
-def project(tmp_path):
+def project(tmp_path, store_template):
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     tracked = subprocess.run(["git", "ls-files", "-z", "pipelines"], cwd=ROOT, check=True,
@@ -68,6 +68,7 @@ def project(tmp_path):
     _sh("dvc", "config", "core.analytics", "false", cwd=tmp_path, env=env)
     _sh("git", "add", "-A", cwd=tmp_path, env=env)
     _sh("git", "commit", "-qm", "init", cwd=tmp_path, env=env)
+    seed_store(store_template, tmp_path / "mlruns" / "mlflow.db")  # untracked, as a user's
     return tmp_path, env
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import small_params
+from conftest import seed_store, small_params
 
 from sparsebench.mlflow_model import (
     ALIAS,
@@ -32,13 +32,14 @@ def _uri(root: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(tmp_path_factory, store_template):
     """A workspace after prepare, pretrain, run@dense/magnitude/gmp (levels 8x and 32x, seeds
     0-2) and report, tracked in its own SQLite store, which $MLFLOW_TRACKING_URI then names
     for the tests (`mlflow.pyfunc.load_model` reads it)."""
     from sparsebench.cli import main
 
     root = tmp_path_factory.mktemp("models")
+    seed_store(store_template, root / "mlruns" / "mlflow.db")
     path = small_params(root)
     raw = yaml.safe_load(path.read_text())
     raw["seeds"] = [0, 1, 2]

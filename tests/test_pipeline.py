@@ -33,7 +33,8 @@ def _run_all(params, root):
 REGULARISED = {"grda": 0.01, "linbreg": 0.05, "adabreg": 0.5, "proxsgd": 1e-4}
 
 
-def test_stages_run_end_to_end_and_track_in_mlflow(workspace):
+def test_stages_run_end_to_end_and_track_in_mlflow(tracked_workspace):
+    workspace = tracked_workspace
     from mlflow import MlflowClient
 
     params = small_params(workspace)

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import small_params
+from conftest import seed_store, small_params
 
 from sparsebench.cli import main
 
 pytestmark = pytest.mark.slow
 
 
-def test_a_live_run_shows_each_epoch_before_it_ends(workspace):
+def test_a_live_run_shows_each_epoch_before_it_ends(tracked_workspace):
+    workspace = tracked_workspace
     from sparsebench.tracking import LiveRun, Records, RunInfo, client_for, tracking_uri
 
     uri = tracking_uri()
@@ -66,7 +67,8 @@ def _admm_workspace(root: Path) -> Path:
     return path
 
 
-def test_a_killed_stage_continues_its_mlflow_runs(workspace, capsys):
+def test_a_killed_stage_continues_its_mlflow_runs(tracked_workspace, capsys):
+    workspace = tracked_workspace
     from mlflow import MlflowClient
 
     from sparsebench.tracking import client_for, tracking_uri
@@ -129,9 +131,9 @@ def _log_at_once(uri: str, experiment_id: str, dataset, barrier, results, i: int
         results.put((i, f"failed: {type(exc).__name__}: {str(exc)[:200]}"))
 
 
-def test_runs_side_by_side_all_log_their_data_set(tmp_path, monkeypatch):
+def test_runs_side_by_side_all_log_their_data_set(tmp_path, monkeypatch, store_template):
     """Three workers log the same data set to their runs at the same instant, in a fresh
-    SQLite store: every run gets it (with one try, as `client.log_inputs` alone, two of the
+    SQLite experiment: every run gets it (with one try, as `client.log_inputs` alone, two of the
     three fail on the store's unique constraint nearly every time: the pretrain stage's
     second worker lost its live run that way)."""
     import multiprocessing as mp
@@ -141,8 +143,8 @@ def test_runs_side_by_side_all_log_their_data_set(tmp_path, monkeypatch):
     from sparsebench.tracking import client_for
 
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client, experiment_id = client_for(uri, "race")
+    uri = f"sqlite:///{seed_store(store_template, tmp_path / 'mlflow.db')}"
+    client, experiment_id = client_for(uri, "race")  # a new experiment: no data set in it
     dataset = DatasetInput(Dataset(name="synthetic", digest="0" * 32, source_type="local",
                                    source="{}"), tags=[InputTag("mlflow.data.context",
                                                                 "training")])

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import small_params
+from conftest import seed_store, small_params
 from test_dvc import _sh, _trained, project  # noqa: F401 (the DVC project fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.tracking_server]
@@ -84,8 +84,10 @@ class Server:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("mlflow-server")).start()
+def mlflow_server(tmp_path_factory, store_template):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    seed_store(store_template, root / "mlflow.db")  # its backend, as the server would make it
+    server = Server(root).start()
     yield server
     server.stop()
 
