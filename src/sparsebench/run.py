@@ -195,34 +195,42 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
         outcome.curves["prune"], outcome.seconds["prune"] = saved["rows"], saved["wall"]
         if "shared" in saved:
             outcome.seconds["shared"] = saved["shared"]
-    elif spec.shared_prune is not None:  # the seed's trajectory, finished at this level
-        start = time.perf_counter()
-        model = load_run_model(spec.shared_prune, device, masked=False)
-        method.finish(model)
-        rows = json.loads((spec.shared_prune / CURVES).read_text())["prune"]
-        outcome.curves["prune"] = rows
-        outcome.seconds["prune"] = time.perf_counter() - start
-        outcome.seconds["shared"] = sum(row.get("seconds", 0.0) for row in rows)
-        if pruned is not None:
-            _keep_pruned(work, pruned, model, outcome)
-            model = load_run_model(pruned, device)
     else:
         start = time.perf_counter()
-        if method.from_pretrained:
-            if spec.pretrained is None:
-                raise UsageError(f"methods.{spec.key}: starts from the pretrained model, and "
-                                 "none was given")
-            model = load_run_model(spec.pretrained, device, masked=False)
+        shared = None
+        if spec.shared_prune is not None:  # the seed's trajectory, finished at this level
+            model = load_run_model(spec.shared_prune, device, masked=False)
+            method.finish(model)
+            rows = json.loads((spec.shared_prune / CURVES).read_text())["prune"]
+            outcome.curves["prune"] = rows
+            shared = sum(row.get("seconds", 0.0) for row in rows)
         else:
-            seed_everything(spec.seed)
-            model = spec.model.build().to(device)
-        checkpoint = _checkpoint(work, "prune")
-        ctx = _context(spec, data, device, checkpoint, _phase_hook("prune", on_epoch))
-        with diverged(f"prune {spec.key} seed {spec.seed}", {f"methods.{spec.key}": spec.method}):
-            outcome.curves["prune"] = method.prune(model, ctx)
+            if method.from_pretrained:
+                if spec.pretrained is None:
+                    raise UsageError(f"methods.{spec.key}: starts from the pretrained model, "
+                                     "and none was given")
+                model = load_run_model(spec.pretrained, device, masked=False)
+            else:
+                seed_everything(spec.seed)
+                model = spec.model.build().to(device)
+            checkpoint = _checkpoint(work, "prune")
+            ctx = _context(spec, data, device, checkpoint, _phase_hook("prune", on_epoch))
+            with diverged(f"prune {spec.key} seed {spec.seed}",
+                          {f"methods.{spec.key}": spec.method}):
+                outcome.curves["prune"] = method.prune(model, ctx)
         outcome.seconds["prune"] = time.perf_counter() - start
-        if pruned is not None:
-            _keep_pruned(work, pruned, model, outcome)
+        if shared is not None:  # the trajectory's epoch seconds, copied (`shared_prune`)
+            outcome.seconds["shared"] = shared
+        if pruned is not None:  # the finished prune phase, saved whole by rank 0
+            def keep() -> None:
+                with atomic_dir(pruned) as tmp:
+                    save_run_model(tmp, model, {"rows": outcome.curves["prune"],
+                                                "wall": outcome.seconds["prune"],
+                                                **({"shared": shared} if shared is not None
+                                                   else {})})
+                (work / "prune.resume.pt").unlink(missing_ok=True)
+
+            distributed.rank0_first(keep)
             model = load_run_model(pruned, device)
     start = time.perf_counter()
     ctx = _context(spec, data, device, _checkpoint(work, "retrain"),
@@ -234,19 +242,6 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     outcome.seconds["retrain"] = time.perf_counter() - start
     outcome.model = model
     return outcome
-
-
-def _keep_pruned(work: Path, pruned: Path, model: nn.Module, outcome: Outcome) -> None:
-    """The finished prune phase, saved whole (built beside it, then renamed, by rank 0)."""
-    def keep() -> None:
-        with atomic_dir(pruned) as tmp:
-            save_run_model(tmp, model, {"rows": outcome.curves["prune"],
-                                        "wall": outcome.seconds["prune"],
-                                        **({"shared": outcome.seconds["shared"]}
-                                           if "shared" in outcome.seconds else {})})
-        (work / "prune.resume.pt").unlink(missing_ok=True)
-
-    distributed.rank0_first(keep)
 
 
 def shared_prune(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],

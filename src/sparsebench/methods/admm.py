@@ -37,7 +37,7 @@ from torch import nn
 from sparsebench.schema import OptimizerParams
 from sparsebench.methods.base import Context, Method, SparsityParams
 from sparsebench.metrics import prunable_modules
-from sparsebench.sparsity import apply_masks, keep_count, masks_from_scores, topk_mask
+from sparsebench.sparsity import apply_masks, keep_count, magnitude_masks, topk_mask
 from sparsebench.train import Phase, fit, make_optimizer
 
 
@@ -151,13 +151,10 @@ class ADMM:
                 "z_sparsity": zeros / numel}
 
     @torch.no_grad()
-    def masks(self, sparsity: float | dict[str, float] | None = None) -> dict[str, torch.Tensor]:
-        """The final masks: P_k(W) per layer; for l1, the support of Z, or the |W| magnitude
-        mask at ``sparsity`` when given."""
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The final masks: P_k(W) per layer; for l1, the support of Z."""
         if self.keep is not None:
             return {n: topk_mask(w.abs(), self.keep[n]) for n, w in self.weights.items()}
-        if sparsity is not None:
-            return masks_from_scores({n: w.abs() for n, w in self.weights.items()}, sparsity)
         return {n: z != 0 for n, z in self.Z.items()}
 
     def state_dict(self) -> dict:
@@ -276,25 +273,21 @@ class ADMML1Pruning(ADMMPruning):
                               dual_rescale=p.dual_rescale)
 
     def _final_masks(self, admm: ADMM, model: nn.Module) -> dict[str, torch.Tensor]:
-        p = self.params
-        if p.final_mask == "support":
+        if self.params.final_mask == "support":
             return admm.masks()
-        return admm.masks(sparsity=p.targets(model, self.key))
+        return self._at_target(model)
+
+    def _at_target(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The definition's final prune: the |W| magnitude masks at the target."""
+        return magnitude_masks(model, self.params.targets(model, self.key))
 
     def shares_prune(self) -> bool:
         """The l1 Z-step never reads the target: with the magnitude final mask the level
         enters only in `finish` (Z's support, ``final_mask: support``, is not kept apart)."""
         return self.params.final_mask == "magnitude"
 
-    def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
-        if self.shares_prune():
-            return Method.prune(self, model, ctx)
-        return super().prune(model, ctx)
-
     def trajectory(self, model: nn.Module, ctx: Context) -> list[dict]:
         return self._iterate(model, ctx)[1]
 
     def finish(self, model: nn.Module) -> None:
-        """|W| magnitude masks at the target, as `ADMM.masks` with a sparsity."""
-        weights = {name: m.weight.detach().abs() for name, m in prunable_modules(model)}
-        apply_masks(model, masks_from_scores(weights, self.params.targets(model, self.key)))
+        apply_masks(model, self._at_target(model))
