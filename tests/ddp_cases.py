@@ -190,10 +190,6 @@ def train_cases(cases: tuple[str, ...], out_dir: Path, captured: dict, rank: int
         distributed.barrier()
 
 
-if __name__ == "__main__":
-    train_all(Path(sys.argv[1]))
-
-
 def stage_rank(rank: int, world: int, port: int, root: str, late: float) -> None:
     """One rank of ``sparsebench pretrain`` (the CLI's stage) in the workspace ``root``. On
     rank 1, listing the stage's work directory (``runs/.pretrain.work``) takes ``late`` seconds
@@ -217,3 +213,7 @@ def stage_rank(rank: int, world: int, port: int, root: str, late: float) -> None
 
         os.scandir = slow
     raise SystemExit(main(["pretrain"]))
+
+
+if __name__ == "__main__":
+    train_all(Path(sys.argv[1]))

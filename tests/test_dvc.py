@@ -56,9 +56,9 @@ def project(tmp_path, store_template):
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load(small_params(tmp_path).read_text())
     params["methods"] = {k: params["methods"][k] for k in ("dense", "gmp")}
-    # no filler: run@dense's idle worker would start gmp's runs and, as tiny as they are here,
-    # sometimes finish one, which run@gmp then counts as cached (test_workers tests the filler)
-    params["execution"]["fill_idle"] = False
+    # small_params turns the filler off: run@dense's idle worker would start gmp's runs and, as
+    # tiny as they are here, sometimes finish one, which run@gmp then counts as cached
+    assert params["execution"]["fill_idle"] is False
     params["tune"]["spaces"] = {"gmp": params["tune"]["spaces"]["gmp"]}  # spaces name methods
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "SPARSEBENCH_ROOT": str(tmp_path),
