@@ -169,6 +169,9 @@ def _two_methods(root: Path, fill: bool) -> Path:
     raw["execution"] = {"threads": 1, "workers": 2, "fill_idle": fill}
     raw["data"]["limit"] = 3000
     raw["methods"] = {key: raw["methods"][key] for key in ("magnitude", "gmp")}
+    # magnitude has one run, four retrain epochs long: the other worker idles from the start
+    # and its filler (gmp c8 seed 0) has time to write a checkpoint, however loaded the host
+    raw["methods"]["magnitude"].update(levels=[8], seeds=[0], retrain={"epochs": 4})
     raw["tune"]["spaces"] = {}
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -177,7 +180,7 @@ def _two_methods(root: Path, fill: bool) -> Path:
 @pytest.mark.slow
 def test_an_idle_worker_starts_the_next_method_whose_stage_resumes_it_unchanged(
         tmp_path, monkeypatch, capsys):
-    """run@magnitude's last run leaves a worker idle: it starts gmp's first run (killed with
+    """run@magnitude's one run leaves a worker idle: it starts gmp's first run (killed with
     the stage, or finished); run@gmp then gives the same weights as without the filler, and
     its MLflow runs hold every epoch once."""
     from sparsebench.tracking import client_for, tracking_uri
