@@ -194,12 +194,14 @@ def test_a_task_waits_for_the_one_it_reads_and_fails_when_that_one_failed(worker
     a, b = tmp_path / "a", tmp_path / "b"
     tasks = [Task("fails", _fails), Task("writes", lambda: _write(a)),
              Task("needs failed", lambda: _write(tmp_path / "never"), after="fails"),
-             Task("reads", lambda: _needs(a, b), after="writes")]
+             Task("reads", lambda: _needs(a, b), after="writes"),
+             Task("chained", lambda: _write(tmp_path / "never2"), after="needs failed")]
     failures = run_tasks(tasks, workers=workers, threads=1, in_process=workers == 1)
     assert b.read_text() == "done"
-    assert not (tmp_path / "never").exists()
-    assert set(failures) == {"fails", "needs failed"}
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never2").exists()
+    assert set(failures) == {"fails", "needs failed", "chained"}
     assert str(failures["needs failed"]) == "needs failed: not run, fails failed"
+    assert str(failures["chained"]) == "chained: not run, needs failed failed"
 
 
 def test_a_task_after_one_not_listed_before_it_is_refused(tmp_path):

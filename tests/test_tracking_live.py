@@ -162,3 +162,35 @@ def test_runs_side_by_side_all_log_their_data_set(tmp_path, monkeypatch, store_t
     for run_id in logged.values():
         inputs = client.get_run(run_id).inputs.dataset_inputs
         assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [("synthetic", "0" * 32)]
+
+
+def test_a_data_set_refused_for_another_reason_is_not_sent_twice(tmp_path, monkeypatch,
+                                                                  store_template):
+    """Only the unique-constraint race is tried again: logging to a deleted run fails at once,
+    with MLflow's own error, after one request."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Dataset, DatasetInput
+    from mlflow.exceptions import MlflowException
+
+    from sparsebench.tracking import client_for, log_dataset
+
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
+    uri = f"sqlite:///{seed_store(store_template, tmp_path / 'mlflow.db')}"
+    _, experiment_id = client_for(uri, "deleted")
+
+    class Counting(MlflowClient):
+        calls = 0
+
+        def log_inputs(self, *args, **kwargs):
+            Counting.calls += 1
+            return super().log_inputs(*args, **kwargs)
+
+    client = Counting(tracking_uri=uri)
+    run_id = client.create_run(experiment_id).info.run_id
+    client.delete_run(run_id)
+    dataset = DatasetInput(Dataset(name="synthetic", digest="1" * 32, source_type="local",
+                                   source="{}"))
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        log_dataset(client, run_id, dataset)
+    assert Counting.calls == 1
+    assert client.get_run(run_id).inputs.dataset_inputs == []

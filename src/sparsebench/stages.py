@@ -309,7 +309,6 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         env.update(distributed.describe())
     shape = tuple(dataset_info(DATA_FILE)["shape"])
     todo, results, failures = [], {}, {}
-    shared: dict[str, Path] = {}  # task name -> the shared prune trajectory it trains
     later: list[Planned] = []  # series steps whose previous step trains in this call
     for p in planned:  # plan() lists a step after the one it starts from
         if p.after is not None and p.after.name not in results:
@@ -322,6 +321,8 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
         else:
             todo.append((p, fp))
     prunes = _shared_prunes(params, todo)  # a series step never shares (`suite.plan`)
+    # task name -> the shared prune trajectory it trains
+    shared = {name: q.spec.shared_prune for name, (q, _) in prunes.items()}
     print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(todo)} to train "
           f"({workers} workers x {threads} threads)" + (
               f", {len(prunes)} shared prune phase{'s' * (len(prunes) != 1)}" if prunes
@@ -353,9 +354,8 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     # beside the other seeds' steps, not after a whole wave of them
     fill = (_filler(params, methods, key, data, device, shape, env)
             if params.execution.fill_idle and not distributed.active() else None)
-    shared.update({name: q.spec.shared_prune for name, (q, _) in prunes.items()})
     tasks = [_prune_task(name, q, tfp, data, device) for name, (q, tfp) in prunes.items()]
-    after = {q.spec.shared_prune: name for name, (q, _) in prunes.items()}
+    after = {trajectory: name for name, trajectory in shared.items()}
     tasks += [_run_task(params, methods, p, fp, data, device, shape, env, tracker,
                         after=p.after.name if fp is None else after.get(p.spec.shared_prune))
               for p, fp in todo]

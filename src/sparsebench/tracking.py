@@ -38,6 +38,7 @@ import os
 import queue
 import socket
 import subprocess
+import re
 import sys
 import threading
 import time
@@ -340,13 +341,22 @@ def log_dataset(client: Any, run_id: str, dataset: Any) -> None:
     workers of a stage) race to insert the same data set into their experiment: MLflow checks
     that it is absent, then inserts it, so the losers fail on the store's unique constraint
     (SQLite and PostgreSQL alike) and nothing of theirs was written. Once more then finds the
-    winner's row and only links it to this run."""
+    winner's row and only links it to this run. Any other failure (an ended run, a server
+    out of reach) is raised at once, not tried twice."""
     from mlflow.exceptions import MlflowException
 
     try:
         client.log_inputs(run_id, datasets=[dataset])
-    except MlflowException:
+    except MlflowException as exc:
+        if not _DUPLICATE.search(str(exc)):
+            raise
         client.log_inputs(run_id, datasets=[dataset])
+
+
+#: how a store reports an insert its unique constraint refused: SQLite ("UNIQUE constraint
+#: failed"), PostgreSQL ("duplicate key value violates unique constraint"), MySQL ("Duplicate
+#: entry"); MLflow passes the driver's message on, over REST too
+_DUPLICATE = re.compile(r"unique constraint|duplicate (key|entry)", re.IGNORECASE)
 
 
 def complete_run(client: Any, run_id: str, info: RunInfo, records: Records,

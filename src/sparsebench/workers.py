@@ -151,21 +151,26 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
                              "earlier task of the same call")
         seen.add(task.name)
 
-    def blocked(task: Task) -> bool:
-        """True when ``task`` waits on its dependency; a failed dependency fails it here."""
-        if task.after is None or task.after in succeeded:
-            return False
-        if task.after in failures:
-            failures[task.name] = Failure(f"{task.name}: not run, {task.after} failed")
-            dropped.add(task.name)
-        return True
+    def waits(task: Task) -> bool:
+        """True while ``task``'s dependency has not succeeded."""
+        return task.after is not None and task.after not in succeeded
+
+    def fail_orphans(waiting: list[Task]) -> list[Task]:
+        """``waiting`` without the tasks whose dependency failed, each failed in turn; in list
+        order (a task after its dependency), so a whole chain goes in one call."""
+        kept = []
+        for task in waiting:
+            if task.after is not None and task.after in failures:
+                failures[task.name] = Failure(f"{task.name}: not run, {task.after} failed")
+            else:
+                kept.append(task)
+        return kept
 
     succeeded: set[str] = set()
-    dropped: set[str] = set()
     if in_process or (workers == 1 and len(tasks) <= 1):
         setup_process(threads)
-        for task in tasks:
-            if blocked(task):  # listed after its dependency: that one ended
+        for task in tasks:  # listed after its dependency: that one has ended
+            if not fail_orphans([task]):
                 continue
             try:
                 task.fn()
@@ -178,7 +183,7 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
         return failures
     _warm_up()
     context = mp.get_context("fork")
-    pending = list(reversed(tasks))
+    pending = list(tasks)
     running: dict[int, tuple[Task, mp.Process, object]] = {}
     fillers: set[int] = set()  # sentinels of the running fillers
 
@@ -195,11 +200,12 @@ def run_tasks(tasks: list[Task], *, workers: int, threads: int,
     sys.stderr.flush()
     try:
         while pending or len(running) > len(fillers):
+            pending = fail_orphans(pending)
             while len(running) < workers:  # the first task that does not wait on another
-                ready = next((t for t in reversed(pending) if not blocked(t)), None)
-                pending = [t for t in pending if t is not ready and t.name not in dropped]
+                ready = next((t for t in pending if not waits(t)), None)
                 if ready is None:
                     break
+                pending = [t for t in pending if t is not ready]
                 start(ready)
             if len(running) == len(fillers):  # no task left, or only those of failed ones
                 break
