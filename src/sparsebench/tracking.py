@@ -36,9 +36,9 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import socket
 import subprocess
-import re
 import sys
 import threading
 import time
@@ -336,12 +336,18 @@ def open_run(client: Any, info: RunInfo, start_ms: int | None = None) -> str:
     return run.info.run_id
 
 
+#: how a store reports an insert its unique constraint refused: SQLite ("UNIQUE constraint
+#: failed"), PostgreSQL ("duplicate key value violates unique constraint"), MySQL ("Duplicate
+#: entry"); MLflow passes the driver's message on, over REST too
+_DUPLICATE = re.compile(r"unique constraint|duplicate (key|entry)", re.IGNORECASE)
+
+
 def log_dataset(client: Any, run_id: str, dataset: Any) -> None:
     """Log the data set input ``dataset`` to ``run_id``. Runs started side by side (the
     workers of a stage) race to insert the same data set into their experiment: MLflow checks
     that it is absent, then inserts it, so the losers fail on the store's unique constraint
     (SQLite and PostgreSQL alike) and nothing of theirs was written. Once more then finds the
-    winner's row and only links it to this run. Any other failure (an ended run, a server
+    winner's row and only links it to this run. Any other failure (a deleted run, a server
     out of reach) is raised at once, not tried twice."""
     from mlflow.exceptions import MlflowException
 
@@ -351,12 +357,6 @@ def log_dataset(client: Any, run_id: str, dataset: Any) -> None:
         if not _DUPLICATE.search(str(exc)):
             raise
         client.log_inputs(run_id, datasets=[dataset])
-
-
-#: how a store reports an insert its unique constraint refused: SQLite ("UNIQUE constraint
-#: failed"), PostgreSQL ("duplicate key value violates unique constraint"), MySQL ("Duplicate
-#: entry"); MLflow passes the driver's message on, over REST too
-_DUPLICATE = re.compile(r"unique constraint|duplicate (key|entry)", re.IGNORECASE)
 
 
 def complete_run(client: Any, run_id: str, info: RunInfo, records: Records,
