@@ -6,6 +6,7 @@ import inspect
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparsebench.errors import UsageError
@@ -91,6 +92,61 @@ def test_lenet5_has_relu_only_after_fc1():
     model = build_model("lenet5")
     assert [type(m) for m in model.children()].count(nn.ReLU) == 1
 
+
+
+def test_lenet5_without_dropout_trains_as_the_model_before_the_option():
+    """dropout 0 (the default) adds no module that draws random numbers: 20 Adam steps from
+    seed 0 end on the same weights as dropout 0.0 given explicitly, and the global generator
+    is where those steps left it (no draw spent on a mask)."""
+
+    def train(**kwargs):
+        torch.manual_seed(0)
+        model = build_model("lenet5", **kwargs).train()
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        data = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            x, y = torch.randn(8, 1, 28, 28, generator=data), torch.randint(0, 10, (8,))
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return model.state_dict(), torch.get_rng_state()
+
+    (plain, rng), (zero, rng_zero) = train(), train(dropout=0.0)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain) and torch.equal(rng, rng_zero)
+    assert not any(isinstance(m, nn.Dropout) for m in build_model("lenet5").modules())
+
+
+def test_lenet5_dropout_zeroes_fc1_activations_in_training_only():
+    """p = 0.5 after fc1's ReLU, as in the ADMM authors' LeNet-5: in training about half of
+    fc2's inputs are zero and the rest scaled by 1 / (1 - p); in eval mode the output is the
+    model's without dropout."""
+    torch.manual_seed(0)
+    model = build_model("lenet5", dropout=0.5)
+    seen = []
+    model.fc2.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = torch.randn(64, 1, 28, 28)
+    with torch.no_grad():
+        model.eval()
+        clean = model(x)
+        active = seen[-1] > 0
+        model.train()
+        model(x)
+    dropped = seen[-1]
+    kept = dropped[active] != 0
+    assert 0.45 < kept.float().mean() < 0.55
+    assert torch.allclose(dropped[active][kept], 2 * seen[0][active][kept])
+    plain = build_model("lenet5")
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(x), clean)
+    assert model.arch == {"name": "lenet5", "args": {"dropout": 0.5}}
+
+
+@pytest.mark.parametrize("p", [1, 1.0, -0.1, float("nan"), "0.5", True, None])
+def test_bad_lenet5_dropout_is_a_usage_error(p):
+    allowed = r"allowed: a number in \[0, 1\)$"
+    with pytest.raises(UsageError, match=r"^model\.args\.dropout: .* is invalid; " + allowed):
+        build_model("lenet5", dropout=p)
 
 @pytest.mark.parametrize(
     ("name", "kwargs"),
@@ -190,3 +246,26 @@ def test_image_too_small_for_conv_net_is_a_usage_error(name):
 def test_bad_resnet_depth_is_a_usage_error(depth):
     with pytest.raises(UsageError, match=r"^model\.args\.depth: .*6n\+2"):
         resnet(depth)
+
+
+def test_a_bad_dropout_in_params_is_one_line_before_anything_runs(tmp_path, monkeypatch):
+    import io
+    from contextlib import redirect_stderr
+
+    import yaml
+    from conftest import small_params
+
+    from sparsebench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
+    path = small_params(tmp_path, model={"name": "lenet5", "args": {"dropout": 1.5}})
+    params = yaml.safe_load(path.read_text())
+    params["data"]["synthetic_shape"] = [1, 28, 28]
+    path.write_text(yaml.safe_dump(params))
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert main(["check-params", "--params", str(path)]) != 0
+    assert err.getvalue() == ("sparsebench: error: model.args.dropout: 1.5 is invalid; "
+                              "allowed: a number in [0, 1)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

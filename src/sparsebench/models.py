@@ -94,6 +94,13 @@ def _check_int(key: str, value: object, minimum: int = 1, what: str = "") -> int
     return int(value)
 
 
+def _check_probability(key: str, value: object) -> float:
+    """Return ``value`` as a float if it is a number in [0, 1), else raise a `UsageError`."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise UsageError(f"model.args.{key}: {value!r} is invalid; allowed: a number in [0, 1)")
+    return float(value)
+
+
 def _check_widths(widths: object) -> tuple[int, ...]:
     """Return the hidden-layer widths as a tuple, or raise a `UsageError`.
 
@@ -185,15 +192,22 @@ class LeNet5(nn.Module):
 
     As in Caffe's ``lenet_train_test.prototxt`` there is no nonlinearity after the
     convolutions: the only ReLU follows ``fc1`` (Caffe's ``ip1``). Pooling is 2x2 max-pooling
-    with stride 2 (floor rounding; identical to Caffe's ceil rounding at 28x28).
+    with stride 2 (floor rounding; identical to Caffe's ceil rounding at 28x28). With
+    ``dropout`` p > 0, dropout with probability p follows that ReLU, as in the pruning
+    authors' own LeNet-5 (p = 0.5: layer ``drop1`` of Ye et al.'s ``ADMM-NN``
+    ``examples/mnist/lenet_train_test_admm.prototxt``, and ``keep_prob`` after ``fc1`` in
+    Zhang et al.'s TensorFlow ``LeNet-5/lenet_5_model.py``); p = 0 has no dropout module and
+    computes exactly what the model computed before the option existed.
 
     Args:
         in_channels: Image channels.
         image_size: Image side length, at least 16.
         num_classes: Number of output logits.
+        dropout: Dropout probability after ``fc1``'s ReLU, in [0, 1).
     """
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, image_size: int, num_classes: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         side = _conv_pool_size(_conv_pool_size(image_size))
         self.conv1 = nn.Conv2d(in_channels, 20, kernel_size=5)
@@ -203,16 +217,18 @@ class LeNet5(nn.Module):
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(50 * side * side, 500)
         self.relu = nn.ReLU()
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc2 = nn.Linear(500, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images ``(N, C, H, W)`` to logits ``(N, num_classes)``."""
         x = self.pool1(self.conv1(x))
         x = self.pool2(self.conv2(x))
-        return self.fc2(self.relu(self.fc1(self.flatten(x))))
+        return self.fc2(self.drop(self.relu(self.fc1(self.flatten(x)))))
 
 
-def lenet5(*, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> LeNet5:
+def lenet5(*, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+           dropout: float = 0.0) -> LeNet5:
     """Build the Caffe LeNet-5 of the ADMM paper (Zhang et al., ECCV 2018).
 
     At the default 1x28x28 input it has 431,080 parameters, 430,500 of them conv/linear
@@ -224,6 +240,7 @@ def lenet5(*, in_channels: int = 1, image_size: int = 28, num_classes: int = 10)
         in_channels: Image channels.
         image_size: Image side length, at least 16.
         num_classes: Number of classes.
+        dropout: Dropout probability after ``fc1``'s ReLU, in [0, 1) (the authors': 0.5).
 
     Raises:
         UsageError: For an invalid argument.
@@ -231,7 +248,7 @@ def lenet5(*, in_channels: int = 1, image_size: int = 28, num_classes: int = 10)
     channels = _check_int("in_channels", in_channels)
     size = _check_int("image_size", image_size, _MIN_IMAGE_SIZE_CONV_POOL, " for lenet5")
     classes = _check_int("num_classes", num_classes)
-    return LeNet5(channels, size, classes)
+    return LeNet5(channels, size, classes, _check_probability("dropout", dropout))
 
 
 class ConvNet(nn.Module):
