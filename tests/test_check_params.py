@@ -141,6 +141,20 @@ def test_each_rule_refuses_its_bad_value_and_accepts_its_boundary(tmp_path, bad,
     _load(tmp_path, boundary)
 
 
+def test_check_params_names_what_it_validated(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    params = copy.deepcopy(DEFAULT)
+    _set("seeds", [0])(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["check-params", "--params", "params.yaml"]) == 0
+    assert capsys.readouterr().out == ("params.yaml: valid (11 methods, seeds 0, compression "
+                                       "8, 16, 32, 64, 128)\n")
+    _set("levels", {"sparsity": [0.5, 0.875]})(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["check-params", "--params", "params.yaml"]) == 0
+    assert capsys.readouterr().out.endswith("seeds 0, sparsity 0.5, 0.875)\n")
+
+
 def test_check_params_refuses_before_writing_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     params = copy.deepcopy(DEFAULT)

@@ -133,7 +133,10 @@ def run(argv: list[str]) -> None:
         check_reachable(tracking_uri(params.tracking.uri))
     ready = time.time()  # the stage's own work starts: what came before is start-up
     if args.stage == "check-params":
-        print(f"{args.params}: valid ({len(methods)} methods, {len(params.seeds)} seeds)")
+        unit = params.levels.unit
+        print(f"{args.params}: valid ({len(methods)} methods, seeds "
+              f"{', '.join(map(str, params.seeds))}, {unit} "
+              f"{', '.join(f'{v:g}' for v in getattr(params.levels, unit))})")
     elif args.stage == "prepare":
         stages.prepare(params)
     elif args.stage == "pretrain":
