@@ -388,6 +388,10 @@ def test_a_suite_of_series_only_has_dense_and_the_series_table(tmp_path):
     assert len(files) == 4
     plotted = (tmp_path / "plots" / "accuracy_vs_compression.csv").read_text().splitlines()
     assert len(plotted) == 2 and plotted[1].startswith("dense,")  # dense alone is plotted
+    one = curves_markdown(dense + [r for r in series if r["seed"] == 0], suite="t", budget=60)
+    assert [(r["seeds"], r["test accuracy (%)"], r["compression"])
+            for r in tables(one)["Progressive series"]] == [("1", "99.00", "100.0x"),
+                                                            ("1", "98.90", "150.0x")]
     write_curves_report(series, tmp_path / "alone", suite="t", budget=60)
     assert (tmp_path / "alone" / "plots" / "accuracy_vs_compression.csv").read_text(
         ).splitlines() == plotted[:1]  # no point: the same header

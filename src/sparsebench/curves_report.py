@@ -324,12 +324,14 @@ def series_table(rows: list[dict[str, Any]]) -> list[str]:
              "Each level starts from the previous level's pruned and retrained model of the "
              "same seed (the first from the pretrained one); epochs = the series' total up to "
              "that level (pretrain + every step so far), so these points are not on the "
-             "equal-budget curve above.", "",
+             "equal-budget curve; training s = that step's own. One seed: its value, no "
+             "spread.", "",
              "| method | level | seeds | test accuracy (%) | compression | epochs | "
              "training s |", "|---|---|---|---|---|---|---|"]
     for s in summarize(rows):
         def cell(fmt: Any, metric: str, s: dict[str, Any] = s) -> str:
-            return fmt(s[f"{metric}_mean"], s[f"{metric}_std"])
+            text = fmt(s[f"{metric}_mean"], s[f"{metric}_std"])
+            return text.split(" ± ")[0] if s["n"] == 1 else text  # no std of one value
 
         lines.append(f"| {s['method']} | {level_label(s['level'])} | {s['n']} | "
                      f"{cell(pct_cell, 'test_accuracy')} | {cell(ratio_cell, 'compression')} | "
