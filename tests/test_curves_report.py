@@ -185,7 +185,12 @@ def test_one_seed_gives_n_a_differences_and_unknown_ranks():
     assert line["Δ vs magnitude (pp)"] == "n/a" and line["Δ vs gmp (pp)"] == "n/a"
     rankings = [line for line in markdown.splitlines() if line.startswith("Ranking: ")]
     assert all(line.split()[3::3] == ["?"] * 4 for line in rankings)
-    assert "Mean ± sample standard deviation over 1 seeds" in markdown
+    assert "One seed: each run's value, no spread; test set." in markdown
+    assert "Dense (no pruning): test accuracy 99.11 % (one seed)." in markdown
+    acc = next(r["test_accuracy"] for r in rows
+               if r["method"] == line["method"] and r["level"] == 8.0)
+    assert line["test acc (%)"] == f"{100 * acc:.2f}"
+    assert line["compression"] == "8.0x" and "±" not in "".join(line.values())
 
 
 def test_ranking_lines_follow_rank_level():

@@ -133,10 +133,10 @@ def run(argv: list[str]) -> None:
         check_reachable(tracking_uri(params.tracking.uri))
     ready = time.time()  # the stage's own work starts: what came before is start-up
     if args.stage == "check-params":
-        unit = params.levels.unit
+        levels = params.levels.compression or params.levels.sparsity
         print(f"{args.params}: valid ({len(methods)} methods, seeds "
-              f"{', '.join(map(str, params.seeds))}, {unit} "
-              f"{', '.join(f'{v:g}' for v in getattr(params.levels, unit))})")
+              f"{', '.join(map(str, params.seeds))}, {params.levels.unit} "
+              f"{', '.join(f'{v:g}' for v in levels)})")
     elif args.stage == "prepare":
         stages.prepare(params)
     elif args.stage == "pretrain":

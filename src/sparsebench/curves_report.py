@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,19 +120,25 @@ def _signed(points: float) -> str:
     return f"{points:+.2f}".replace("-", _MINUS)
 
 
-def pct_cell(mean: float, std: float) -> str:
-    """A fraction as ``98.10 ± 0.14`` (percent)."""
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+def pct_cell(mean: float, std: float | None) -> str:
+    """A fraction as ``98.10 ± 0.14`` (percent); ``98.10`` without a spread (None)."""
+    return f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
 
 
-def ratio_cell(mean: float, std: float) -> str:
-    """A ratio as ``31.9x ± 0.2``."""
-    return f"{mean:.1f}x ± {std:.1f}"
+def ratio_cell(mean: float, std: float | None) -> str:
+    """A ratio as ``31.9x ± 0.2``; ``31.9x`` without a spread (None)."""
+    return f"{mean:.1f}x" + ("" if std is None else f" ± {std:.1f}")
 
 
-def plain_cell(mean: float, std: float) -> str:
-    """``12.3 ± 0.4``."""
-    return f"{mean:.1f} ± {std:.1f}"
+def plain_cell(mean: float, std: float | None) -> str:
+    """``12.3 ± 0.4``; ``12.3`` without a spread (None)."""
+    return f"{mean:.1f}" + ("" if std is None else f" ± {std:.1f}")
+
+
+def cell(fmt: Callable[[float, float | None], str], s: dict[str, Any], metric: str) -> str:
+    """``metric`` of the `curves.summarize` row ``s`` by ``fmt``: its mean ± std over the
+    seeds, the value alone for one seed (a standard deviation of one value says nothing)."""
+    return fmt(s[f"{metric}_mean"], s[f"{metric}_std"] if s["n"] > 1 else None)
 
 
 def difference_cell(difference: dict[str, Any] | None) -> str:
@@ -180,8 +186,9 @@ def _budget_lines(rows: list[dict[str, Any]], budget: int | None) -> list[str]:
 def _dense_line(dense: dict[str, Any] | None) -> str:
     if dense is None:
         return "Dense: not in these runs (no within-dense columns)."
-    accuracy = pct_cell(dense["test_accuracy_mean"], dense["test_accuracy_std"])
-    return f"Dense (no pruning): test accuracy {accuracy} % (mean ± std over {dense['n']} seeds)."
+    accuracy = cell(pct_cell, dense, "test_accuracy")
+    what = "one seed" if dense["n"] == 1 else f"mean ± std over {dense['n']} seeds"
+    return f"Dense (no pruning): test accuracy {accuracy} % ({what})."
 
 
 LEVEL_HEADER = ["method", "seeds", "test acc (%)", "sparsity (%)", "compression",
@@ -202,12 +209,10 @@ def level_table(rows: list[dict[str, Any]], summaries: list[dict[str, Any]],
                   difference_cell(paired_difference(rows, s["method"], b, level)))
                  for b in BASELINES]
         cells = [_marked(s["method"], interp), seeds,
-                 _marked(pct_cell(s["test_accuracy_mean"], s["test_accuracy_std"]), interp),
-                 pct_cell(s["sparsity_mean"], s["sparsity_std"]),
-                 ratio_cell(s["compression_mean"], s["compression_std"]),
-                 ratio_cell(s["flop_speedup_mean"], s["flop_speedup_std"]),
-                 plain_cell(s["train_seconds_mean"], s["train_seconds_std"]),
-                 plain_cell(s["epochs_mean"], s["epochs_std"]), *diffs]
+                 _marked(cell(pct_cell, s, "test_accuracy"), interp),
+                 cell(pct_cell, s, "sparsity"), cell(ratio_cell, s, "compression"),
+                 cell(ratio_cell, s, "flop_speedup"), cell(plain_cell, s, "train_seconds"),
+                 cell(plain_cell, s, "epochs"), *diffs]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -275,7 +280,9 @@ def curves_markdown(rows: Iterable[dict[str, Any]], *, suite: str, budget: int |
         "",
         *_budget_lines(rows, budget),
         "",
-        f"Mean ± sample standard deviation over {', '.join(map(str, seeds))} seeds; test set. "
+        ("One seed: each run's value, no spread" if seeds == [1] else
+         f"Mean ± sample standard deviation over {', '.join(map(str, seeds))} seeds") +
+        "; test set. "
         "Level = the nominal compression ratio c (sparsity 1 − 1/c of the prunable weights); "
         "compression and sparsity are as achieved (numel / nonzeros); FLOP speedup = dense / "
         "nonzero multiply-adds. Δ = test accuracy minus the baseline's, paired by seed: mean "
@@ -329,13 +336,10 @@ def series_table(rows: list[dict[str, Any]]) -> list[str]:
              "| method | level | seeds | test accuracy (%) | compression | epochs | "
              "training s |", "|---|---|---|---|---|---|---|"]
     for s in summarize(rows):
-        def cell(fmt: Any, metric: str, s: dict[str, Any] = s) -> str:
-            text = fmt(s[f"{metric}_mean"], s[f"{metric}_std"])
-            return text.split(" ± ")[0] if s["n"] == 1 else text  # no std of one value
-
         lines.append(f"| {s['method']} | {level_label(s['level'])} | {s['n']} | "
-                     f"{cell(pct_cell, 'test_accuracy')} | {cell(ratio_cell, 'compression')} | "
-                     f"{s['epochs_mean']:.0f} | {cell(plain_cell, 'train_seconds')} |")
+                     f"{cell(pct_cell, s, 'test_accuracy')} | "
+                     f"{cell(ratio_cell, s, 'compression')} | {s['epochs_mean']:.0f} | "
+                     f"{cell(plain_cell, s, 'train_seconds')} |")
     return lines
 
 
