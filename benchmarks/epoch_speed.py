@@ -30,10 +30,15 @@ BATCH = 128
 OPTIM = OptimizerParams(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="cosine")
 
 
-def bare_epoch(model, x, y, vx, vy, generator) -> float:
-    """The plainest loop a user would write: randperm, slice, step, then one val pass."""
-    opt = torch.optim.SGD(model.parameters(), lr=OPTIM.lr, momentum=OPTIM.momentum,
-                          nesterov=True, weight_decay=OPTIM.weight_decay)
+def bare_epoch(model, x, y, vx, vy, generator, optimizer: str = "sgd") -> float:
+    """The plainest loop a user would write: randperm, slice, step, then one val pass.
+    ``optimizer``: "sgd" (Nesterov momentum, as `OPTIM`) or "adam" (torch's defaults, lr 1e-3,
+    as the default suite's ADMM W-steps)."""
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=OPTIM.lr, momentum=OPTIM.momentum,
+                              nesterov=True, weight_decay=OPTIM.weight_decay)
     model.train()
     perm = torch.randperm(len(y), generator=generator)
     for i in range(0, len(y), BATCH):
