@@ -316,14 +316,11 @@ def test_progressive_is_refused_where_a_level_is_not_a_target(workspace, capsys,
     assert err.count("\n") == 1 and f"methods.{key}.progressive: true is not allowed" in err, err
 
 
-def test_a_progressive_series_runs_each_step_from_the_last(pretrained_workspace, tmp_path,
-                                                            monkeypatch):
-    """magnitude as a series: each step prunes the previous step's retrained model, whose
-    pruned weights are exactly zero, so every mask lies inside the previous one; the budget
-    adds up; run again, every step is cached."""
+def _magnitude_workspace(pretrained_workspace: Path, tmp_path: Path,
+                         monkeypatch) -> tuple[Path, dict]:
+    """A copy of the pretrained workspace as the working directory, and its params (path, raw
+    dict) with magnitude retraining 1 epoch a level."""
     import shutil
-
-    from sparsebench.sparsity import load_masks
 
     for part in ("data", "runs"):
         shutil.copytree(pretrained_workspace / part, tmp_path / part)
@@ -331,8 +328,19 @@ def test_a_progressive_series_runs_each_step_from_the_last(pretrained_workspace,
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
     path = small_params(tmp_path, tracking={"enabled": False})
     raw = yaml.safe_load(path.read_text())
-    raw["methods"]["magnitude"].update(progressive=True, levels=[8, 16, 32])
     raw["methods"]["magnitude"]["retrain"] = {"epochs": 1}
+    return path, raw
+
+
+def test_a_progressive_series_runs_each_step_from_the_last(pretrained_workspace, tmp_path,
+                                                            monkeypatch):
+    """magnitude as a series: each step prunes the previous step's retrained model, whose
+    pruned weights are exactly zero, so every mask lies inside the previous one; the budget
+    adds up; run again, every step is cached."""
+    from sparsebench.sparsity import load_masks
+
+    path, raw = _magnitude_workspace(pretrained_workspace, tmp_path, monkeypatch)
+    raw["methods"]["magnitude"].update(progressive=True, levels=[8, 16, 32])
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", "--method", "magnitude", "--params", str(path)]) == 0
     for seed in (0, 1):
@@ -351,6 +359,34 @@ def test_a_progressive_series_runs_each_step_from_the_last(pretrained_workspace,
     assert main(["run", "--method", "magnitude", "--params", str(path)]) == 0
     assert (tmp_path / "runs" / "magnitude" / "c32" / "seed0" /
             "result.json").stat().st_mtime == mtime
+
+
+def test_narrowing_a_methods_levels_keeps_its_other_runs(pretrained_workspace, tmp_path,
+                                                         monkeypatch):
+    """A method's own ``levels`` only pick which of the suite's levels it runs: narrowed, the
+    levels it keeps are cache hits (result.json untouched) and the dropped one is removed; in
+    a progressive series, the step whose previous step changed is trained again from it."""
+    path, raw = _magnitude_workspace(pretrained_workspace, tmp_path, monkeypatch)
+    raw["levels"]["compression"] = [8, 16, 32]
+    root = tmp_path / "runs" / "magnitude"
+
+    def run(**method) -> dict[str, float]:
+        raw["methods"]["magnitude"].update(method)
+        path.write_text(yaml.safe_dump(raw))
+        assert main(["run", "--method", "magnitude", "--params", str(path)]) == 0
+        return {f.parent.parent.name: f.stat().st_mtime_ns
+                for f in root.glob("c*/seed0/result.json")}
+
+    every = run()
+    assert set(every) == {"c8", "c16", "c32"}
+    narrowed = run(levels=[8, 32])
+    assert narrowed == {"c8": every["c8"], "c32": every["c32"]}
+    series = run(progressive=True, levels=[8, 16, 32])
+    assert all(series[name] != every[name] for name in series)  # another spec: trained
+    shorter = run(levels=[8, 32])
+    assert shorter["c8"] == series["c8"] and shorter["c32"] != series["c32"]
+    result = json.loads((root / "c32" / "seed0" / "result.json").read_text())
+    assert result["epochs"]["previous"] == 1  # the 8x step's one retrain epoch alone
 
 
 def test_a_series_step_starts_once_its_own_previous_step_is_done(pretrained_workspace,

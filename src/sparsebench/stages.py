@@ -246,8 +246,13 @@ def pretrain_records(seed_out: Path) -> Any:
 def run_fingerprint(params: Params, planned: Planned) -> str:
     """What a run's cached directory is keyed by: its resolved spec, the shared sections it
     reads (device, data, evaluate), its thread count, its input files and the code that can
-    change it (`resume.code_digest`)."""
-    config = {"run": planned.spec.config(), **_numerics(params),
+    change it (`resume.code_digest`). The method's own ``levels`` only choose which of the
+    suite's levels it runs, so they are keyed as unset: narrowing them keeps the other
+    levels' runs (a progressive step whose previous step changes has another input file)."""
+    run = planned.spec.config()
+    if "levels" in run["method"]:
+        run["method"]["levels"] = None  # as every run was keyed before a subset was given
+    config = {"run": run, **_numerics(params),
               "evaluate": params.evaluate.model_dump(mode="json"), "budget": planned.budget}
     return fingerprint(stage="run", config=config,
                        inputs=[DATA_FILE, *pretrained_file(planned.spec)])
