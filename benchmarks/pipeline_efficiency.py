@@ -32,6 +32,8 @@ import statistics
 import time
 from pathlib import Path
 
+import yaml
+
 BATCHES = 430  # LeNet-300-100, 55,000 training samples, batch 128
 
 
@@ -73,36 +75,42 @@ def bare_side_by_side(workers: int, rounds: int, optimizer: str = "sgd") -> floa
     return statistics.median(results)
 
 
-def phase_optimizer(params: dict, phase: str) -> str:
-    """"adam" when the run's ``phase`` stepped torch's Adam, else "sgd" (the bare loop's)."""
-    section = params.get("retrain") or {} if phase == "retrain" else params
-    optimizer = section.get("optimizer") or {}
-    return "adam" if optimizer.get("name") == "adam" else "sgd"
+def phase_optimizer(params: dict, phase: str, suite_retrain: str) -> str:
+    """"adam" when the run's ``phase`` stepped torch's Adam, else "sgd" (the bare loop's); a
+    retrain without an optimizer of its own steps the suite's (``suite_retrain``)."""
+    if phase == "retrain":
+        return ((params.get("retrain") or {}).get("optimizer") or {}).get("name", suite_retrain)
+    return "adam" if (params.get("optimizer") or {}).get("name") == "adam" else "sgd"
 
 
-def epoch_rows() -> dict[tuple[str, str], list[tuple[str, str, list[dict]]]]:
-    """(method, phase) -> (run directory, optimizer, rows) of each run that trained that phase.
-    A prune phase shared by the levels of a seed (``runs/<method>/prune/seed<s>``) counts
-    once: the level runs' copies of its rows (``seconds.shared`` in their result.json) are
-    left out."""
-    rows: dict[tuple[str, str], list[tuple[str, str, list[dict]]]] = {}
-    params: dict[str, dict] = {}  # a trajectory has no result.json: its levels' runs say
-    for result in sorted(Path("runs").glob("*/*/seed*/result.json")):
-        params.setdefault(result.parts[1], json.loads(result.read_text()).get("params") or {})
+def epoch_rows() -> dict[tuple[str, str], list[tuple[Path, str, list[dict]]]]:
+    """(method, phase) -> (run directory under runs/, optimizer, rows) of each run that
+    trained that phase. A prune phase shared by the levels of a seed
+    (``runs/<method>/prune/seed<s>``) counts once: the level runs' copies of its rows
+    (``seconds.shared`` in their result.json) are left out; the trajectory itself has no
+    result.json, so its optimizer is read from one of its method's runs."""
+    suite = yaml.safe_load(Path("params.yaml").read_text())
+    suite_retrain = suite["retrain"]["optimizer"]["name"]
+    records = {path.parent: json.loads(path.read_text())
+               for path in sorted(Path("runs").glob("*/*/seed*/result.json"))}
+    method_params = {}
+    for where, record in records.items():
+        method_params.setdefault(where.parts[1], record.get("params") or {})
+    rows: dict[tuple[str, str], list[tuple[Path, str, list[dict]]]] = {}
     for path in Path("runs").glob("*/*/seed*/curves.json"):
-        method = path.parts[1]
-        curves = json.loads(path.read_text())
-        result = path.with_name("result.json")
-        record = json.loads(result.read_text()) if result.exists() else {}
+        method, where = path.parts[1], path.parent
+        record = records.get(where, {})
+        params = record.get("params") or method_params.get(method, {})
         shared = "shared" in record.get("seconds", {})
-        for phase, phase_rows in curves.items():
+        for phase, phase_rows in json.loads(path.read_text()).items():
             if phase_rows and not (shared and phase == "prune"):
-                optimizer = phase_optimizer(record.get("params") or params.get(method, {}), phase)
                 rows.setdefault((method, phase), []).append(
-                    (str(path.parent), optimizer, phase_rows))
+                    (where.relative_to("runs"), phase_optimizer(params, phase, suite_retrain),
+                     phase_rows))
     for path in Path("runs/pretrain").glob("seed*/curves.json"):
         rows.setdefault(("pretrain", "pretrain"), []).append(
-            (str(path.parent), "sgd", json.loads(path.read_text())))
+            (path.parent.relative_to("runs"), suite["pretrain"]["optimizer"]["name"],
+             json.loads(path.read_text())))
     return rows
 
 
@@ -129,8 +137,8 @@ def main() -> None:
     equivalents = sum(r.get("inner_steps", BATCHES) / BATCHES
                       for runs in rows.values() for _, _, run in runs for r in run)
     used = {optimizer for runs in rows.values() for _, optimizer, _ in runs}
-    samples: dict[str, list[float]] = {optimizer: [] for optimizer in sorted(used | {"sgd"},
-                                                                           reverse=True)}
+    measured = sorted(used & {"adam"} | {"sgd"}, reverse=True)  # the loops bare_epoch has
+    samples: dict[str, list[float]] = {optimizer: [] for optimizer in measured}
     for _ in range(args.repeat):  # the host's speed drifts: sample it a few times, in turns
         for optimizer, seconds in samples.items():
             seconds.append(bare_side_by_side(workers, args.rounds, optimizer))
@@ -153,15 +161,17 @@ def main() -> None:
           "where the max fell")
     for (method, phase), runs in sorted(rows.items()):
         epochs = [per_epoch(r) for _, _, run in runs for r in run]
-        later = sorted(((per_epoch(r), f"{Path(where).relative_to('runs')} epoch {i + 2}")
+        later = sorted(((per_epoch(r), f"{where} epoch {i + 2}")
                         for where, _, run in runs for i, r in enumerate(run[1:])), reverse=True)
         optimizers = {optimizer for _, optimizer, _ in runs}
-        own = bare[optimizers.pop()] if len(optimizers) == 1 else sgd
+        name = optimizers.pop() if len(optimizers) == 1 and optimizers <= bare.keys() else "sgd"
+        own = bare[name]
         median = statistics.median(epochs)
         line = f"    {method:10s} {phase:8s} {median / sgd:5.2f} "
         line += f"{(later[0][0] / sgd if later else float('nan')):5.2f}"
-        if own != sgd:
-            line += f"  (adam: {median / own:4.2f} {later[0][0] / own:4.2f})"
+        if name != "sgd":
+            line += f"  ({name}: {median / own:4.2f} "
+            line += f"{(later[0][0] / own if later else float('nan')):4.2f})"
         if later:
             p95 = later[len(later) // 20][0]
             line += f"  p95 {p95 / own:4.2f}  max at {later[0][1]}"
