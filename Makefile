@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test ui install clean-runs postgres
+.PHONY: repro test lint ui install clean-runs postgres
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ repro: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	@echo "Results: reports/curves.md (dvc metrics show); plots: reports/plots/; MLflow: make ui"
 
-test: $(STAMP) postgres
+test: lint postgres
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+# The layers contract (pyproject.toml [tool.importlinter]: imports point down, no circles) and
+# the linter; `make test` runs both first, so a layer break or a lint error fails CI.
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check .
 
 # The tuning tests start a PostgreSQL server of their own (initdb, pg_ctl): install Debian's
 # package when it is missing. Without it (no apt-get, no root) those tests skip and say why.

@@ -15,10 +15,10 @@ import time
 import torch
 from epoch_speed import data, epoch_arguments, interleaved
 
+from sparsebench.core.models import build_model
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.train import Phase, fit
 from sparsebench.methods.admm import ADMM
-from sparsebench.models import build_model
-from sparsebench.schema import OptimizerParams
-from sparsebench.train import Phase, fit
 
 PHASE = Phase(1, 128, OptimizerParams(name="adam", lr=1e-3, schedule="constant"))
 

@@ -22,11 +22,11 @@ from typing import ClassVar
 import torch
 from epoch_speed import data, epoch_arguments, interleaved
 
-from sparsebench import train
-from sparsebench.models import build_model
-from sparsebench.resume import EpochCheckpoint, Resume
-from sparsebench.schema import OptimizerParams
-from sparsebench.train import Phase, fit
+from sparsebench.core import train
+from sparsebench.core.checkpoints import EpochCheckpoint, Resume
+from sparsebench.core.models import build_model
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.train import Phase, fit
 
 PHASE = Phase(1, 128, OptimizerParams(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4))
 

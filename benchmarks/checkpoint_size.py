@@ -22,11 +22,12 @@ Targets: ours within 2% + 4 KiB of the bound everywhere (below it is fine), and 
 all compared files (gzip dense, xz dense, coo) at every sparsity >= 90%. The exit code is 1 if
 a target is missed.
 
-    python benchmarks/checkpoint_size.py
+    python benchmarks/checkpoint_size.py [--models mlp resnet32] [--sparsities 0.5 0.9 ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import io
 import lzma
@@ -39,9 +40,9 @@ from torch import nn
 
 from sparsebench import checkpoint
 from sparsebench.checkpoint.reader import inspect_all
-from sparsebench.metrics import prunable_modules
-from sparsebench.models import build_model
-from sparsebench.sparsity import apply_masks, magnitude_masks, make_permanent
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.models import build_model
+from sparsebench.core.sparsity import apply_masks, magnitude_masks, make_permanent
 
 MODELS = ("mlp", "resnet32")
 SPARSITIES = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -86,6 +87,11 @@ def coo(model: nn.Module) -> int:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help="default: %(default)s")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES),
+                        help="default: %(default)s")
+    args = parser.parse_args()
     header = (f"{'model':<9} {'sparsity':>8} {'ours':>9} {'no codec':>9} {'codec':>7} "
               f"{'bound':>9} {'ours/bound':>10} {'gzip dense':>10} {'xz dense':>9} {'coo':>9}  "
               "smallest")
@@ -93,8 +99,8 @@ def main() -> int:
     print("-" * len(header))
     missed, choices = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in MODELS:
-            for sparsity in SPARSITIES:
+        for name in args.models:
+            for sparsity in args.sparsities:
                 model = pruned(name, sparsity)
                 size, payloads = ours(model, Path(tmp))
                 plain, _ = ours(model, Path(tmp), compress=False)

@@ -28,10 +28,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sparsebench import distributed
-from sparsebench.models import build_model
-from sparsebench.schema import OptimizerParams
-from sparsebench.train import Phase, fit
+from sparsebench.core import distributed
+from sparsebench.core.models import build_model
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.train import Phase, fit
 
 BATCH = 128
 OPTIM = OptimizerParams(lr=0.05, momentum=0.9, schedule="constant")

@@ -21,10 +21,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from sparsebench.core.models import build_model
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.train import Phase, fit
 from sparsebench.data import load_splits
-from sparsebench.models import build_model
-from sparsebench.schema import OptimizerParams
-from sparsebench.train import Phase, fit
 
 BATCH = 128
 OPTIM = OptimizerParams(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="cosine")

@@ -29,15 +29,16 @@ from pathlib import Path
 import torch
 
 from sparsebench.checkpoint import load_model
-from sparsebench.config import Params, load_params
+from sparsebench.core.numerics import flush_subnormals
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.train import Phase, fit, seed_everything
 from sparsebench.data import load_splits
 from sparsebench.methods import build_method
 from sparsebench.methods.base import Context
-from sparsebench.numerics import flush_subnormals
 from sparsebench.run import MODEL
-from sparsebench.suite import DATA_FILE, model_spec
-from sparsebench.schema import OptimizerParams
-from sparsebench.train import Phase, fit, seed_everything
+from sparsebench.suite.load import load_params
+from sparsebench.suite.params import Params
+from sparsebench.suite.plan import DATA_FILE, model_spec
 
 PRETRAINED = Path("runs", "pretrain", "seed0", MODEL)
 METHODS = ("admm", "admm_l1", "gmp", "sas_admm")
@@ -72,7 +73,7 @@ def pretrained_model(params: Params, data: dict,
 
 def without_fix() -> None:
     """Undo the fix in this process: masks leave the optimizer state of pruned entries as is."""
-    import sparsebench.sparsity as sparsity
+    import sparsebench.core.sparsity as sparsity
 
     sparsity.zero_masked_state = lambda *args, **kwargs: None
 
@@ -82,7 +83,7 @@ def epoch_seconds(key: str, methods: dict, model: torch.nn.Module, data: dict,
     """The prune phase of ``methods.<key>`` at compression ``level`` from ``model``, seed 0:
     per epoch (SAS-ADMM: per iteration) its CPU and wall seconds, validation pass included, and
     its minibatch steps."""
-    from sparsebench.suite import at_level, layer_sizes
+    from sparsebench.suite.plan import at_level, layer_sizes
 
     [(_, at)] = at_level(params, key, methods[key], level, layer_sizes(model_spec(params)))
     method = build_method(key, at)

@@ -15,9 +15,9 @@ import argparse
 
 import torch
 
-from sparsebench.latency import compare_latency
-from sparsebench.models import build_model
-from sparsebench.sparsity import apply_masks, magnitude_masks
+from sparsebench.core.latency import compare_latency
+from sparsebench.core.models import build_model
+from sparsebench.core.sparsity import apply_masks, magnitude_masks
 
 SPARSITIES = (0.0, 0.5, 0.9, 0.95, 0.98, 0.99, 0.995)
 INPUT_SHAPE = (1, 28, 28)

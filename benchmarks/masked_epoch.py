@@ -29,11 +29,11 @@ import torch
 from epoch_speed import BATCH, OPTIM, data, epoch_arguments, interleaved
 from torch.nn.utils import prune
 
-from sparsebench.metrics import prunable_modules
-from sparsebench.models import build_model
-from sparsebench.numerics import flush_subnormals
-from sparsebench.sparsity import apply_masks, magnitude_masks
-from sparsebench.train import Phase, fit
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.models import build_model
+from sparsebench.core.numerics import flush_subnormals
+from sparsebench.core.sparsity import apply_masks, magnitude_masks
+from sparsebench.core.train import Phase, fit
 
 SPARSITY = 0.9
 

@@ -25,15 +25,16 @@ from pathlib import Path
 
 import yaml
 
-from sparsebench.config import load_params
-from sparsebench.curves import paired_difference, relation
+from sparsebench.core.numerics import flush_subnormals
+from sparsebench.core.train import resolve_device
 from sparsebench.data import dataset_info, load_splits
 from sparsebench.methods import method_class, method_params
-from sparsebench.numerics import flush_subnormals
+from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
+from sparsebench.report.stats import paired_difference, relation
 from sparsebench.run import RESULT, environment, execute
-from sparsebench.suite import DATA_FILE, plan
-from sparsebench.train import resolve_device
-from sparsebench.workers import Task, raise_failures, run_tasks
+from sparsebench.suite.load import load_params
+from sparsebench.suite.plan import DATA_FILE, plan
+
 
 def parse_variant(text: str) -> dict:
     """``key=value[,key=value]`` -> {key: value}, values as YAML (true, 0.5, soft_threshold)."""
@@ -71,7 +72,7 @@ def main() -> None:
     env = environment(device, params.execution.threads, args.workers)
     calibration = None
     if method_class(key, base).kind() == "regularised":
-        from sparsebench.calibrate import read_calibration
+        from sparsebench.pipeline.calibrate import read_calibration
 
         calibration = read_calibration(key, methods[key])
     scratch = Path(tempfile.mkdtemp(prefix="method-variants-"))

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.benchmark import Timer
 
-from sparsebench.models import build_model
+from sparsebench.core.models import build_model
 from sparsebench.optim import GRDA, AdaBreg, LinBreg, ProxSGD, group_soft_threshold, param_groups
 
 LR = 0.01

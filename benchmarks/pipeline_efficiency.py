@@ -45,8 +45,8 @@ def _bare(rounds: int, optimizer: str, queue) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from epoch_speed import bare_epoch, data
 
-    from sparsebench.models import build_model
-    from sparsebench.numerics import flush_subnormals
+    from sparsebench.core.models import build_model
+    from sparsebench.core.numerics import flush_subnormals
 
     torch.set_num_threads(1)
     flush_subnormals(True)
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="measurements of each bare loop (their median is the figure)")
     args = parser.parse_args()
-    from sparsebench import profile
+    from sparsebench.pipeline import profile
 
     entries = profile.load()
     workers = max(int(e.get("workers", 1)) for e in entries)

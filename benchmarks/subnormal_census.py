@@ -20,16 +20,16 @@ import argparse
 import time
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 from late_epochs import pretrained_model, suite
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from sparsebench.methods import build_method
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.numerics import flush_subnormals
+from sparsebench.core.train import seed_everything
 from sparsebench.methods import admm as admm_module
+from sparsebench.methods import build_method
 from sparsebench.methods import sas_admm as sas_module
 from sparsebench.methods.base import Context
-from sparsebench.metrics import prunable_modules
-from sparsebench.numerics import flush_subnormals
-from sparsebench.train import seed_everything
 
 TINY = torch.finfo(torch.float32).tiny
 

@@ -61,21 +61,21 @@ from pathlib import Path
 
 import torch
 
-from sparsebench.config import load_params
-from sparsebench.curves import t_quantile
+from sparsebench.core.numerics import flush_subnormals
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.sparsity import apply_masks, magnitude_masks, make_permanent, prunable_modules
+from sparsebench.core.train import Phase, evaluate, resolve_device
 from sparsebench.data import load_splits
 from sparsebench.methods import build_method, method_params
 from sparsebench.methods.base import Context
 from sparsebench.methods.retrain import masked_retrain
 from sparsebench.methods.sas_admm import inner_steps
-from sparsebench.numerics import flush_subnormals
+from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
+from sparsebench.report.stats import t_quantile
 from sparsebench.run import load_run_model
-from sparsebench.schema import OptimizerParams
-from sparsebench.sparsity import apply_masks, magnitude_masks, make_permanent, prunable_modules
-from sparsebench.suite import DATA_FILE, at_level, augment_of, layer_sizes, model_spec
-from sparsebench.train import Phase, evaluate, resolve_device
-from sparsebench.tuned import overlay
-from sparsebench.workers import Task, raise_failures, run_tasks
+from sparsebench.suite.load import load_params
+from sparsebench.suite.plan import DATA_FILE, at_level, augment_of, layer_sizes, model_spec
+from sparsebench.suite.tuned import overlay
 
 BUDGET = 8  # prune epochs at --scale 1: the default suite's admm and gmp phases
 TUNING_SEED = 100

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from epoch_speed import data, epoch_arguments, interleaved
 
-from sparsebench.models import build_model
-from sparsebench.schema import OptimizerParams
-from sparsebench.tracking import LiveRun, Records, RunInfo, client_for
-from sparsebench.train import Phase, fit
+from sparsebench.core.models import build_model
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.train import Phase, fit
+from sparsebench.tracking.runs import LiveRun, Records, RunInfo, client_for
 
 OPTIM = OptimizerParams(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
 ENDS: list[float] = []

@@ -70,10 +70,11 @@ def copy_store(store: Path, into: Path) -> str:
 
 def publish(workspace: Path, experiment: str) -> dict:
     """`publish_models` of the working directory's suite into the copy at ``workspace``."""
-    from sparsebench.config import load_params
-    from sparsebench.mlflow_model import publish_models
-    from sparsebench.stages import curve_rows, load_results, method_runs
-    from sparsebench.suite import DATA_FILE
+    from sparsebench.pipeline.sweep import method_runs
+    from sparsebench.report.rows import curve_rows, load_results
+    from sparsebench.suite.load import load_params
+    from sparsebench.suite.plan import DATA_FILE
+    from sparsebench.tracking.models import publish_models
 
     os.environ["SPARSEBENCH_ROOT"] = str(workspace)  # the store's lock and default URI
     params, methods = load_params(Path("params.yaml"))

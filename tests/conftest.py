@@ -10,7 +10,7 @@ import torch
 import yaml
 from torch import nn
 
-from sparsebench.resume import EpochCheckpoint
+from sparsebench.core.checkpoints import EpochCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _gradual_underflow():
     """Every test starts and ends with subnormals kept (IEEE) in the main thread: the CLI's
-    training stages, called in-process by some tests, flush them (`sparsebench.numerics`), and
+    training stages, called in-process by some tests, flush them (`sparsebench.core.numerics`), and
     hypothesis refuses to draw floats in a process that flushes. The expected values are the
     same either way (a run of tests/methods, test_methods, test_train, test_resume, optim and
     test_sparsity with the flush on from the session's start)."""
@@ -98,10 +98,10 @@ def small_params(tmp_path: Path, **overrides) -> Path:
 def write_calibration(root: Path, params_path: Path, key: str, value: float) -> Path:
     """A calibration of ``methods.<key>`` that puts every level at strength ``value`` (as if
     the search had hit each one), so that the method's runs can go without a search."""
-    from sparsebench.calibrate import CalibrationFile, LevelResult, config_digest
-    from sparsebench.config import load_params
-    from sparsebench.levels import level_name
+    from sparsebench.core.levels import level_name
     from sparsebench.methods import method_class
+    from sparsebench.pipeline.calibrate import CalibrationFile, LevelResult, config_digest
+    from sparsebench.suite.load import load_params
 
     params, methods = load_params(params_path)
     method = methods[key]
@@ -124,8 +124,8 @@ def pretrained_workspace(tmp_path_factory) -> Path:
     store (made once: creating the store's tables takes seconds)."""
     import os
 
-    from sparsebench.cli import main
-    from sparsebench.tracking import client_for, tracking_uri
+    from sparsebench.pipeline.cli import main
+    from sparsebench.tracking.runs import client_for, tracking_uri
 
     path = tmp_path_factory.mktemp("pretrained")
     params = small_params(path, tracking={"enabled": False})

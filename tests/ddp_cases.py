@@ -48,9 +48,9 @@ def model_spec():
 def pretrain(work: Path | None = None, on_epoch=None):
     """Dense training as the pretrain stage does it, resumable from ``work`` when given;
     returns (model, curves)."""
-    from sparsebench.resume import EpochCheckpoint, Resume
-    from sparsebench.schema import OptimizerParams
-    from sparsebench.train import Phase, fit, seed_everything
+    from sparsebench.core.checkpoints import EpochCheckpoint, Resume
+    from sparsebench.core.schema import OptimizerParams
+    from sparsebench.core.train import Phase, fit, seed_everything
 
     generator = seed_everything(0)
     model = model_spec().build()
@@ -64,9 +64,9 @@ def pretrain(work: Path | None = None, on_epoch=None):
 
 def prune(key: str, pretrained: Path):
     """One run of ``key`` from the model saved at ``pretrained``; returns (model, curves)."""
+    from sparsebench.core.schema import OptimizerParams, PhaseParams
     from sparsebench.methods import method_params
     from sparsebench.run import RunSpec, run
-    from sparsebench.schema import OptimizerParams, PhaseParams
 
     spec = RunSpec(key=key, method=method_params(key, dict(METHODS[key])), level=None, seed=0,
                    retrain=PhaseParams(epochs=1, batch_size=BATCH,
@@ -147,7 +147,7 @@ def rank_main(rank: int, world: int, port: int, out: str, cases: tuple[str, ...]
     epoch and resumes from it."""
     import os
 
-    from sparsebench import distributed
+    from sparsebench.core import distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
@@ -168,8 +168,8 @@ def train_cases(cases: tuple[str, ...], out_dir: Path, captured: dict, rank: int
                 die_after: int | None, work: Path | None) -> None:
     import os
 
-    from sparsebench import distributed
-    from sparsebench.sparsity import get_masks
+    from sparsebench.core import distributed
+    from sparsebench.core.sparsity import get_masks
 
     for case in cases:
         captured.clear()
@@ -198,7 +198,7 @@ def stage_rank(rank: int, world: int, port: int, root: str, late: float) -> None
     import os
     import time
 
-    from sparsebench.cli import main
+    from sparsebench.pipeline.cli import main
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), SPARSEBENCH_ROOT=root)

@@ -1,19 +1,19 @@
 """GPU-ready options (``execution.precision``, ``channels_last``, ``compile``;
-`sparsebench.accelerate`) and the inputs refused under torchrun, on the CPU."""
+`sparsebench.core.accelerate`) and the inputs refused under torchrun, on the CPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import yaml
+from conftest import small_params
 from torch import nn
 
-from conftest import small_params
-from sparsebench import accelerate
-from sparsebench.accelerate import Options
-from sparsebench.errors import UsageError
-from sparsebench.schema import OptimizerParams
-from sparsebench.train import Phase, evaluate, fit, seed_everything
+from sparsebench.core import accelerate
+from sparsebench.core.accelerate import Options
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.train import Phase, evaluate, fit, seed_everything
+from sparsebench.util.errors import UsageError
 
 
 @pytest.fixture
@@ -39,8 +39,8 @@ def test_bf16_on_the_cpu_trains_a_correct_model_and_keeps_fp32_state(options, ti
                                                                       tiny_data):
     """Autocast bf16: the loss falls, the accuracy is far above chance (0.25), and weights,
     masks and ADMM's Z and U stay float32; the numbers are not the fp32 run's."""
+    from sparsebench.core.sparsity import apply_masks, get_masks
     from sparsebench.methods import ADMM
-    from sparsebench.sparsity import apply_masks, get_masks
 
     reference = tiny_conv()
     train(reference, tiny_data)
@@ -87,7 +87,7 @@ def write(tmp_path, **execution) -> str:
 
 
 def test_channels_last_is_refused_for_an_mlp(tmp_path):
-    from sparsebench.config import load_params
+    from sparsebench.suite.load import load_params
 
     with pytest.raises(UsageError, match=r"^execution.channels_last: true needs a "
                                          r"convolutional model; MLP has no convolution"):
@@ -95,7 +95,7 @@ def test_channels_last_is_refused_for_an_mlp(tmp_path):
 
 
 def test_a_precision_other_than_fp32_or_bf16_is_refused(tmp_path):
-    from sparsebench.config import load_params
+    from sparsebench.suite.load import load_params
 
     with pytest.raises(UsageError, match=r"^execution.precision: .*fp16.*'fp32' or 'bf16'"):
         load_params(write(tmp_path, precision="fp16"))
@@ -111,7 +111,7 @@ def test_bf16_on_a_device_without_bf16_is_refused(monkeypatch):
 
 def test_compile_where_it_cannot_run_is_refused(tmp_path, monkeypatch):
     """No C++ compiler for inductor's CPU backend: refused at load_params, one line."""
-    from sparsebench.config import load_params
+    from sparsebench.suite.load import load_params
 
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(UsageError, match=r"^execution.compile: true cannot run here \(no C\+\+ "
@@ -120,7 +120,7 @@ def test_compile_where_it_cannot_run_is_refused(tmp_path, monkeypatch):
 
 
 def test_calibrate_and_tune_are_refused_under_torchrun(tmp_path, monkeypatch, capsys):
-    from sparsebench.cli import main
+    from sparsebench.pipeline.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -132,8 +132,8 @@ def test_calibrate_and_tune_are_refused_under_torchrun(tmp_path, monkeypatch, ca
 
 
 def test_a_batch_norm_model_on_the_cpu_is_refused_under_torchrun(tmp_path):
-    from sparsebench.config import load_params
-    from sparsebench.stages import check_distributed
+    from sparsebench.pipeline.devices import check_distributed
+    from sparsebench.suite.load import load_params
 
     path = small_params(tmp_path, model={"name": "resnet20", "args": {}},
                         tracking={"enabled": False})

@@ -15,16 +15,16 @@ from conftest import Recording, prototype_data, small_params
 from safetensors.torch import load_file
 from torch import nn
 
-from sparsebench.cli import main
-from sparsebench.config import load_params
+from sparsebench.core.checkpoints import EpochCheckpoint
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.train import Phase, fit, seed_everything
 from sparsebench.data.augment import Augment, crop_flip, crop_flip_at
-from sparsebench.errors import UsageError
 from sparsebench.methods import METHODS, build_method
 from sparsebench.methods.base import Context
 from sparsebench.methods.sas_admm import _Minibatches
-from sparsebench.resume import EpochCheckpoint
-from sparsebench.schema import OptimizerParams
-from sparsebench.train import Phase, fit, seed_everything
+from sparsebench.pipeline.cli import main
+from sparsebench.suite.load import load_params
+from sparsebench.util.errors import UsageError
 
 F = -1.0  # the padding value in the hand-made expectations
 IMAGE = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)  # 1 2 3 / 4 5 6 / 7 8 9

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import small_params
 
-from sparsebench.cli import main
+from sparsebench.pipeline.cli import main
 
 REGION = ("is outside the convergence region of symmetric ADMM; allowed: r in (-1, 1), "
           "s in (0, (1 + sqrt 5) / 2), r + s > 0 and |r| < 1 + s - s^2")

@@ -9,12 +9,12 @@ import torch
 from safetensors import safe_open
 
 from sparsebench import checkpoint
-from sparsebench.canonical import safetensors_bytes
+from sparsebench.core.models import build_model
+from sparsebench.core.sparsity import apply_masks, magnitude_masks, make_permanent, save_masks
 from sparsebench.data.splits import save_splits, synthetic_splits
-from sparsebench.models import build_model
-from sparsebench.sparsity import apply_masks, magnitude_masks, make_permanent, save_masks
+from sparsebench.util.canonical import safetensors_bytes
 
-METADATA = {k: str(i) for i, k in enumerate("format arch meta shapes seed mean std".split())}
+METADATA = {k: str(i) for i, k in enumerate(["format", "arch", "meta", "shapes", "seed", "mean", "std"])}
 
 
 def _digests(write, path, times: int = 5) -> set[str]:

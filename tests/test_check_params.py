@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from sparsebench.cli import main
-from sparsebench.config import load_params
-from sparsebench.errors import UsageError
+from sparsebench.pipeline.cli import main
+from sparsebench.suite.load import load_params
+from sparsebench.util.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -32,7 +32,7 @@ def _set(path: str, value) -> Callable[[dict], None]:
     return change
 
 
-def _both(*changes: Callable[[dict], None]) -> Callable[[dict], None]:
+def chain_hooks(*changes: Callable[[dict], None]) -> Callable[[dict], None]:
     def change(params: dict) -> None:
         for c in changes:
             c(params)
@@ -75,7 +75,7 @@ RULES = [
     ("data: val_size < the training set", _set("data.val_size", 60_000),
      r"^data\.val_size: 60000 is not allowed; mnist has 60000 training samples; "
      r"allowed: 1 \.\. 59999$",
-     _both(_set("data.val_size", 59_999), _set("budget", None))),  # sas_admm: 1 sample
+     chain_hooks(_set("data.val_size", 59_999), _set("budget", None))),  # sas_admm: 1 sample
     ("device: not a device", _set("device", "tpu"),
      r"^device: 'tpu' is not a device; allowed here: auto, cpu", _set("device", "cpu")),
     ("device: not here", _set("device", f"cuda:{torch.cuda.device_count()}"),
@@ -118,6 +118,10 @@ RULES = [
      r"^methods\.gmp\.initial_sparsity: 0\.9 is not allowed; it is above the lowest level's "
      r"sparsity 0\.875; allowed: 0 \.\. 0\.875$",
      _set("methods.gmp.initial_sparsity", 0.875)),
+    ("tracking.uri: a store MLflow can track to", _set("tracking.uri", "ftp://host/mlruns"),
+     r"^tracking\.uri: 'ftp://host/mlruns' is not allowed; the scheme ftp: has no MLflow "
+     r"tracking store; allowed: null \(SQLite under mlruns/\), sqlite:///<file>, ",
+     _set("tracking.uri", "sqlite:///mlruns/mlflow.db")),
     ("budget: the longest run", _set("budget", 23),
      r"^methods\.dense: 24 epochs a run \(12 pretrain \+ 0 prune \+ 12 retrain\) is over the "
      r"suite's budget; allowed: at most budget: 23$",
@@ -167,3 +171,49 @@ def test_check_params_refuses_before_writing_anything(tmp_path, monkeypatch, cap
         assert err == ["sparsebench: error: methods.sas_admm: last 30 > iterations 23: no "
                        "iterate would be averaged; allowed: 0 <= last <= iterations"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+ALLOWED_URIS = ("null (SQLite under mlruns/), sqlite:///<file>, http(s)://<host>[:<port>], "
+                "postgresql://, mysql:// or mssql://<user>@<host>/<database>, or databricks")
+
+
+@pytest.mark.parametrize(("uri", "why"), [
+    ("ftp://host/x", "the scheme ftp: has no MLflow tracking store"),
+    ("s3://bucket/mlruns", "the scheme s3: has no MLflow tracking store"),
+    ("nonsense", "a path or file: URI is the file store, which MLflow 3 refuses"),
+    ("./mlruns", "a path or file: URI is the file store, which MLflow 3 refuses"),
+    ("file:///tmp/mlruns", "a path or file: URI is the file store, which MLflow 3 refuses"),
+    ("", "it is empty (null selects the default store)"),
+    (" sqlite:///mlflow.db", "it has leading or trailing spaces"),
+    ("sqlite://", "it is not a complete sqlite: URI"),
+    ("http://", "it is not a complete http: URI"),
+    ("postgresql://", "it is not a complete postgresql: URI"),
+])
+def test_check_params_refuses_a_tracking_uri_mlflow_cannot_use(tmp_path, monkeypatch, capsys,
+                                                                uri, why):
+    monkeypatch.chdir(tmp_path)
+    params = copy.deepcopy(DEFAULT)
+    _set("tracking.uri", uri)(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in (["check-params"], ["pretrain"]):  # every stage loads params first
+        assert main([*stage, "--params", "params.yaml"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"sparsebench: error: tracking.uri: {uri!r} is not allowed; {why}; "
+                       f"allowed: {ALLOWED_URIS}"], err
+    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
+
+
+@pytest.mark.parametrize("uri", [
+    None, "sqlite:///mlruns/mlflow.db", "sqlite:////abs/mlflow.db", "http://127.0.0.1:5000",
+    "https://mlflow.example.com/", "postgresql://user:pw@db:5432/mlflow",
+    "postgresql+psycopg2://user@db/mlflow", "mysql+pymysql://user@db/mlflow",
+    "mssql+pyodbc://user@db/mlflow", "databricks", "databricks://profile",
+])
+def test_check_params_accepts_the_tracking_uris_mlflow_can_use(tmp_path, monkeypatch, capsys,
+                                                               uri):
+    monkeypatch.chdir(tmp_path)
+    params = copy.deepcopy(DEFAULT)
+    _set("tracking.uri", uri)(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["check-params", "--params", "params.yaml"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith("params.yaml: valid (")

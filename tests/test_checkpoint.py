@@ -25,10 +25,10 @@ from sparsebench.checkpoint import ENCODINGS, codec, decode, encode, encoded_siz
 from sparsebench.checkpoint.encoding import SPARSE_DTYPES
 from sparsebench.checkpoint.fileformat import payload_sha256
 from sparsebench.checkpoint.reader import inspect_all
-from sparsebench.errors import UsageError
-from sparsebench.metrics import prunable_modules
-from sparsebench.models import build_model
-from sparsebench.sparsity import apply_masks, magnitude_masks, make_permanent
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.models import build_model
+from sparsebench.core.sparsity import apply_masks, magnitude_masks, make_permanent
+from sparsebench.util.errors import UsageError
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 SETTINGS = settings(deadline=None, max_examples=60,

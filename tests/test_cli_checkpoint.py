@@ -14,11 +14,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch.nn.utils import prune
 
-from sparsebench import checkpoint, cli
-from sparsebench.cli import main
-from sparsebench.metrics import prunable_modules
-from sparsebench.models import build_model
-from sparsebench.sparsity import apply_masks, magnitude_masks, make_permanent
+from sparsebench import checkpoint
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.models import build_model
+from sparsebench.core.sparsity import apply_masks, magnitude_masks, make_permanent
+from sparsebench.pipeline import cli
+from sparsebench.pipeline.cli import main
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_exit_codes_and_one_line_errors_in_a_subprocess(tmp_path, model):
     checkpoint.save(model, good)
     evil.write_bytes(pickle.dumps(_Touch(tmp_path / "marker")))
     runs = [
-        subprocess.Popen([sys.executable, "-m", "sparsebench.cli", "inspect", str(path)],
+        subprocess.Popen([sys.executable, "-m", "sparsebench", "inspect", str(path)],
                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for path in (good, evil)
     ]  # both at once: each pays the torch import

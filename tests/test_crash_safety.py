@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import small_params
 
-from sparsebench.cli import main
+from sparsebench.pipeline.cli import main
 
 
 @contextmanager
@@ -112,7 +112,7 @@ def test_tracking_failure_mid_run_keeps_the_results_and_marks_the_run_failed(tra
     workspace = tracked_workspace
     from mlflow import MlflowClient
 
-    from sparsebench.tracking import client_for, tracking_uri
+    from sparsebench.tracking.runs import client_for, tracking_uri
 
     path = small_params(workspace, tracking={"enabled": True})
     args = ["--params", str(path)]

@@ -6,10 +6,8 @@ import math
 import statistics
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from sparsebench.curves import (
+from sparsebench.report.stats import (
     CSV_COLUMNS,
     area_under_curve,
     levels_of,

@@ -13,8 +13,8 @@ import statistics
 
 import pytest
 
-from sparsebench import curves_report
-from sparsebench.curves import (
+from sparsebench.report import tables as curves_report
+from sparsebench.report.stats import (
     CSV_COLUMNS,
     area_under_curve,
     max_compression_within,
@@ -22,7 +22,7 @@ from sparsebench.curves import (
     rank_level,
     summarize,
 )
-from sparsebench.curves_report import (
+from sparsebench.report.tables import (
     curves_csv,
     curves_markdown,
     difference_cell,

@@ -1,5 +1,5 @@
 """Data-parallel training (issue 17): two gloo ranks on the CPU train the model one process
-trains, with the state that must agree identical on both ranks (`sparsebench.distributed`).
+trains, with the state that must agree identical on both ranks (`sparsebench.core.distributed`).
 
 The cases (tests/ddp_cases.py): pretrain and one method per family (gmp, admm, sas_admm, grda,
 linbreg) on 299 samples in batches of 32 (the last batch split 6 + 5), two epochs or two
@@ -11,14 +11,14 @@ from __future__ import annotations
 import socket
 import time
 
+import ddp_cases
 import pytest
-import yaml
 import torch
 import torch.multiprocessing as mp
+import yaml
 
-import ddp_cases
-from sparsebench import distributed
-from sparsebench.errors import UsageError
+from sparsebench.core import distributed
+from sparsebench.util.errors import UsageError
 
 TOLERANCE = 1e-5
 
@@ -39,8 +39,8 @@ def relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The single-process models and the 2-rank models of every case."""
+    from sparsebench.core.sparsity import get_masks
     from sparsebench.run import save_run_model
-    from sparsebench.sparsity import get_masks
 
     out = tmp_path_factory.mktemp("ddp")
     threads = torch.get_num_threads()
@@ -149,7 +149,8 @@ def test_a_rank_late_at_the_end_of_pretrain_finds_its_work_directory(workspace):
     machine the listing failed (FileNotFoundError, 2 torchrun runs in 35): here rank 1's
     listing of it is made 3 s slower, which opens that window every time."""
     from conftest import small_params
-    from sparsebench.cli import main
+
+    from sparsebench.pipeline.cli import main
 
     path = small_params(workspace, tracking={"enabled": False})
     raw = yaml.safe_load(path.read_text())
@@ -176,8 +177,8 @@ def test_torchrun_pretrain_trains_the_single_process_models(workspace):
     import sys
 
     import yaml
-
     from conftest import small_params
+
     from sparsebench.checkpoint import load_model
 
     path = small_params(workspace, tracking={"enabled": False})

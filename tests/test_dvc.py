@@ -166,7 +166,7 @@ def test_the_root_shows_the_default_suite_alone():
 
 
 def test_metric_columns_sort_as_their_levels():
-    from sparsebench.stages import metric_column
+    from sparsebench.pipeline.summary import metric_column
 
     names = ["c8", "c16", "c32", "c35", "c64", "c71.2", "c128", "c142", "dense"]
     columns = [metric_column(n) for n in names]

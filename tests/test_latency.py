@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.latency import CSRLinear, compare_latency, sparse_inference_model
-from sparsebench.models import build_model
-from sparsebench.sparsity import apply_masks, magnitude_masks
+from sparsebench.core.latency import CSRLinear, compare_latency, sparse_inference_model
+from sparsebench.core.models import build_model
+from sparsebench.core.sparsity import apply_masks, magnitude_masks
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}  # float32, the CSR product sums in another order
 

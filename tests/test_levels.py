@@ -12,11 +12,11 @@ import torch
 import yaml
 from conftest import small_params
 
-from sparsebench.calibrate import Trial, next_guess, settle
-from sparsebench.cli import main
-from sparsebench.errors import UsageError
-from sparsebench.levels import layer_densities, layer_targets, level_name, within
-from sparsebench.sparsity import keep_count
+from sparsebench.core.levels import layer_densities, layer_targets, level_name, within
+from sparsebench.core.sparsity import keep_count
+from sparsebench.pipeline.calibrate import Trial, next_guess, settle
+from sparsebench.pipeline.cli import main
+from sparsebench.util.errors import UsageError
 
 SIZES = {"fc1": 235200, "fc2": 30000, "fc3": 1000}  # LeNet-300-100
 
@@ -114,7 +114,7 @@ def test_a_global_scope_is_refused_under_the_per_layer_rule(workspace, capsys):
 
 
 def test_sparsity_levels_are_the_same_levels_as_compression(workspace):
-    from sparsebench.config import load_params
+    from sparsebench.suite.load import load_params
 
     path = small_params(workspace, levels={"sparsity": [0.875, 0.9375]})
     params, _ = load_params(path)
@@ -167,7 +167,7 @@ def test_settle_reached_bracketed_and_unreachable():
 
 
 def test_a_saturated_search_stops():
-    from sparsebench.calibrate import saturated
+    from sparsebench.pipeline.calibrate import saturated
 
     assert saturated([_t(1.0, 99.0), _t(4.0, 100.2), _t(16.0, 100.3)], 128.0)
     assert not saturated([_t(1.0, 60.0), _t(4.0, 99.0)], 128.0)  # still climbing
@@ -231,8 +231,8 @@ def test_a_missing_calibration_is_one_line(workspace, capsys):
 def test_a_progressive_series_chains_its_levels_per_seed(pretrained_workspace, monkeypatch):
     """Each level of a progressive method starts from the previous level's run of its seed;
     the first from the pretrained model; its budget adds up the steps before it."""
-    from sparsebench.config import load_params
-    from sparsebench.suite import plan
+    from sparsebench.suite.load import load_params
+    from sparsebench.suite.plan import plan
 
     monkeypatch.chdir(pretrained_workspace)
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(pretrained_workspace))
@@ -266,9 +266,9 @@ def test_a_method_runs_only_its_own_seeds(pretrained_workspace, monkeypatch):
     """methods.<key>.seeds: that method's plan has only those seeds (a progressive series
     too), the others keep the suite's; the key is in no dump, so neither the run's
     fingerprint config nor the calibration digest sees it."""
-    from sparsebench.calibrate import config_digest
-    from sparsebench.config import load_params
-    from sparsebench.suite import plan
+    from sparsebench.pipeline.calibrate import config_digest
+    from sparsebench.suite.load import load_params
+    from sparsebench.suite.plan import plan
 
     monkeypatch.chdir(pretrained_workspace)
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(pretrained_workspace))
@@ -337,7 +337,7 @@ def test_a_progressive_series_runs_each_step_from_the_last(pretrained_workspace,
     """magnitude as a series: each step prunes the previous step's retrained model, whose
     pruned weights are exactly zero, so every mask lies inside the previous one; the budget
     adds up; run again, every step is cached."""
-    from sparsebench.sparsity import load_masks
+    from sparsebench.core.sparsity import load_masks
 
     path, raw = _magnitude_workspace(pretrained_workspace, tmp_path, monkeypatch)
     raw["methods"]["magnitude"].update(progressive=True, levels=[8, 16, 32])
@@ -434,8 +434,8 @@ def test_the_committed_calibrations_fit_the_committed_params():
     calibrated/*.yaml stale would stop `make repro` at that method's stage: caught here."""
     import os
 
-    from sparsebench.calibrate import read_calibration
-    from sparsebench.config import load_params
+    from sparsebench.pipeline.calibrate import read_calibration
+    from sparsebench.suite.load import load_params
 
     root = Path(__file__).resolve().parents[1]
     cwd = os.getcwd()

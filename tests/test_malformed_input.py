@@ -20,7 +20,7 @@ from conftest import small_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparsebench.cli import main
+from sparsebench.pipeline.cli import main
 
 STAGES = ["check-params", "prepare", "pretrain", "run", "calibrate", "report",
           "tune"]

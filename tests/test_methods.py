@@ -2,13 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.errors import UsageError
+from sparsebench.core.metrics import sparsity_summary
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.sparsity import get_masks, keep_count
+from sparsebench.core.train import Phase, seed_everything
 from sparsebench.methods import METHODS, Context, build_method, method_params
 from sparsebench.methods.retrain import masked_retrain
-from sparsebench.metrics import sparsity_summary
-from sparsebench.sparsity import get_masks, keep_count
-from sparsebench.schema import OptimizerParams
-from sparsebench.train import Phase, seed_everything
+from sparsebench.util.errors import UsageError
 
 SMALL = {  # settings that keep each method's test to a second on the tiny problem
     "gmp": {"epochs": 2, "end_epoch": 1, "frequency": 2, "batch_size": 32},
@@ -208,7 +208,7 @@ def test_gmp_leaves_no_momentum_at_masked_entries(tiny_data):
 
 
 def test_gmp_result_is_the_same_without_zeroing_the_masked_state(tiny_data, monkeypatch):
-    import sparsebench.sparsity as sparsity
+    import sparsebench.core.sparsity as sparsity
 
     fixed, _ = _gmp_with_its_optimizer(tiny_data)
     monkeypatch.setattr(sparsity, "zero_masked_state", lambda optimizer, model: None)

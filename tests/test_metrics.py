@@ -1,4 +1,4 @@
-"""Tests for sparsebench.metrics (numbers computed by hand from the formulas)."""
+"""Tests for sparsebench.core.metrics (numbers computed by hand from the formulas)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import prune
 
-from sparsebench.metrics import (
+from sparsebench.core.metrics import (
     count_flops,
     evaluate_model_metrics,
     layer_sparsity,
@@ -61,7 +61,7 @@ def test_linear_known_zero_pattern_gives_exact_sparsity_density_compression():
     assert summary["nonzeros"] == 10
     assert summary["sparsity"] == 0.75
     assert summary["density"] == 0.25
-    assert summary["compression_ratio"] == 4.0
+    assert summary["compression"] == 4.0
 
 
 def test_biases_and_norm_params_excluded_from_prunable_but_counted_in_all_params():
@@ -73,10 +73,10 @@ def test_biases_and_norm_params_excluded_from_prunable_but_counted_in_all_params
     summary = sparsity_summary(model)
     assert summary["numel"] == 40
     assert summary["nonzeros"] == 30
-    assert summary["compression_ratio"] == 40 / 30
+    assert summary["compression"] == 40 / 30
     assert summary["params_total"] == 40 + 4 + 4 + 4
     assert summary["params_nonzero"] == 30 + 3 + 4 + 0
-    assert summary["compression_ratio_all"] == 52 / 37
+    assert summary["compression_all"] == 52 / 37
 
 
 def test_torch_prune_model_counted_by_masked_weight_without_double_counting():
@@ -134,12 +134,12 @@ def test_nonzero_flops_and_speedup_with_known_mask():
     model_lin = nn.Sequential(linear)
     lin = count_flops(model_lin, (10,))
     assert (lin["flops"], lin["flops_nonzero"]) == (40, 25)
-    assert lin["theoretical_speedup"] == 40 / 25
+    assert lin["flop_speedup"] == 40 / 25
 
     conv_flops = count_flops(nn.Sequential(conv), (1, 5, 5))  # output 2x3x3
     assert conv_flops["flops"] == 9 * 18
     assert conv_flops["flops_nonzero"] == 9 * 9
-    assert conv_flops["theoretical_speedup"] == 2.0
+    assert conv_flops["flop_speedup"] == 2.0
 
 
 def test_lenet5_dense_flops_match_hand_computation():
@@ -165,11 +165,11 @@ def test_all_zero_weights_give_infinite_compression_and_speedup():
     nn.init.zeros_(model[0].weight)
     summary = sparsity_summary(model)
     assert summary["sparsity"] == 1.0
-    assert math.isinf(summary["compression_ratio"])
-    assert math.isinf(summary["compression_ratio_all"])
+    assert math.isinf(summary["compression"])
+    assert math.isinf(summary["compression_all"])
     flops = count_flops(model, (10,))
     assert flops["flops_nonzero"] == 0
-    assert math.isinf(flops["theoretical_speedup"])
+    assert math.isinf(flops["flop_speedup"])
 
 
 def _no_forward_hooks(model: nn.Module) -> bool:
@@ -210,9 +210,9 @@ def test_evaluate_model_metrics_merges_summary_flops_and_layers():
         "flops_nonzero": 10,
     }
     expected_keys = {
-        "sparsity", "density", "nonzeros", "numel", "compression_ratio", "params_total",
-        "params_nonzero", "compression_ratio_all", "flops", "flops_nonzero",
-        "theoretical_speedup", "linear_density", "layers",
+        "sparsity", "density", "nonzeros", "numel", "compression", "params_total",
+        "params_nonzero", "compression_all", "flops", "flops_nonzero",
+        "flop_speedup", "linear_density", "layers",
     }
     assert set(metrics) == expected_keys
 
@@ -236,7 +236,7 @@ def test_known_masks_on_two_layers_give_the_hand_counted_figures():
     assert (summary["numel"], summary["nonzeros"]) == (45, 29)
     assert summary["sparsity"] == pytest.approx(16 / 45)
     assert summary["density"] == pytest.approx(29 / 45)
-    assert summary["compression_ratio"] == pytest.approx(45 / 29)
+    assert summary["compression"] == pytest.approx(45 / 29)
     assert (summary["params_total"], summary["params_nonzero"]) == (45 + 8, 29 + 8)
     flops = count_flops(model, (6,))
     assert (flops["flops"], flops["flops_nonzero"]) == (45, 29)
@@ -268,7 +268,7 @@ def test_random_masks_are_counted_from_the_mask(seed: int, keep: float):
 
 
 def test_kind_density_counts_whole_kernels_and_linear_weights():
-    from sparsebench.metrics import kind_density
+    from sparsebench.core.metrics import kind_density
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
     with torch.no_grad():

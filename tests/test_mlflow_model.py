@@ -1,4 +1,4 @@
-"""Logged and registered models (`sparsebench.mlflow_model`): the CLI's stages on MNIST-shaped
+"""Logged and registered models (`sparsebench.tracking.models`): the CLI's stages on MNIST-shaped
 synthetic data (1 x 28 x 28, 10 classes) with a real SQLite MLflow store in tmp_path, then
 the registered models loaded back by `mlflow.pyfunc.load_model("models:/<name>@best")`."""
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import seed_store, small_params
 
-from sparsebench.mlflow_model import (
+from sparsebench.tracking.models import (
     ALIAS,
     Choice,
     as_images,
@@ -36,7 +36,7 @@ def published(tmp_path_factory, store_template):
     """A workspace after prepare, pretrain, run@dense/magnitude/gmp (levels 8x and 32x, seeds
     0-2) and report, tracked in its own SQLite store, which $MLFLOW_TRACKING_URI then names
     for the tests (`mlflow.pyfunc.load_model` reads it)."""
-    from sparsebench.cli import main
+    from sparsebench.pipeline.cli import main
 
     root = tmp_path_factory.mktemp("models")
     seed_store(store_template, root / "mlruns" / "mlflow.db")
@@ -126,8 +126,8 @@ def test_logged_model_is_the_runs_compressed_checkpoint_linked_to_its_run(publis
         result = json.loads((run_dir / "result.json").read_text())
         linked = {m.key: m.value for m in model.metrics}
         assert linked["test_accuracy"] == result["figures"]["test_accuracy"]
-        assert linked["compression_ratio"] == pytest.approx(
-            result["figures"]["compression_ratio"])
+        assert linked["compression"] == pytest.approx(
+            result["figures"]["compression"])
         # linked, not repeated: the run keeps one test_accuracy value
         assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 1
     model = models[0]
@@ -167,7 +167,7 @@ def test_wrong_input_is_refused_in_one_line(published):
 def test_report_again_logs_and_registers_nothing_new(published):
     import mlflow
 
-    from sparsebench.cli import main
+    from sparsebench.pipeline.cli import main
 
     _, params = published
     client = mlflow.MlflowClient()

@@ -1,4 +1,4 @@
-"""Tests for sparsebench.models: architectures, parameter counts, registry and errors."""
+"""Tests for sparsebench.core.models: architectures, parameter counts, registry and errors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.errors import UsageError
-from sparsebench.models import MODELS, build_model, resnet
+from sparsebench.core.models import MODELS, build_model, resnet
+from sparsebench.util.errors import UsageError
 
 
 def total_params(model: nn.Module) -> int:
@@ -255,7 +255,7 @@ def test_a_bad_dropout_in_params_is_one_line_before_anything_runs(tmp_path, monk
     import yaml
     from conftest import small_params
 
-    from sparsebench.cli import main
+    from sparsebench.pipeline.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))

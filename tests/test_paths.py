@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsebench.paths import atomic_dir, atomic_write, atomic_write_many, repo_root
+from sparsebench.util.paths import atomic_dir, atomic_write, atomic_write_many, repo_root
 
 
 def test_repo_root_is_the_workspace(tmp_path, monkeypatch):

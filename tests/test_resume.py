@@ -19,11 +19,12 @@ from conftest import Recording, small_params, write_calibration
 from safetensors import safe_open
 from torch import nn
 
-from sparsebench.cli import main
+from sparsebench.core.checkpoints import EpochCheckpoint
+from sparsebench.core.train import seed_everything
 from sparsebench.methods import METHODS, build_method
 from sparsebench.methods.base import Context
-from sparsebench.resume import EpochCheckpoint, StageWork
-from sparsebench.train import seed_everything
+from sparsebench.pipeline.cache import StageWork
+from sparsebench.pipeline.cli import main
 
 # One method of each family, and the ones with their own loops.
 CASES = {
@@ -189,19 +190,37 @@ def test_sigkill_at_a_random_epoch_then_rerun_matches_an_uninterrupted_run(
     assert _metrics(root, key) == _metrics(runs["uninterrupted"], key)
 
 
-def test_the_code_left_out_of_the_run_digest_exists():
-    """A renamed module must not silently fall back into (or out of) the digest."""
-    from pathlib import Path
-
+def test_every_module_is_result_code_or_not_by_its_folder():
+    """A module outside both sets would be neither keyed nor explicitly left out."""
     import sparsebench
-    from sparsebench.resume import NOT_RESULT_CODE
+    from sparsebench.pipeline.cache import NOT_RESULT_CODE, RESULT_CODE, layer_of
 
     root = Path(sparsebench.__file__).parent
-    assert all((root / name).exists() for name in NOT_RESULT_CODE), NOT_RESULT_CODE
+    assert not set(RESULT_CODE) & set(NOT_RESULT_CODE)
+    layers = {layer_of(f.relative_to(root).as_posix()) for f in root.rglob("*.py")}
+    assert layers <= set(RESULT_CODE) | set(NOT_RESULT_CODE), layers - set(RESULT_CODE) - set(
+        NOT_RESULT_CODE)
+    assert all((root / name).exists() for name in (*RESULT_CODE, *NOT_RESULT_CODE))
+
+
+@pytest.mark.parametrize(("where", "keeps"), [("pipeline", True), ("report", True),
+                                               ("tuning", True), ("core", False),
+                                               ("methods", False), ("util", False)])
+def test_a_new_module_keeps_the_cached_runs_only_outside_the_result_layers(tmp_path, where,
+                                                                           keeps):
+    import sparsebench
+    from sparsebench.pipeline.cache import digest_of
+
+    copy = tmp_path / "sparsebench"
+    shutil.copytree(Path(sparsebench.__file__).parent, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = digest_of(copy)
+    (copy / where / "added.py").write_text("def twice(x):\n    return 2 * x\n")
+    assert (digest_of(copy) == before) is keeps
 
 
 def test_the_run_digest_reads_code_not_docstrings_comments_or_layout():
-    from sparsebench.resume import code_of
+    from sparsebench.pipeline.cache import code_of
 
     source = b'''"""Module."""
 import torch

@@ -15,13 +15,14 @@ import yaml
 from conftest import small_params
 from safetensors import safe_open
 
-from sparsebench.cli import main
-from sparsebench.config import load_params
 from sparsebench.data import load_splits
+from sparsebench.pipeline.cache import run_fingerprint, shared_fingerprint
+from sparsebench.pipeline.cli import main
+from sparsebench.pipeline.sweep import _filler, method_runs
+from sparsebench.pipeline.workers import Task, run_tasks
 from sparsebench.run import TRAJECTORY, run, save_run_model, shared_prune
-from sparsebench.stages import _filler, method_runs, run_fingerprint, shared_fingerprint
-from sparsebench.suite import DATA_FILE
-from sparsebench.workers import Task, run_tasks
+from sparsebench.suite.load import load_params
+from sparsebench.suite.plan import DATA_FILE
 
 METHODS = {
     "admm_l1": {"lam": 0.001, "rho": 0.01, "rho_growth": 1.5, "rho_max": 0.1, "iterations": 3,

@@ -7,9 +7,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from sparsebench.errors import UsageError
-from sparsebench.metrics import effective_weight
-from sparsebench.sparsity import (
+from sparsebench.core.metrics import effective_weight
+from sparsebench.core.sparsity import (
     ZeroedMask,
     agp_sparsity,
     apply_masks,
@@ -25,6 +24,7 @@ from sparsebench.sparsity import (
     topk_mask,
     zero_masked_state,
 )
+from sparsebench.util.errors import UsageError
 
 
 def test_topk_mask_keeps_exactly_k_with_ties():

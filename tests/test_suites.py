@@ -11,10 +11,10 @@ import pytest
 import yaml
 from conftest import ROOT, shrink_methods, write_calibration
 
-from sparsebench.cli import main
-from sparsebench.config import load_params
 from sparsebench.data import DATASETS
 from sparsebench.methods import method_class
+from sparsebench.pipeline.cli import main
+from sparsebench.suite.load import load_params
 
 SUITES = [ROOT, *sorted(p for p in (ROOT / "pipelines").iterdir()
                         if (p / "dvc.yaml").exists() and (p / "params.yaml").exists())]
@@ -83,7 +83,7 @@ def test_suite_stages_run_in_smoke_mode(suite, tmp_path, monkeypatch):
         if getattr(cfg, "layer_types", "all") != "all":
             continue  # SAS-ADMM pruning the conv layers only: the level holds over those
         for run in json.loads(Path("evaluation", f"{key}.json").read_text())["runs"]:
-            assert run["figures"]["compression_ratio"] == pytest.approx(run["level"],
+            assert run["figures"]["compression"] == pytest.approx(run["level"],
                                                                         rel=0.01), key
             checked.append(run["level"])
     assert sorted(set(checked)) == sorted(raw["levels"]["compression"])  # every level, checked

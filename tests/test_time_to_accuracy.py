@@ -10,13 +10,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import time_to_accuracy as tta  # noqa: E402
+import time_to_accuracy as tta
 
-from sparsebench.methods import build_method, method_params  # noqa: E402
-from sparsebench.methods.base import Context  # noqa: E402
-from sparsebench.methods.sas_admm import inner_steps  # noqa: E402
-from sparsebench.sparsity import get_masks  # noqa: E402
-from sparsebench.train import Phase  # noqa: E402
+from sparsebench.core.sparsity import get_masks
+from sparsebench.core.train import Phase
+from sparsebench.methods import build_method, method_params
+from sparsebench.methods.base import Context
+from sparsebench.methods.sas_admm import inner_steps
 
 SAS = {"method": "sas_admm", "target_sparsity": 0.5, "beta": 0.04, "lam": 1e-4, "M": 2,
        "k0": 2, "q": 1.1, "v": 25, "iterations": 5, "last": 3, "batch_size": 32}

@@ -16,14 +16,14 @@ import pytest
 import yaml
 from conftest import seed_store, small_params
 
-from sparsebench.cli import main
+from sparsebench.pipeline.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_live_run_shows_each_epoch_before_it_ends(tracked_workspace):
     workspace = tracked_workspace
-    from sparsebench.tracking import LiveRun, Records, RunInfo, client_for, tracking_uri
+    from sparsebench.tracking.runs import LiveRun, Records, RunInfo, client_for, tracking_uri
 
     uri = tracking_uri()
     client, experiment = client_for(uri, "live")
@@ -71,7 +71,7 @@ def test_a_killed_stage_continues_its_mlflow_runs(tracked_workspace, capsys):
     workspace = tracked_workspace
     from mlflow import MlflowClient
 
-    from sparsebench.tracking import client_for, tracking_uri
+    from sparsebench.tracking.runs import client_for, tracking_uri
 
     _admm_workspace(workspace)
     for stage in ("prepare", "pretrain"):
@@ -119,7 +119,7 @@ def test_a_killed_stage_continues_its_mlflow_runs(tracked_workspace, capsys):
 def _log_at_once(uri: str, experiment_id: str, dataset, barrier, results, i: int) -> None:
     from mlflow import MlflowClient
 
-    from sparsebench.tracking import log_dataset
+    from sparsebench.tracking.runs import log_dataset
 
     client = MlflowClient(tracking_uri=uri)
     run_id = client.create_run(experiment_id, run_name=f"run {i}").info.run_id
@@ -140,7 +140,7 @@ def test_runs_side_by_side_all_log_their_data_set(tmp_path, monkeypatch, store_t
 
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    from sparsebench.tracking import client_for
+    from sparsebench.tracking.runs import client_for
 
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
     uri = f"sqlite:///{seed_store(store_template, tmp_path / 'mlflow.db')}"
@@ -172,7 +172,7 @@ def test_a_data_set_refused_for_another_reason_is_not_sent_twice(tmp_path, monke
     from mlflow.entities import Dataset, DatasetInput
     from mlflow.exceptions import MlflowException
 
-    from sparsebench.tracking import client_for, log_dataset
+    from sparsebench.tracking.runs import client_for, log_dataset
 
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
     uri = f"sqlite:///{seed_store(store_template, tmp_path / 'mlflow.db')}"

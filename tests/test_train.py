@@ -1,14 +1,12 @@
 import math
-
 import re
 
 import pytest
 import torch
 from torch import nn
 
-from sparsebench.errors import UsageError
-from sparsebench.schema import OptimizerParams, validate
-from sparsebench.train import (
+from sparsebench.core.schema import OptimizerParams, validate
+from sparsebench.core.train import (
     Phase,
     evaluate,
     fit,
@@ -17,6 +15,7 @@ from sparsebench.train import (
     resolve_device,
     seed_everything,
 )
+from sparsebench.util.errors import UsageError
 
 
 def _model():
@@ -118,8 +117,8 @@ def test_milestones_match_torch_multisteplr_epoch_by_epoch():
     ({"schedule": "step", "milestones": [0, 3]}, "greater than or equal to 1"),
 ])
 def test_bad_milestones_are_refused_in_one_line(bad, message):
-    from sparsebench.errors import UsageError
-    from sparsebench.schema import validate
+    from sparsebench.core.schema import validate
+    from sparsebench.util.errors import UsageError
 
     with pytest.raises(UsageError, match=re.escape(message)) as info:
         validate(OptimizerParams, bad, prefix="retrain.optimizer.")

@@ -12,14 +12,14 @@ import optuna
 import pytest
 import yaml
 
-from sparsebench.cli import main
+from sparsebench.pipeline.cli import main
 
 pytestmark = pytest.mark.slow
 STUDY = "default-gmp-accuracy_at_sparsity"
 
 
 def _db(path=None):
-    from sparsebench.paths import repo_root
+    from sparsebench.util.paths import repo_root
 
     return f"sqlite:///{path or repo_root() / 'tuning' / 'optuna.db'}"
 
@@ -31,7 +31,7 @@ def _study(name=STUDY, url=None):
 def _mlflow():
     from mlflow import MlflowClient
 
-    from sparsebench.tracking import tracking_uri
+    from sparsebench.tracking.runs import tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri())
     experiment = client.get_experiment_by_name("sparsebench-default-tune")

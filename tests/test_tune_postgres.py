@@ -94,12 +94,12 @@ def test_a_sigkilled_worker_s_trial_fails_by_heartbeat_and_is_retried(postgres_u
                                                                         tune_workspace):
     from mlflow import MlflowClient
 
-    from sparsebench.tracking import tracking_uri
+    from sparsebench.tracking.runs import tracking_uri
 
     params = tune_workspace(trials=3, methods={"gmp": {"epochs": 25}})
     study = "default-gmp-accuracy_at_sparsity"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sparsebench.cli", "tune", "--params",
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", "tune", "--params",
                              str(params), "--method", "gmp", "--workers", "2", "--storage",
                              postgres_url], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -7,11 +7,11 @@ import pytest
 import yaml
 from conftest import ROOT, small_params
 
-from sparsebench.cli import main
-from sparsebench.config import load_params
-from sparsebench.errors import UsageError
 from sparsebench.methods import METHODS
-from sparsebench.tuned import TunedFile, read_tuned, write_tuned
+from sparsebench.pipeline.cli import main
+from sparsebench.suite.load import load_params
+from sparsebench.suite.tuned import TunedFile, read_tuned, write_tuned
+from sparsebench.util.errors import UsageError
 
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
 

@@ -12,8 +12,8 @@ import yaml
 from conftest import small_params
 from safetensors import safe_open
 
-from sparsebench.cli import main
-from sparsebench.workers import Task, raise_failures, run_tasks
+from sparsebench.pipeline.cli import main
+from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
 
 
 def _tensors(path: Path) -> dict[str, bytes]:
@@ -188,7 +188,7 @@ def test_an_idle_worker_starts_the_next_method_whose_stage_resumes_it_unchanged(
     """run@magnitude's one run leaves a worker idle: it starts gmp's first run (killed with
     the stage, or finished); run@gmp then gives the same weights as without the filler, and
     its MLflow runs hold every epoch once."""
-    from sparsebench.tracking import client_for, tracking_uri
+    from sparsebench.tracking.runs import client_for, tracking_uri
 
     outputs, histories = {}, {}
     for fill in (True, False):

@@ -2,6 +2,6 @@
 
 import sys
 
-from sparsebench.cli import main
+from sparsebench.pipeline.cli import main
 
 sys.exit(main())

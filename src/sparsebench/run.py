@@ -27,22 +27,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from torch import nn
 
-from sparsebench import distributed
-from sparsebench.checkpoint import load_model, save_model
+from sparsebench.checkpoint import information_bound, load_model, save, save_model
+from sparsebench.core import distributed
+from sparsebench.core.checkpoints import EpochCheckpoint
+from sparsebench.core.latency import compare_latency
+from sparsebench.core.metrics import evaluate_model_metrics, sparsity_summary
+from sparsebench.core.models import build_model
+from sparsebench.core.numerics import flush_enabled
+from sparsebench.core.schema import PhaseParams
+from sparsebench.core.sparsity import apply_masks, get_masks, load_masks, make_permanent, save_masks
+from sparsebench.core.train import evaluate, seed_everything
 from sparsebench.data.augment import Augment
-from sparsebench.errors import Diverged, UsageError
 from sparsebench.methods import Context, MethodParams, build_method
 from sparsebench.methods.retrain import masked_retrain
-from sparsebench.metrics import evaluate_model_metrics, sparsity_summary
-from sparsebench.models import build_model
-from sparsebench.paths import atomic_dir, atomic_write
-from sparsebench.resume import EpochCheckpoint
-from sparsebench.schema import PhaseParams
-from sparsebench.sparsity import apply_masks, get_masks, load_masks, make_permanent, save_masks
-from sparsebench.train import evaluate, seed_everything
+from sparsebench.util.errors import Diverged, UsageError
+from sparsebench.util.flatten import flatten
+from sparsebench.util.paths import atomic_dir, atomic_write
 
 MODEL, MASKS, CURVES = "model.safetensors", "masks.safetensors", "curves.json"
 CHECKPOINT = "model.sparse.safetensors"  # the compressed sparse checkpoint (sparsebench.checkpoint)
@@ -53,7 +56,6 @@ TRAJECTORY = "trajectory.json"  # a shared prune phase's record (`shared_prune`)
 @dataclass(frozen=True)
 class ModelSpec:
     """The suite's architecture, shaped for its data."""
-
     name: str
     args: dict[str, Any]
     in_channels: int
@@ -84,7 +86,6 @@ class RunSpec:
             method's prune phase is shared across levels; the run then finishes it at its level
             instead of training it. Not part of `config`: a run is the same either way.
     """
-
     key: str
     method: MethodParams
     level: float | None
@@ -113,7 +114,6 @@ class Outcome:
     """What `run` returns: the model with its masks applied, curves and seconds per phase
     (``shared``: the epoch seconds of a prune trajectory trained once for every level and
     counted in `train_seconds`, as the run's own cost)."""
-
     model: nn.Module
     curves: dict[str, list[dict]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
@@ -148,8 +148,6 @@ def save_run_model(path: Path, model: nn.Module, curves: list[dict] | dict) -> N
 def diverged(where: str, hyper: dict[str, BaseModel]):
     """A NaN or infinite loss becomes one line (`Diverged`): where, the epoch and the
     hyperparameters."""
-    from sparsebench.tracking import flatten
-
     try:
         yield
     except FloatingPointError as exc:
@@ -186,52 +184,18 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     Returns:
         The trained model with its masks applied, the curves and seconds of both phases.
     """
-    method = build_method(spec.key, spec.method)
     pruned = work / "prune" if work is not None else None
     outcome = Outcome(model=nn.Identity())
     if pruned is not None and (pruned / CURVES).exists():  # finished before a kill
-        model = load_run_model(pruned, device)
-        saved = json.loads((pruned / CURVES).read_text())
-        outcome.curves["prune"], outcome.seconds["prune"] = saved["rows"], saved["wall"]
-        if "shared" in saved:
-            outcome.seconds["shared"] = saved["shared"]
+        model = _pruned_before(pruned, device, outcome)
     else:
         start = time.perf_counter()
-        shared = None
-        if spec.shared_prune is not None:  # the seed's trajectory, finished at this level
-            model = load_run_model(spec.shared_prune, device, masked=False)
-            method.finish(model)
-            rows = json.loads((spec.shared_prune / CURVES).read_text())["prune"]
-            outcome.curves["prune"] = rows
-            shared = sum(row.get("seconds", 0.0) for row in rows)
-        else:
-            if method.from_pretrained:
-                if spec.pretrained is None:
-                    raise UsageError(f"methods.{spec.key}: starts from the pretrained model, "
-                                     "and none was given")
-                model = load_run_model(spec.pretrained, device, masked=False)
-            else:
-                seed_everything(spec.seed)
-                model = spec.model.build().to(device)
-            checkpoint = _checkpoint(work, "prune")
-            ctx = _context(spec, data, device, checkpoint, _phase_hook("prune", on_epoch))
-            with diverged(f"prune {spec.key} seed {spec.seed}",
-                          {f"methods.{spec.key}": spec.method}):
-                outcome.curves["prune"] = method.prune(model, ctx)
+        model, shared = _prune(spec, data, device, work, on_epoch, outcome)
         outcome.seconds["prune"] = time.perf_counter() - start
         if shared is not None:  # the trajectory's epoch seconds, copied (`shared_prune`)
             outcome.seconds["shared"] = shared
-        if pruned is not None:  # the finished prune phase, saved whole by rank 0
-            def keep() -> None:
-                with atomic_dir(pruned) as tmp:
-                    save_run_model(tmp, model, {"rows": outcome.curves["prune"],
-                                                "wall": outcome.seconds["prune"],
-                                                **({"shared": shared} if shared is not None
-                                                   else {})})
-                (work / "prune.resume.pt").unlink(missing_ok=True)
-
-            distributed.rank0_first(keep)
-            model = load_run_model(pruned, device)
+        if pruned is not None:
+            model = _keep_pruned(pruned, model, outcome, device)
     start = time.perf_counter()
     ctx = _context(spec, data, device, _checkpoint(work, "retrain"),
                    _phase_hook("retrain", on_epoch))
@@ -242,6 +206,58 @@ def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     outcome.seconds["retrain"] = time.perf_counter() - start
     outcome.model = model
     return outcome
+
+
+def _prune(spec: RunSpec, data: dict, device: torch.device, work: Path | None,
+           on_epoch: Callable[[str, dict], None] | None,
+           outcome: Outcome) -> tuple[nn.Module, float | None]:
+    """The prune phase: the seed's shared trajectory finished at this level (with its epoch
+    seconds), or the method's prune phase trained here (None)."""
+    method = build_method(spec.key, spec.method)
+    if spec.shared_prune is not None:
+        model = load_run_model(spec.shared_prune, device, masked=False)
+        method.finish(model)
+        rows = json.loads((spec.shared_prune / CURVES).read_text())["prune"]
+        outcome.curves["prune"] = rows
+        return model, sum(row.get("seconds", 0.0) for row in rows)
+    if method.from_pretrained:
+        if spec.pretrained is None:
+            raise UsageError(f"methods.{spec.key}: starts from the pretrained model, "
+                             "and none was given")
+        model = load_run_model(spec.pretrained, device, masked=False)
+    else:
+        seed_everything(spec.seed)
+        model = spec.model.build().to(device)
+    ctx = _context(spec, data, device, _checkpoint(work, "prune"), _phase_hook("prune", on_epoch))
+    with diverged(f"prune {spec.key} seed {spec.seed}", {f"methods.{spec.key}": spec.method}):
+        outcome.curves["prune"] = method.prune(model, ctx)
+    return model, None
+
+
+def _pruned_before(pruned: Path, device: torch.device, outcome: Outcome) -> nn.Module:
+    """The prune phase a killed run finished, with its curves and seconds."""
+    model = load_run_model(pruned, device)
+    saved = json.loads((pruned / CURVES).read_text())
+    outcome.curves["prune"], outcome.seconds["prune"] = saved["rows"], saved["wall"]
+    if "shared" in saved:
+        outcome.seconds["shared"] = saved["shared"]
+    return model
+
+
+def _keep_pruned(pruned: Path, model: nn.Module, outcome: Outcome,
+                 device: torch.device) -> nn.Module:
+    """Save the finished prune phase whole (rank 0) and go on from the saved model, as a
+    resumed run does."""
+    def keep() -> None:
+        shared = outcome.seconds.get("shared")
+        with atomic_dir(pruned) as tmp:
+            save_run_model(tmp, model, {"rows": outcome.curves["prune"],
+                                        "wall": outcome.seconds["prune"],
+                                        **({"shared": shared} if shared is not None else {})})
+        (pruned.parent / "prune.resume.pt").unlink(missing_ok=True)
+
+    distributed.rank0_first(keep)
+    return load_run_model(pruned, device)
 
 
 def shared_prune(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -297,13 +313,11 @@ def validation_figures(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor],
     loss, acc = evaluate(model, *val, device=device)
     summary = sparsity_summary(model)
     return {"val_accuracy": acc, "val_loss": loss, "sparsity": summary["sparsity"],
-            "compression": summary["compression_ratio"]}
+            "compression": summary["compression"]}
 
 
 def environment(device: torch.device, threads: int, workers: int) -> dict[str, Any]:
     """What a speed figure needs to be read later."""
-    from sparsebench.numerics import flush_enabled
-
     return {"torch": torch.__version__, "cpu": _cpu_model(), "threads": threads,
             "workers": workers, "device": str(device), "flush_subnormals": flush_enabled(),
             "python": platform.python_version()}
@@ -327,15 +341,15 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     """`run`, then the test figures; write the run's directory ``out`` whole.
 
     ``out`` receives the model (masks folded in), the masks, the compressed checkpoint, the
-    curves and ``result.json`` (figures, budget, seconds, environment, fingerprint). Its resume
-    state lives in ``.<name>.work`` beside it and is deleted once ``out`` is in place.
+    curves and ``result.json`` (a `RunResult`: figures, budget, seconds, environment,
+    fingerprint). Its resume state lives in ``.<name>.work`` beside it and is deleted once
+    ``out`` is in place.
     """
-    from sparsebench.checkpoint import information_bound, save
-
     work = out.with_name(f".{out.name}.work")
     wall = time.perf_counter()
     outcome = run(spec, data, device, work=work, on_epoch=on_epoch)
     model = outcome.model
+
     def finish() -> dict[str, Any]:  # rank 0 alone under torchrun
         evaluating = time.perf_counter()
         test_loss, test_acc = evaluate(model, *data["test"], device=device)
@@ -347,28 +361,21 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
             save(model, tmp / CHECKPOINT)
             size, dense = (tmp / CHECKPOINT).stat().st_size, (tmp / MODEL).stat().st_size
             if latency is not None and latency[0]:
-                from sparsebench.latency import compare_latency
-
-                timed = compare_latency(model.cpu(), shape, latency[0], repeats=latency[1])
-                for batch, row in timed["batch"].items():
-                    figures[f"latency_b{batch}_dense_ms"] = 1000 * row["dense_s"]
-                    figures[f"latency_b{batch}_sparse_ms"] = 1000 * row["sparse_s"]
-                    figures[f"latency_b{batch}_ratio"] = row["ratio"]
-            evaluated = time.perf_counter() - evaluating
-            result = {
-                "key": spec.key, "method": build_method(spec.key, spec.method).name,
-                "level": spec.level, "point": spec.point, "seed": spec.seed,
-                "figures": {"test_accuracy": test_acc, "test_loss": test_loss,
-                            "val_accuracy": val["val_accuracy"], **figures,
-                            "checkpoint_bytes": size, "checkpoint_dense_bytes": dense,
-                            "checkpoint_ratio": dense / size,
-                            "checkpoint_bound_ratio": size / information_bound(model)},
-                "layers": layers, "epochs": budget,
-                "seconds": {"train": outcome.train_seconds, **outcome.seconds,
-                            "evaluate": evaluated, "run": time.perf_counter() - wall},
-                "params": spec.method.model_dump(mode="json"),
-                "environment": env, "fingerprint": fingerprint,
-            }
+                figures.update(_latency_figures(model, shape, *latency))
+            result = RunResult(
+                key=spec.key, method=build_method(spec.key, spec.method).name,
+                level=spec.level, point=spec.point, seed=spec.seed,
+                figures={"test_accuracy": test_acc, "test_loss": test_loss,
+                         "val_accuracy": val["val_accuracy"], **figures,
+                         "checkpoint_bytes": size, "checkpoint_dense_bytes": dense,
+                         "checkpoint_ratio": dense / size,
+                         "checkpoint_bound_ratio": size / information_bound(model)},
+                layers=layers, epochs=budget,
+                seconds={"train": outcome.train_seconds, **outcome.seconds,
+                         "evaluate": time.perf_counter() - evaluating,
+                         "run": time.perf_counter() - wall},
+                params=spec.method.model_dump(mode="json"), environment=env,
+                fingerprint=fingerprint).record()
             if not math.isfinite(test_loss):
                 raise FloatingPointError(f"{spec.key}: the test loss is {test_loss}")
             atomic_write(tmp / RESULT, json.dumps(result, indent=1))
@@ -378,6 +385,70 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     return distributed.rank0_first(finish)
 
 
+def _latency_figures(model: nn.Module, shape: tuple[int, ...], batch_sizes: tuple[int, ...],
+                     repeats: int) -> dict[str, float]:
+    """Dense and sparse inference latency per batch size (`core.latency`), in ms."""
+    timed = compare_latency(model.cpu(), shape, batch_sizes, repeats=repeats)
+    figures = {}
+    for batch, row in timed["batch"].items():
+        figures[f"latency_b{batch}_dense_ms"] = 1000 * row["dense_s"]
+        figures[f"latency_b{batch}_sparse_ms"] = 1000 * row["sparse_s"]
+        figures[f"latency_b{batch}_ratio"] = row["ratio"]
+    return figures
+
+
+class Figures(BaseModel):
+    """A run's final figures, under the one name each keeps from here to the report and
+    MLflow. Records written before these names are read by their old ones
+    (``compression_ratio``, ``compression_ratio_all``, ``theoretical_speedup``); any further
+    figure (a latency, a density per layer kind) is kept as it is."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    test_accuracy: float
+    test_loss: float
+    val_accuracy: float
+    sparsity: float
+    compression: float = Field(validation_alias=AliasChoices("compression",
+                                                             "compression_ratio"))
+    compression_all: float = Field(validation_alias=AliasChoices("compression_all",
+                                                                 "compression_ratio_all"))
+    flop_speedup: float = Field(validation_alias=AliasChoices("flop_speedup",
+                                                              "theoretical_speedup"))
+    checkpoint_bytes: int
+
+
+class RunResult(BaseModel):
+    """A run's record, ``result.json``: what `execute` writes and every later stage reads
+    (`read_result`), the summaries' and the report's rows included."""
+
+    model_config = ConfigDict(extra="allow")
+
+    key: str
+    method: str
+    level: float | None
+    point: str
+    seed: int
+    figures: Figures
+    layers: dict[str, dict[str, Any]]
+    epochs: dict[str, int]
+    seconds: dict[str, float]
+    params: dict[str, Any]
+    environment: dict[str, Any]
+    fingerprint: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The record as JSON-ready data (floats as they are: an all-zero model's infinite
+        compression stays ``Infinity``)."""
+        return self.model_dump(exclude_none=False)
+
+
+def read_result(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored run record (``result.json``, or a run of ``evaluation/<key>.json``) checked
+    and under today's figure names."""
+    return RunResult.model_validate(data).record()
+
+
 def cached(out: Path, fingerprint: str, name: str = RESULT) -> dict[str, Any] | None:
     """The result of a finished run at ``out`` made from the same spec, inputs and code (or,
     with ``name`` `TRAJECTORY`, of a shared prune trajectory)."""
@@ -385,4 +456,6 @@ def cached(out: Path, fingerprint: str, name: str = RESULT) -> dict[str, Any] | 
         result = json.loads((out / name).read_text())
     except (OSError, ValueError):
         return None
-    return result if result.get("fingerprint") == fingerprint else None
+    if result.get("fingerprint") != fingerprint:
+        return None
+    return result if name != RESULT else read_result(result)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sparsebench.data import registry
-from sparsebench.errors import UsageError
+from sparsebench.util.errors import UsageError
 
 N_TRAIN, N_TEST = 300, 40
 

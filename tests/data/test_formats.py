@@ -24,7 +24,7 @@ from fakes import (
 from sparsebench import data
 from sparsebench.data import formats
 from sparsebench.data.files import BadFile
-from sparsebench.errors import UsageError
+from sparsebench.util.errors import UsageError
 
 SPEC = data.DATASETS["cifar10"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from sparsebench import data
 from sparsebench.data import registry
-from sparsebench.errors import UsageError
+from sparsebench.util.errors import UsageError
 
 
 def test_registry_and_unknown_name() -> None:

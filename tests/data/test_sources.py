@@ -32,7 +32,7 @@ from fakes import (
 
 from sparsebench import data
 from sparsebench.data import formats, sources
-from sparsebench.errors import UsageError
+from sparsebench.util.errors import UsageError
 
 
 @pytest.fixture

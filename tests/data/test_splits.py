@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsebench import data
-from sparsebench.errors import UsageError
+from sparsebench.util.errors import UsageError
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.sparsity import get_masks, keep_count
+from sparsebench.core.train import Phase, fit, seed_everything
 from sparsebench.methods import ADMM, Context, build_method, method_params
-from sparsebench.sparsity import get_masks, keep_count
-from sparsebench.schema import OptimizerParams
-from sparsebench.train import Phase, fit, seed_everything
 
 
 def _mlp():

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from sparsebench.core.sparsity import get_masks
+from sparsebench.core.train import seed_everything
 from sparsebench.methods import Context, build_method, method_params
-from sparsebench.sparsity import get_masks
-from sparsebench.train import seed_everything
 
 SETTINGS = {
     "admm_l1": {"iterations": 2, "epochs_per_iteration": 1, "lam": 1e-3, "rho": 0.01,

@@ -8,18 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.errors import UsageError
+from sparsebench.core.sparsity import get_masks
+from sparsebench.core.train import seed_everything
 from sparsebench.methods import Context, build_method, method_params
-from sparsebench.methods.sas_admm import (
-    SASADMM,
-    _Minibatches,
-    check_region,
-    inner_steps,
-    step_size,
-)
-from sparsebench.sparsity import get_masks
-from sparsebench.train import seed_everything
-
+from sparsebench.methods.sas_admm import SASADMM, _Minibatches, check_region, inner_steps, step_size
+from sparsebench.util.errors import UsageError
 
 # ALGORITHMS.md section 4.3 with the released M = 50, k0 = 50, q = 1.1, v = 25: M_k = M for
 # k < k0, else ceil(c k^q) with c = M / k0^q, that is ceil(50 (k / 50)^1.1); eta_k = 1 / v for

@@ -20,8 +20,8 @@ from optim_problems import (
     variant_id,
 )
 
-from sparsebench.errors import UsageError
 from sparsebench.optim import OPTIMIZERS, build_optimizer
+from sparsebench.util.errors import UsageError
 
 
 def test_every_registered_optimizer_has_settings():

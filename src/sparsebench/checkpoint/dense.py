@@ -16,10 +16,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from sparsebench.canonical import safetensors_bytes
-from sparsebench.errors import UsageError
-from sparsebench.models import build_model
-from sparsebench.paths import atomic_write
+from sparsebench.core.models import build_model
+from sparsebench.util.canonical import safetensors_bytes
+from sparsebench.util.errors import UsageError
+from sparsebench.util.paths import atomic_write
 
 FORMAT = "sparsebench-model/1"
 

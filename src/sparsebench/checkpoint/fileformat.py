@@ -45,8 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench.errors import UsageError, unknown_name
-from sparsebench.models import MODELS, build_model
+from sparsebench.core.models import MODELS, build_model
+from sparsebench.util.errors import UsageError, unknown_name
 
 FORMAT = "sparsebench-ckpt/1"
 

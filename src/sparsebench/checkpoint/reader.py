@@ -33,7 +33,7 @@ from sparsebench.checkpoint.fileformat import (
     payload_sha256,
     rest_digest,
 )
-from sparsebench.errors import UsageError
+from sparsebench.util.errors import UsageError
 
 
 def _one_line(exc: BaseException) -> str:

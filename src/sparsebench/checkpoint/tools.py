@@ -14,9 +14,9 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from sparsebench.checkpoint import dense, fileformat, reader, writer
-from sparsebench.errors import UsageError
-from sparsebench.metrics import prunable_modules
-from sparsebench.sparsity import apply_masks
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.sparsity import apply_masks
+from sparsebench.util.errors import UsageError
 
 EXPORT_FORMATS = ("compressed", "dense", "prune")
 PRUNE_FORMAT = "sparsebench-prune/1"

@@ -12,14 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench.canonical import safetensors_bytes
 from sparsebench.checkpoint import codec
-from sparsebench.checkpoint.encoding import (
-    SPARSE_DTYPES,
-    encode,
-    encoded_sizes,
-    nonzero_indices,
-)
+from sparsebench.checkpoint.encoding import SPARSE_DTYPES, encode, encoded_sizes, nonzero_indices
 from sparsebench.checkpoint.fileformat import (
     DTYPE_NAMES,
     FORMAT,
@@ -30,10 +24,11 @@ from sparsebench.checkpoint.fileformat import (
     payload_sha256,
     rest_digest,
 )
-from sparsebench.errors import UsageError
-from sparsebench.metrics import prunable_modules
-from sparsebench.paths import atomic_write
-from sparsebench.sparsity import make_permanent
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.sparsity import make_permanent
+from sparsebench.util.canonical import safetensors_bytes
+from sparsebench.util.errors import UsageError
+from sparsebench.util.paths import atomic_write
 
 
 def _plain_model(model: nn.Module) -> nn.Module:

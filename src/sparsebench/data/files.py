@@ -1,5 +1,5 @@
 """File helpers shared by the data modules: bounded reads, one-line messages (atomic writes:
-`sparsebench.paths.atomic_write`)."""
+`sparsebench.util.paths.atomic_write`)."""
 
 from __future__ import annotations
 

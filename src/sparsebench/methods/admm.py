@@ -34,11 +34,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from sparsebench.schema import OptimizerParams
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.sparsity import apply_masks, keep_count, magnitude_masks, topk_mask
+from sparsebench.core.train import Phase, fit, make_optimizer
 from sparsebench.methods.base import Context, Method, SparsityParams
-from sparsebench.metrics import prunable_modules
-from sparsebench.sparsity import apply_masks, keep_count, magnitude_masks, topk_mask
-from sparsebench.train import Phase, fit, make_optimizer
 
 
 class ADMM:

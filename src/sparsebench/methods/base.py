@@ -2,7 +2,7 @@
 
 A method receives the model (pretrained, or freshly initialised when it trains from scratch),
 runs its prune phase and leaves the model with its masks applied in the
-``torch.nn.utils.prune`` form (`sparsebench.sparsity.apply_masks`). Masked retrain, evaluation
+``torch.nn.utils.prune`` form (`sparsebench.core.sparsity.apply_masks`). Masked retrain, evaluation
 and tracking are shared by all methods and live outside.
 """
 
@@ -16,11 +16,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from sparsebench.core.checkpoints import EpochCheckpoint, Resume
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.schema import OptimizerParams, Strict
 from sparsebench.data.augment import Augment
-from sparsebench.schema import OptimizerParams, Strict
-from sparsebench.errors import UsageError
-from sparsebench.metrics import prunable_modules
-from sparsebench.resume import EpochCheckpoint, Resume
+from sparsebench.util.errors import UsageError
 
 
 class RetrainOverride(Strict):
@@ -41,7 +41,7 @@ class MethodParams(Strict):
     compression, each level starting from the previous level's pruned and retrained model
     instead of the dense one (the progressive ADMM scheme of Ye et al. 2018, "Progressive
     weight pruning of deep neural networks using ADMM"); target-driven methods only. A series'
-    budget is the sum of its steps (`sparsebench.suite.plan`), so it is reported apart from
+    budget is the sum of its steps (`sparsebench.suite.plan.plan`), so it is reported apart from
     the equal-budget curve.
 
     ``seeds`` runs the method on a subset of the suite's seeds (default: all of them), e.g. a
@@ -114,7 +114,7 @@ class Method:
     Params: ClassVar[type[MethodParams]] = MethodParams
     from_pretrained: ClassVar[bool] = True  # start from the shared dense checkpoint
     #: the parameter that sets a regularisation-driven method's sparsity (calibrated per level,
-    #: `sparsebench.calibrate`); None for target-driven methods and dense
+    #: `sparsebench.pipeline.calibrate`); None for target-driven methods and dense
     strength: ClassVar[str | None] = None
 
     @classmethod

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from sparsebench.core.sparsity import apply_masks, magnitude_masks, random_masks
 from sparsebench.methods.base import Context, Method, MethodParams, SparsityParams
-from sparsebench.sparsity import apply_masks, magnitude_masks, random_masks
 
 
 class Dense(Method):

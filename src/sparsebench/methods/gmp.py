@@ -5,7 +5,7 @@ From the pretrained model, train for ``epochs`` epochs; between ``start_epoch`` 
 ``end_epoch`` re-prune by magnitude every ``frequency`` steps to
 s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3, then keep training with the final mask.
 Each re-pruning zeroes the optimizer state of the masked entries too
-(`sparsebench.sparsity.zero_masked_state`), so they stay exactly zero rather than decaying
+(`sparsebench.core.sparsity.zero_masked_state`), so they stay exactly zero rather than decaying
 through the subnormal floats; no unmasked value changes.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from torch import nn
 
+from sparsebench.core.sparsity import agp_sparsity, apply_masks, magnitude_masks
+from sparsebench.core.train import Phase, fit, make_optimizer
 from sparsebench.data import Batches
 from sparsebench.methods.base import Context, Method, OptimizerPhaseParams
-from sparsebench.sparsity import agp_sparsity, apply_masks, magnitude_masks
-from sparsebench.train import Phase, fit, make_optimizer
 
 
 class GMPParams(OptimizerPhaseParams):

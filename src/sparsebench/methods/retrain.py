@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from sparsebench.core.sparsity import apply_masks, get_masks
+from sparsebench.core.train import Phase, fit
 from sparsebench.methods.base import Context
-from sparsebench.sparsity import apply_masks, get_masks
-from sparsebench.train import Phase, fit
 
 
 def masked_retrain(model: nn.Module, phase: Phase, ctx: Context) -> list[dict]:

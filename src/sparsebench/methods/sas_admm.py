@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from sparsebench import accelerate, distributed
+from sparsebench.core import accelerate, distributed
+from sparsebench.core.checkpoints import restore_training, training_state
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.sparsity import apply_masks, keep_count, topk_mask
+from sparsebench.core.train import evaluate
 from sparsebench.data import Batches
 from sparsebench.methods.base import Context, Method, SparsityParams
-from sparsebench.metrics import prunable_modules
-from sparsebench.resume import restore_training, training_state
-from sparsebench.sparsity import apply_masks, keep_count, topk_mask
-from sparsebench.train import evaluate
 
 GOLDEN = (1 + math.sqrt(5)) / 2
 REGION = "r in (-1, 1), s in (0, (1 + sqrt 5) / 2), r + s > 0 and |r| < 1 + s - s^2"

@@ -19,13 +19,13 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.schema import OptimizerParams
+from sparsebench.core.sparsity import apply_masks
+from sparsebench.core.train import Phase, fit
 from sparsebench.methods.base import Context, Method, MethodParams
-from sparsebench.metrics import prunable_modules
 from sparsebench.optim import GRDA, AdaBreg, LinBreg, ProxSGD, param_groups, sparse_init
 from sparsebench.optim._checks import mu_warning
-from sparsebench.sparsity import apply_masks
-from sparsebench.schema import OptimizerParams
-from sparsebench.train import Phase, fit
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
 LinearReg = Literal["l1", "l12_row", "none"]

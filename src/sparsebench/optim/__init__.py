@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from sparsebench.errors import unknown_name
 from sparsebench.optim.adabreg import AdaBreg
 from sparsebench.optim.grda import GRDA
 from sparsebench.optim.groups import param_groups, prunable_parameters
@@ -26,6 +25,7 @@ from sparsebench.optim.init import sparse_init
 from sparsebench.optim.linbreg import LinBreg
 from sparsebench.optim.prox import group_soft_threshold, soft_threshold
 from sparsebench.optim.proxsgd import ProxSGD
+from sparsebench.util.errors import unknown_name
 
 __all__ = [
     "GRDA",
@@ -59,7 +59,7 @@ def build_optimizer(name: str, params: Iterable[Any], **kwargs: Any) -> torch.op
         **kwargs: The optimizer's hyperparameters.
 
     Raises:
-        sparsebench.errors.UsageError: For an unknown name (a ``ValueError`` listing the
+        sparsebench.util.errors.UsageError: For an unknown name (a ``ValueError`` listing the
             known ones).
         ValueError: For a bad hyperparameter.
     """

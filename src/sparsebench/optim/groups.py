@@ -1,6 +1,6 @@
 """Parameter groups: regularise the prunable weights, leave biases and norm layers alone.
 
-The prunable parameters are those of ALGORITHMS.md section 0 (`sparsebench.metrics`): the
+The prunable parameters are those of ALGORITHMS.md section 0 (`sparsebench.core.metrics`): the
 ``weight`` of every ``nn.Linear`` and ``nn.Conv*``. Everything else (biases, normalisation
 parameters, embeddings, ...) goes to an unregularised group, as in the Bregman authors'
 experiments (plain SGD / Adam for biases, ``delta = 1``).
@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from sparsebench.metrics import prunable_modules
+from sparsebench.core.metrics import prunable_modules
 
 __all__ = ["param_groups", "prunable_parameters"]
 

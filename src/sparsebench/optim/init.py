@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from sparsebench.metrics import prunable_modules
+from sparsebench.core.metrics import prunable_modules
 from sparsebench.optim.groups import _weight_parameter
 
 __all__ = ["sparse_init"]

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sparsebench.paths import atomic_write
 from sparsebench.tuning.trial import meets
+from sparsebench.util.paths import atomic_write
 
 TUNING_DIR = Path("tuning")
 ALL_DIR = Path("reports", "tuning")  # not under tuning/: a stage's output inside its input
@@ -107,10 +107,10 @@ def _finished(study: Any) -> list[Any]:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, for the plots alone
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib, for the plots alone
 
     return plt
 
@@ -131,7 +131,7 @@ def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -
 def _optuna_plot():
     """Around an ``optuna.visualization.matplotlib`` plot: Agg, no experimental-feature
     warning, and the style sheet it sets (ggplot) undone afterwards."""
-    import optuna
+    import optuna  # lazy: optuna takes about 2 s to import
 
     plt = _pyplot()
     with warnings.catch_warnings(), plt.rc_context():

@@ -21,9 +21,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sparsebench.config import TuneParams
-from sparsebench.errors import UsageError
-from sparsebench.paths import repo_root
+from sparsebench.suite.space import TuneParams
+from sparsebench.util.errors import UsageError
+from sparsebench.util.paths import repo_root
 
 MAX_RETRY = 3  # a trial whose worker keeps dying is queued again at most this often
 
@@ -122,7 +122,7 @@ def check_reachable(url: str, where: str, timeout: int) -> None:
 
 def open_storage(url: str, tune: TuneParams):
     """An `optuna.storages.RDBStorage` with heartbeats and retries of stale trials."""
-    import optuna
+    import optuna  # lazy: optuna takes about 2 s to import
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -19,15 +19,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sparsebench.config import Params, TuneParams
-from sparsebench.errors import Incomplete, UsageError
+from sparsebench.methods import build_method, method_params
+from sparsebench.run import MODEL
+from sparsebench.suite.load import load_params
+from sparsebench.suite.params import Params
+from sparsebench.suite.plan import DATA_FILE
+from sparsebench.suite.space import TuneParams, handset_values
+from sparsebench.suite.tuned import Measured, TunedFile, write_tuned
+from sparsebench.tracking.runs import client_for, git_commit, log_batches, tracking_uri
+from sparsebench.tuning.results import write_study_outputs
+from sparsebench.tuning.storage import check_reachable, default_url, open_storage, redact
 from sparsebench.tuning.trial import DIRECTIONS
+from sparsebench.tuning.worker import WorkerSpec, counts, experiment_name, run_worker, spec_json
+from sparsebench.util.errors import Incomplete, UsageError
+from sparsebench.util.paths import run_dir, seed_dir
 
 
 @dataclass
 class Request:
     """The command line, after defaults from the ``tune`` section."""
-
     params_path: str
     key: str
     objective: str
@@ -43,8 +53,6 @@ def request(params_path: str, params: Params, methods: dict[str, Any], key: str,
             workers: int | None = None, storage: str | None = None,
             study: str | None = None) -> Request:
     """The study to run, refused in one line if the method cannot be tuned as asked."""
-    from sparsebench.tuning.storage import default_url
-
     tune = params.tune
     if key not in methods:
         raise UsageError(f"--method: unknown method key {key!r}; allowed: {', '.join(methods)}")
@@ -65,11 +73,6 @@ def request(params_path: str, params: Params, methods: dict[str, Any], key: str,
 
 def check_inputs(params: Params, req: Request) -> None:
     """The data (and the pretrained model) exist."""
-    from sparsebench.methods import build_method, method_params
-    from sparsebench.paths import run_dir, seed_dir
-    from sparsebench.run import MODEL
-    from sparsebench.suite import DATA_FILE
-
     cfg = params.methods[req.key] or {}
     hand = method_params(req.key, cfg)
     tune = params.tune  # target-driven methods run at the level tune.target_sparsity gives
@@ -91,9 +94,7 @@ def check_inputs(params: Params, req: Request) -> None:
 def open_study(storage: Any, req: Request, params: Params, handset: dict[str, Any]):
     """Create the study (hand-set parameters queued first), or load it if it exists with the
     same objective, method and target. Refuses before touching an existing study."""
-    import optuna
-
-    from sparsebench.tuning.storage import redact
+    import optuna  # lazy: optuna takes about 2 s to import
 
     tune = params.tune
     wanted = {"objective": req.objective, "method_key": req.key,
@@ -120,11 +121,7 @@ def open_study(storage: Any, req: Request, params: Params, handset: dict[str, An
 
 def parent_run(study: Any, params: Params, req: Request, tune: TuneParams) -> str:
     """The study's MLflow run (created once; reused when the study resumes), RUNNING."""
-    from mlflow.entities import Param
-
-    from sparsebench.tracking import client_for, git_commit, log_batches, tracking_uri
-    from sparsebench.tuning.storage import redact
-    from sparsebench.tuning.worker import experiment_name
+    from mlflow.entities import Param  # lazy: mlflow takes about 3 s to import
 
     client, experiment_id = client_for(tracking_uri(params.tracking.uri),
                                        experiment_name(params))
@@ -150,8 +147,6 @@ def parent_run(study: Any, params: Params, req: Request, tune: TuneParams) -> st
 
 def run_workers(specs: list[Any]) -> list[int]:
     """One worker in this process, or one subprocess each; their exit codes."""
-    from sparsebench.tuning.worker import run_worker, spec_json
-
     if len(specs) == 1:
         print(f"tune {specs[0].key} worker 0: stopped ({run_worker(specs[0])})", flush=True)
         return [0]
@@ -169,12 +164,7 @@ def run_workers(specs: list[Any]) -> list[int]:
 
 def tune(params_path: str | Path, key: str, **options: Any) -> dict[str, Any]:
     """Run (or resume) the study of ``methods.<key>``; write its results; return a summary."""
-    import optuna
-
-    from sparsebench.config import load_params
-    from sparsebench.tuning.space import handset_values
-    from sparsebench.tuning.storage import check_reachable, open_storage, redact
-    from sparsebench.tuning.worker import WorkerSpec, counts
+    import optuna  # lazy: optuna takes about 2 s to import
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params, methods = load_params(params_path, tuned=False)
@@ -204,10 +194,6 @@ def tune(params_path: str | Path, key: str, **options: Any) -> dict[str, Any]:
 def collect(study: Any, params: Params, req: Request, parent: str | None, codes: list[int],
             seconds: float) -> dict[str, Any]:
     """Write the study's outputs and ``tuned/<key>.yaml``; close the MLflow run."""
-    from sparsebench.tuned import Measured, TunedFile, write_tuned
-    from sparsebench.tuning.results import write_study_outputs
-    from sparsebench.tuning.worker import counts
-
     tune = params.tune
     c = counts(study)
     finished = c["COMPLETE"] + c["PRUNED"]
@@ -241,10 +227,7 @@ def collect(study: Any, params: Params, req: Request, parent: str | None, codes:
 
 def _close_parent(params: Params, run_id: str, files: list[Path], summary: dict,
                   complete: bool) -> None:
-    from mlflow.entities import Metric
-
-    from sparsebench.tracking import client_for, log_batches, tracking_uri
-    from sparsebench.tuning.worker import experiment_name
+    from mlflow.entities import Metric  # lazy: mlflow takes about 3 s to import
 
     client, _ = client_for(tracking_uri(params.tracking.uri), experiment_name(params))
     now = int(time.time() * 1000)

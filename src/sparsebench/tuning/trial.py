@@ -27,10 +27,16 @@ from typing import Any
 
 import torch
 
-from sparsebench.config import Params, Range
-from sparsebench.errors import UsageError
 from sparsebench.methods import build_method, method_class, method_params
-from sparsebench.tuned import overlay
+from sparsebench.run import RunSpec, run, validation_figures
+from sparsebench.suite.params import Params
+from sparsebench.suite.plan import at_level, augment_of, layer_sizes, model_spec, retrain_phase
+from sparsebench.suite.space import Range
+from sparsebench.suite.tuned import overlay
+from sparsebench.tracking.runs import log_run
+from sparsebench.tuning.space import suggest
+from sparsebench.util.errors import UsageError
+from sparsebench.util.paths import run_dir, seed_dir
 
 DIRECTIONS = {"accuracy_at_sparsity": ["maximize"], "pareto": ["maximize", "maximize"]}
 FAILURES = (FloatingPointError, UsageError)  # a trial fails on these; the study goes on
@@ -40,7 +46,6 @@ SPARSITY_TOLERANCE = 1e-4  # this close below the target still meets it (per-lay
 @dataclass
 class Setup:
     """What every trial of one study shares."""
-
     params: Params  # the suite, hand-set (without tuned/)
     key: str  # the method key under methods:
     cfg: dict[str, Any]  # methods.<key> as written in params.yaml
@@ -63,14 +68,12 @@ def retried_trial(trial: Any) -> int | None:
 @dataclass
 class TrialTracker:
     """Logs each trial as a run nested under the study's parent run."""
-
     uri: str
     experiment: str
     parent_run_id: str
 
     def log(self, setup: Setup, trial: Any, values: dict[str, Any], state: str,
             metrics: dict[str, float], curves: dict[str, list[dict]]) -> str:
-        from sparsebench.tracking import log_run
 
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
         retry_of = retried_trial(trial)
@@ -104,9 +107,7 @@ class Objective:
         self.claim, self.tracker = claim, tracker
 
     def __call__(self, trial: Any) -> float | tuple[float, float]:
-        import optuna
-
-        from sparsebench.tuning.space import suggest
+        import optuna  # lazy: optuna takes about 2 s to import
 
         if self.claim is not None:
             self.claim.release()
@@ -139,11 +140,6 @@ class Objective:
              curves: dict[str, list[dict]]) -> dict[str, float]:
         """The suite's run protocol (`sparsebench.run.run`) at the study's level, on the
         training split; the figures are the validation split's."""
-        from sparsebench.paths import run_dir, seed_dir
-        from sparsebench.run import RunSpec, run, validation_figures
-        from sparsebench.suite import (at_level, augment_of, layer_sizes, model_spec,
-                                       retrain_phase)
-
         s = self.setup
         sampled = method_params(s.key, overlay(s.cfg, values))
         spec_model = model_spec(s.params)
@@ -164,7 +160,7 @@ class Objective:
 
     def _on_epoch(self, trial: Any, curves: dict[str, list[dict]]):
         """Each epoch's row is kept, reported, and may prune the trial (single objective)."""
-        import optuna
+        import optuna  # lazy: optuna takes about 2 s to import
 
         single = self.setup.objective == "accuracy_at_sparsity"
         step = [0]

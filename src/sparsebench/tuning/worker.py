@@ -23,13 +23,22 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sparsebench.core.accelerate import configure
+from sparsebench.core.train import resolve_device
+from sparsebench.data import load_splits
+from sparsebench.suite.load import load_params
+from sparsebench.suite.plan import DATA_FILE
+from sparsebench.tracking.runs import tracking_uri
+from sparsebench.tuning.storage import Claim, open_storage
+from sparsebench.tuning.trial import FAILURES, Objective, Setup, TrialTracker
+from sparsebench.util.errors import UsageError
+
 POLL_SECONDS = 0.5
 
 
 @dataclass
 class WorkerSpec:
     """Everything a worker process needs, passed as JSON on its command line."""
-
     params_path: str
     key: str
     study: str
@@ -49,9 +58,7 @@ def counts(study: Any) -> Counter:
 def work(study: Any, objective: Any, trials: int, claim: Any,
          poll: float = POLL_SECONDS) -> str:
     """Run trials of ``study`` until ``trials`` are finished; return why it stopped."""
-    import optuna
-
-    from sparsebench.tuning.trial import FAILURES
+    import optuna  # lazy: optuna takes about 2 s to import
 
     failed_before = counts(study)["FAIL"]
     while True:
@@ -76,7 +83,7 @@ def work(study: Any, objective: Any, trials: int, claim: Any,
 
 def sampler_and_pruner(objective: str, tune: Any, seed: int):
     """TPE (multi-objective TPE for the Pareto front) and, for one objective, MedianPruner."""
-    import optuna
+    import optuna  # lazy: optuna takes about 2 s to import
 
     startup = max(3, min(10, tune.trials // 4))
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
@@ -88,21 +95,13 @@ def sampler_and_pruner(objective: str, tune: Any, seed: int):
 
 def run_worker(spec: WorkerSpec) -> str:
     """Load the study and work on it (in this process)."""
-    import optuna
+    import optuna  # lazy: optuna takes about 2 s to import
     import torch
-
-    from sparsebench.config import load_params
-    from sparsebench.data import load_splits
-    from sparsebench.suite import DATA_FILE
-    from sparsebench.train import resolve_device
-    from sparsebench.tuning.storage import Claim, open_storage
-    from sparsebench.tuning.trial import Objective, Setup, TrialTracker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if spec.workers > 1:  # two processes with two threads each fight over two cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     params, _ = load_params(spec.params_path, tuned=False)
-    from sparsebench.accelerate import configure
 
     configure(params.execution.options())  # the trials train as the suite's runs
     tune = params.tune
@@ -118,8 +117,6 @@ def run_worker(spec: WorkerSpec) -> str:
                   target_sparsity=tune.target_sparsity, seed=seed, study=spec.study)
     tracker = None
     if spec.parent_run_id is not None:
-        from sparsebench.tracking import tracking_uri
-
         tracker = TrialTracker(tracking_uri(params.tracking.uri), experiment_name(params),
                                spec.parent_run_id)
     claim = Claim(spec.storage, spec.study, tune.connect_timeout)
@@ -144,8 +141,6 @@ def spec_json(spec: WorkerSpec) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from sparsebench.errors import UsageError
-
     spec = WorkerSpec(**json.loads(argv[0]))
     try:
         why = run_worker(spec)

@@ -1,0 +1,56 @@
+"""Floating-point settings of a sparsebench process: subnormal numbers flushed to zero.
+
+Values that decay geometrically toward zero (a momentum buffer or Adam moment whose gradient
+has become zero, an entry an l1 or ADMM penalty pulls to zero) pass through the subnormal range
+0 < |x| < torch.finfo(float32).tiny (about 1.2e-38), where many x86 CPUs compute many times
+slower (a microcode assist per operation): issue 13 measured ADMM's late prune epochs on the
+default suite at 10 to 36 s against 0.8 s (benchmarks/late_epochs.md).
+
+Where a value is meant to be exactly zero, sparsebench keeps it so at the cause
+(`sparsebench.core.sparsity.apply_masks` zeroes the optimizer state of masked entries).
+`flush_subnormals` is the guard for what remains: the CPU treats subnormal inputs and results as
+zero (the FTZ and DAZ bits of MXCSR on x86). A subnormal float32 is below 1.2e-38,
+far below anything the methods' updates can resolve against a weight of order 1e-3, so flushing
+does not change a result beyond the last bits of values that are already negligible.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PROBE = 1 << 18  # entries: enough for every intra-op thread to take a share (grain 32768)
+
+
+def flush_subnormals(enabled: bool = True) -> bool:
+    """Flush subnormal floats to zero on the CPU (`torch.set_flush_denormal`) in this process.
+
+    The setting is per thread. Threads started afterwards inherit it (Linux), but PyTorch's
+    intra-op (OpenMP) threads, once started by a first parallel operation, keep what they had:
+    call this at the start of every process (or worker) that trains, before its first tensor
+    operation. With ``enabled``, a parallel probe checks that every thread flushes.
+
+    Args:
+        enabled: True flushes subnormals; False restores IEEE gradual underflow.
+
+    Returns:
+        Whether the setting took effect: False on CPUs and platforms where PyTorch cannot set
+        it (an x86 CPU without SSE3, some non-x86 builds), where it is a no-op, and when some
+        intra-op thread started before the call still computes subnormals.
+    """
+    global _FLUSH
+    _FLUSH = False
+    if not torch.set_flush_denormal(enabled):
+        return False
+    if enabled:
+        probe = torch.full((PROBE,), 1e-30) * 1e-10  # 1e-40: subnormal unless flushed
+        _FLUSH = not torch.count_nonzero(probe)
+        return _FLUSH
+    return True
+
+
+_FLUSH = False
+
+
+def flush_enabled() -> bool:
+    """Whether `flush_subnormals` took effect in this process (recorded with every run)."""
+    return _FLUSH

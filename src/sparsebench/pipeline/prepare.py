@@ -1,0 +1,41 @@
+"""The ``prepare`` stage: obtain the raw data (checksums decide, not the source) and write the
+fixed splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparsebench.data import (
+    SYNTHETIC,
+    build_splits,
+    fetch_raw,
+    raw_checksums,
+    save_splits,
+    synthetic_splits,
+)
+from sparsebench.suite.params import Params
+from sparsebench.suite.plan import DATA_FILE
+from sparsebench.util.paths import repo_root
+
+
+def prepare(params: Params) -> None:
+    """Obtain the raw data (checksums decide, not the source) and write the fixed splits."""
+    d = params.data
+    if d.dataset == SYNTHETIC:  # tests and smoke runs: no files, no network
+        splits = synthetic_splits(n_train=d.limit or 256, n_val=d.val_size, n_test=d.limit or 64,
+                                  shape=d.synthetic_shape, num_classes=d.synthetic_classes,
+                                  seed=d.split_seed)
+        source, checksums = "", {}
+    else:
+        raw_dir = repo_root() / ".cache" / "sparsebench" / "raw" / d.dataset
+        source_dir = Path(d.dir).expanduser() if d.dir else None
+        source = fetch_raw(d.dataset, raw_dir, source_dir=source_dir,
+                           cache_dir=repo_root() / ".cache" / "sparsebench" / "sources")
+        splits = build_splits(d.dataset, raw_dir, val_size=d.val_size, seed=d.split_seed,
+                              limit=d.limit)
+        checksums = raw_checksums(d.dataset, raw_dir)
+    save_splits(splits, DATA_FILE, dataset=d.dataset, seed=d.split_seed, val_size=d.val_size,
+                limit=d.limit, raw_sha256=checksums)
+    sizes = {k[:-2]: len(v) for k, v in splits.items() if k.endswith("_y")}
+    print(f"prepare: {d.dataset} {sizes} {source}".rstrip())
