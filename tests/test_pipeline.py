@@ -247,7 +247,7 @@ def test_wrong_checksum_in_data_dir_is_refused_and_earlier_output_kept(workspace
 
 def test_parallel_writers_on_a_fresh_mlflow_store(workspace):
     """Two processes creating the SQLite store at once both succeed (the store is locked)."""
-    code = ("from sparsebench.tracking import log_run, tracking_uri; import sys; "
+    code = ("from sparsebench.tracking.runs import log_run, tracking_uri; import sys; "
             "log_run(tracking_uri(), 'race', run_name=sys.argv[1], tags={}, params={}, "
             "metrics={'x': 1.0}, curves={'s': [{'epoch': 1, 'v': 0.5}]})")
     env = {**os.environ, "SPARSEBENCH_ROOT": str(workspace)}

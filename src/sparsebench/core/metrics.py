@@ -249,35 +249,13 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
     layers: dict[str, dict[str, int]] = {
         name: {"flops": 0, "flops_nonzero": 0} for name, _ in prunable_modules(model)
     }
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            weight = effective_weight(module)
-            if isinstance(module, nn.Linear):
-                out_features = module.out_features
-            else:
-                out_features = module.out_channels
-            positions = output.numel() // out_features if out_features > 0 else 0
-            layers[name]["flops"] += positions * weight.numel()
-            layers[name]["flops_nonzero"] += positions * _nonzeros(weight)
-
-        return hook
-
-    reference = _first_parameter(model)
-    device = reference.device if reference is not None else torch.device("cpu")
-    dtype = (
-        reference.dtype
-        if reference is not None and reference.is_floating_point()
-        else torch.get_default_dtype()
-    )
-    dummy = torch.zeros((1, *input_shape), device=device, dtype=dtype)
-
     modes = [(m, m.training) for m in model.modules()]
-    handles = [m.register_forward_hook(make_hook(name)) for name, m in prunable_modules(model)]
+    handles = [m.register_forward_hook(_flop_hook(layers[name]))
+               for name, m in prunable_modules(model)]
     try:
         model.eval()
         with torch.no_grad():
-            model(dummy)
+            model(_dummy_input(model, input_shape))
     finally:
         for handle in handles:
             handle.remove()
@@ -292,6 +270,32 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
         "flop_speedup": _ratio(flops, flops_nonzero),
         "layers": layers,
     }
+
+
+def _flop_hook(counts: dict[str, int]):
+    """A forward hook adding one call's dense and nonzero multiply-adds to ``counts``."""
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        weight = effective_weight(module)
+        out_features = (module.out_features if isinstance(module, nn.Linear)
+                        else module.out_channels)
+        positions = output.numel() // out_features if out_features > 0 else 0
+        counts["flops"] += positions * weight.numel()
+        counts["flops_nonzero"] += positions * _nonzeros(weight)
+
+    return hook
+
+
+def _dummy_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """A zero batch of one sample on the device and (floating) dtype of the model's first
+    parameter."""
+    reference = _first_parameter(model)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = (
+        reference.dtype
+        if reference is not None and reference.is_floating_point()
+        else torch.get_default_dtype()
+    )
+    return torch.zeros((1, *input_shape), device=device, dtype=dtype)
 
 
 def kind_density(model: nn.Module) -> dict[str, float]:

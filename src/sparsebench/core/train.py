@@ -14,6 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -166,34 +167,10 @@ def fit(
         curves, step, start_epoch = list(saved["curves"]), saved["step"], saved["epoch"] + 1
     for epoch in range(start_epoch, phase.epochs + 1):
         start = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for xb, yb in _progress(batches, show, f"{phase.name} {epoch}/{phase.epochs}"):
-            if augment is not None:
-                xb = augment(xb, generator)
-            if distributed.active():  # this rank's share of the global batch
-                xb, yb, batch = *distributed.shard(xb, yb), len(yb)
-            with accelerate.autocast(device):  # by default no change
-                logits = net(accelerate.batch(xb))
-                loss = (distributed.local_loss(logits, yb, batch) if distributed.active()
-                        else F.cross_entropy(logits, yb))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if after_backward is not None:
-                after_backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if after_step is not None:
-                after_step(step)
-            with torch.no_grad():
-                if distributed.active():  # the share's summed loss
-                    loss_sum += loss.detach() * batch / distributed.world()
-                else:
-                    loss_sum += loss.detach() * len(yb)
-                correct += (logits.argmax(1) == yb).sum()
-        loss_sum, correct = distributed.all_sum(loss_sum), distributed.all_sum(correct)
+        loss_sum, correct, step = _train_epoch(
+            model, net, _progress(batches, show, f"{phase.name} {epoch}/{phase.epochs}"),
+            optimizer, scheduler, step, device=device, generator=generator, augment=augment,
+            after_backward=after_backward, after_step=after_step)
         seconds = time.perf_counter() - start
         val_loss, val_acc = evaluate(model, val[0], val[1], device=device)
         row = {
@@ -219,6 +196,43 @@ def fit(
         if on_epoch is not None:
             on_epoch(row)
     return curves
+
+
+def _train_epoch(model: nn.Module, net: nn.Module, batches: Iterable,
+                 optimizer: torch.optim.Optimizer, scheduler: Any, step: int, *,
+                 device: torch.device, generator: torch.Generator, augment: Augment | None,
+                 after_backward: Callable[[], None] | None,
+                 after_step: StepHook | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass over ``batches``: (summed loss, correct predictions, the global step after
+    it), summed over torchrun's ranks."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for xb, yb in batches:
+        if augment is not None:
+            xb = augment(xb, generator)
+        if distributed.active():  # this rank's share of the global batch
+            xb, yb, batch = *distributed.shard(xb, yb), len(yb)
+        with accelerate.autocast(device):  # by default no change
+            logits = net(accelerate.batch(xb))
+            loss = (distributed.local_loss(logits, yb, batch) if distributed.active()
+                    else F.cross_entropy(logits, yb))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if after_step is not None:
+            after_step(step)
+        with torch.no_grad():
+            if distributed.active():  # the share's summed loss
+                loss_sum += loss.detach() * batch / distributed.world()
+            else:
+                loss_sum += loss.detach() * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
+    return distributed.all_sum(loss_sum), distributed.all_sum(correct), step
 
 
 def _progress(batches: Batches, show: bool, desc: str):

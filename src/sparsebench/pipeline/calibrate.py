@@ -203,27 +203,16 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
     start = getattr(method, cls.strength)
     history: list[Trial] = []
     guesses = [start * f for f in FIRST_ROUND] if start > 0 else [1e-4, 1e-3, 1e-2, 1e-1]
+    run_round = _Round(key, method, cls.strength, seed, retrain, spec_model, data, device,
+                       augment, workers, threads)
     with tempfile.TemporaryDirectory(prefix="calibrate-") as scratch:
         for number in range(1, rounds + 1):
             seen = {round(t.value, 12) for t in history}
             todo = sorted({g for g in guesses if round(g, 12) not in seen})
-            outs = [Path(scratch, f"{number}-{i}.json") for i in range(len(todo))]
-            tasks = [_trial(key, method, cls.strength, value, out, seed, retrain, spec_model,
-                            data, device, augment) for value, out in zip(todo, outs, strict=True)]
-            failures = run_tasks(tasks, workers=workers, threads=threads)
-            for task, value, out in zip(tasks, todo, outs, strict=True):
-                if task.name in failures:
-                    continue
-                figures = json.loads(out.read_text())
-                history.append(Trial(value=value, compression=min(figures["compression"],
-                                                                   MAX_COMPRESSION),
-                                     val_accuracy=figures["val_accuracy"], round=number))
-                print(f"calibrate {key} round {number}: {cls.strength} {value:.4g} -> "
-                      f"compression {figures['compression']:.2f}x, val_accuracy "
-                      f"{figures['val_accuracy']:.4f}", flush=True)
+            history += run_round(number, todo, Path(scratch))
             if not history:
                 raise UsageError(f"calibrate {key}: every run of round {number} failed "
-                                 f"({next(iter(failures.values()))})")
+                                 f"({run_round.failure})")
             missed = [lv for lv in levels if settle(history, lv, tol).status != "reached"
                       and not saturated(history, lv)]
             if not missed:
@@ -240,6 +229,38 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
     atomic_write(calibrated_path(key), yaml.safe_dump(result.model_dump(mode="json"),
                                                            sort_keys=False))
     return result
+
+
+class _Round:
+    """One round of the search: a run per strength, side by side, each read back as a
+    `Trial` (``failure``: one of the round's failures, if any)."""
+
+    def __init__(self, key: str, method: MethodParams, strength: str, seed: int,
+                 retrain: Any, spec_model: Any, data: dict, device: Any, augment: Any,
+                 workers: int, threads: int):
+        self.key, self.method, self.strength, self.seed = key, method, strength, seed
+        self.setup = (retrain, spec_model, data, device, augment)
+        self.workers, self.threads = workers, threads
+        self.failure: Any = None
+
+    def __call__(self, number: int, todo: list[float], scratch: Path) -> list[Trial]:
+        outs = [scratch / f"{number}-{i}.json" for i in range(len(todo))]
+        tasks = [_trial(self.key, self.method, self.strength, value, out, self.seed,
+                        *self.setup) for value, out in zip(todo, outs, strict=True)]
+        failures = run_tasks(tasks, workers=self.workers, threads=self.threads)
+        trials = []
+        for task, value, out in zip(tasks, todo, outs, strict=True):
+            if task.name in failures:
+                continue
+            figures = json.loads(out.read_text())
+            trials.append(Trial(value=value, compression=min(figures["compression"],
+                                                              MAX_COMPRESSION),
+                                val_accuracy=figures["val_accuracy"], round=number))
+            print(f"calibrate {self.key} round {number}: {self.strength} {value:.4g} -> "
+                  f"compression {figures['compression']:.2f}x, val_accuracy "
+                  f"{figures['val_accuracy']:.4f}", flush=True)
+        self.failure = next(iter(failures.values()), None)
+        return trials
 
 
 def _trial(key: str, method: MethodParams, strength: str, value: float, out: Path, seed: int,
