@@ -1,10 +1,10 @@
 """The per-epoch resume checkpoint's share of epoch time on the default suite's model.
 
-`train.fit` writes the checkpoint (`sparsebench.resume`: model, masks, optimizer, schedule, RNG
-states, curves) at the end of every epoch when a stage runs it. This runs one epoch of
-LeNet-300-100 with the default suite's pretrain optimizer with and without the checkpoint,
-interleaved, same process, and reports the ratio of the medians and the save's own time as a
-share of the epoch. Target: at most 3%.
+`train.fit` writes the checkpoint (`sparsebench.core.checkpoints`: model, masks, optimizer,
+schedule, RNG states, curves) at the end of every epoch when a stage runs it. This runs one
+epoch of LeNet-300-100 with the default suite's pretrain optimizer with and without the
+checkpoint, interleaved, same process, and reports the ratio of the medians and the save's own
+time as a share of the epoch. Target: at most 3%.
 
     python benchmarks/checkpoint_overhead.py [--rounds 7] [--real] [--dir PATH]
 

@@ -4,7 +4,7 @@ all-reduces per optimizer step against the model's parameter bytes.
 
     python benchmarks/ddp_scaling.py [--rounds 3] [--samples 20000] [--model mlp]
 
-LeNet-300-100 (``--model``: any of `sparsebench.models`, on MNIST-shaped random tensors), SGD,
+LeNet-300-100 (``--model``: any of `sparsebench.core.models`, on MNIST-shaped random tensors), SGD,
 batch 128, one epoch per round; the epoch's own seconds (``seconds`` of the curve: training
 steps, without validation), the median over rounds, the slowest rank for 2 processes.
 

@@ -9,14 +9,14 @@ many times slower (issue 13: late ADMM epochs 10 to 36 s against 0.8 s, gmp 1.7 
         [--pretrained PATH] [--threads 1] [--no-fix]
 
 Each method runs its prune phase with the default suite's settings (params.yaml read and
-validated by `sparsebench.config.load_params`, tuned values laid over it as the pipeline does)
+validated by `sparsebench.suite.load.load_params`, tuned values laid over it as the pipeline does)
 from the suite's pretrained model: ``--pretrained PATH``, else runs/pretrain/seed0 when it
 exists, else one trained here from the seed-0 initialisation as params.yaml's ``pretrain`` says.
 The figure is the seconds of the last epoch over those of the first (SAS-ADMM: the last and the
 first iteration, per minibatch step, since M_k grows), in CPU seconds of one intra-op thread
 (``--threads``) after an uncounted warm-up epoch. Target: <= 1.10. ``--no-fix`` runs
 without the fix (optimizer state of masked entries left to decay) and without the guard
-(`sparsebench.numerics.flush_subnormals`), for comparison.
+(`sparsebench.core.numerics.flush_subnormals`), for comparison.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CPU inference latency of LeNet-300-100: dense kernels against CSR Linear layers.
 
 For each sparsity, a randomly initialised LeNet-300-100 (seed 0) is pruned per layer by
-magnitude and timed by `sparsebench.latency.compare_latency`: the dense copy (exact zeros,
+magnitude and timed by `sparsebench.core.latency.compare_latency`: the dense copy (exact zeros,
 dense matmul) and the CSR copy (`sparse_inference_model`) alternate forward passes in this one
 process; the table gives the median seconds per forward pass and sparse / dense. The speed does
 not depend on the weight values, only on how many are nonzero, so no training is needed.

@@ -65,8 +65,8 @@ def main() -> None:
                 apply_masks(model, masks)
             start = time.thread_time()
             fit(model, (x, y), (vx, vy), Phase(1, BATCH, OPTIM),
-                         generator=torch.Generator().manual_seed(r),
-                         device=torch.device("cpu"), progress=False)
+                generator=torch.Generator().manual_seed(r), device=torch.device("cpu"),
+                progress=False)
             if name != "dense":
                 finals[name, r] = dict(model.state_dict())
             pair = finals.get(("product", r)), finals.get(("zeroed", r))
@@ -83,7 +83,8 @@ def main() -> None:
     print(f"LeNet-300-100, {len(y)} samples, batch {BATCH}, masks {SPARSITY:.0%} sparse, "
           f"{args.rounds} rounds, torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name, seconds in medians.items():
-        print(f"{name:8s} epoch: median {seconds:.3f} s  ratio to dense {seconds / medians['dense']:.3f}")
+        print(f"{name:8s} epoch: median {seconds:.3f} s  "
+              f"ratio to dense {seconds / medians['dense']:.3f}")
     print("product and zeroed: the same weights, bit for bit, in every round")
 
 

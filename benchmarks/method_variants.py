@@ -31,7 +31,7 @@ from sparsebench.data import dataset_info, load_splits
 from sparsebench.methods import method_class, method_params
 from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
 from sparsebench.report.stats import paired_difference, relation
-from sparsebench.run import RESULT, environment, execute
+from sparsebench.run import RESULT, environment, execute, read_result
 from sparsebench.suite.load import load_params
 from sparsebench.suite.plan import DATA_FILE, plan
 
@@ -98,13 +98,13 @@ def main() -> None:
                                                 threads=params.execution.threads), len(tasks))
     rows = []
     for (name, level, seed), out in outs.items():
-        result = json.loads((out / RESULT).read_text())
+        result = read_result(json.loads((out / RESULT).read_text()))
         figures = result["figures"]
         rows.append({"method": name, "level": level, "level_sparsity": 1 - 1 / level,
                      "seed": seed, "interpolated": False, "epochs": result["epochs"]["total"],
                      "test_accuracy": figures["test_accuracy"], "sparsity": figures["sparsity"],
-                     "compression": figures["compression_ratio"],
-                     "flop_speedup": figures["theoretical_speedup"],
+                     "compression": figures["compression"],
+                     "flop_speedup": figures["flop_speedup"],
                      "train_seconds": result["seconds"]["train"]})
     out = Path(args.out or f"benchmarks/method_variants_{key}.json")
     out.write_text(json.dumps(rows, indent=1))

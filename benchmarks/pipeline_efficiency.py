@@ -16,11 +16,15 @@ measures the bare-loop epoch here (`benchmarks/epoch_speed.py`'s loop, one threa
     that steps Adam, so the optimizer's own cost is told apart from the pipeline's.
 
     python benchmarks/pipeline_efficiency.py [--wall SECONDS] [--rounds 3] [--repeat 3]
+        [--samples 55000] [--random]
 
 ``--wall`` is the repro's wall time as measured outside (e.g. by /usr/bin/time); by default the
 span of the stages' own records. The host's speed drifts (on this VM the same bare loop took
 1.27 s and 1.42 s ten minutes apart), so each bare loop is measured ``--repeat`` times, in
 turns, and the median is used; the range is printed. Run it right after the repro.
+The bare loop trains on the first ``--samples`` of the prepared MNIST splits
+(data/prepared/splits.safetensors), or with ``--random`` on random tensors of that shape (as
+`benchmarks/epoch_speed.py` without ``--real``: the speed does not depend on the pixel values).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import yaml
 BATCHES = 430  # LeNet-300-100, 55,000 training samples, batch 128
 
 
-def _bare(rounds: int, optimizer: str, queue) -> None:
+def _bare(rounds: int, optimizer: str, real: bool, samples: int, queue) -> None:
     import sys
 
     import torch
@@ -50,7 +54,7 @@ def _bare(rounds: int, optimizer: str, queue) -> None:
 
     torch.set_num_threads(1)
     flush_subnormals(True)
-    x, y, vx, vy = data(True, 55000)
+    x, y, vx, vy = data(real, samples)
     times = []
     for r in range(rounds + 1):
         torch.manual_seed(r)
@@ -62,11 +66,14 @@ def _bare(rounds: int, optimizer: str, queue) -> None:
     queue.put(statistics.median(times))
 
 
-def bare_side_by_side(workers: int, rounds: int, optimizer: str = "sgd") -> float:
-    """The bare-loop epoch with ``workers`` one-thread processes training at once."""
+def bare_side_by_side(workers: int, rounds: int, optimizer: str = "sgd", real: bool = True,
+                      samples: int = 55000) -> float:
+    """The bare-loop epoch with ``workers`` one-thread processes training at once, on
+    ``samples`` of the prepared splits (``real``) or of random tensors of their shape."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_bare, args=(rounds, optimizer, queue)) for _ in range(workers)]
+    args = (rounds, optimizer, real, samples, queue)
+    procs = [ctx.Process(target=_bare, args=args) for _ in range(workers)]
     for p in procs:
         p.start()
     results = [queue.get() for _ in procs]
@@ -125,6 +132,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=3,
                         help="measurements of each bare loop (their median is the figure)")
+    parser.add_argument("--samples", type=int, default=55000,
+                        help="training samples of the bare loop (55000: the default suite's)")
+    parser.add_argument("--random", action="store_true",
+                        help="the bare loop on random tensors, not data/prepared's MNIST")
     args = parser.parse_args()
     from sparsebench.pipeline import profile
 
@@ -141,7 +152,8 @@ def main() -> None:
     samples: dict[str, list[float]] = {optimizer: [] for optimizer in measured}
     for _ in range(args.repeat):  # the host's speed drifts: sample it a few times, in turns
         for optimizer, seconds in samples.items():
-            seconds.append(bare_side_by_side(workers, args.rounds, optimizer))
+            seconds.append(bare_side_by_side(workers, args.rounds, optimizer,
+                                             not args.random, args.samples))
     bare = {optimizer: statistics.median(seconds) for optimizer, seconds in samples.items()}
     print(f"repro wall {wall:.1f} s ({len(entries)} stage records, span {span:.1f} s), "
           f"{workers} workers")
@@ -176,6 +188,7 @@ def main() -> None:
             p95 = later[len(later) // 20][0]
             line += f"  p95 {p95 / own:4.2f}  max at {later[0][1]}"
         print(line + f"  ({len(epochs)} epochs)")
+
 
 if __name__ == "__main__":
     main()

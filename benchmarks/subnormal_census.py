@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 from late_epochs import pretrained_model, suite
@@ -74,7 +75,7 @@ class Census:
         names = {id(p): n for n, p in model.named_parameters()}
         modules = dict(prunable_modules(model))
         pruned: dict[int, torch.Tensor] = {}
-        for name, m in modules.items():
+        for m in modules.values():
             if hasattr(m, "weight_mask"):
                 pruned[id(m.weight_orig)] = m.weight_mask == 0
         for a in self.admm:
@@ -117,6 +118,24 @@ class Census:
         return counts
 
 
+def listing(counts: dict[str, tuple[int, int]]) -> str:
+    """``name pruned+kept`` per tensor, or "none"."""
+    return ", ".join(f"{n} {p}+{k}" for n, (p, k) in counts.items()) or "none"
+
+
+def printer(key: str, census: Census, model: torch.nn.Module) -> Callable[[dict], None]:
+    """The on_epoch hook of ``key``'s prune phase: the epoch's seconds and its census."""
+    last = [time.perf_counter()]
+
+    def show(row: dict) -> None:
+        now = time.perf_counter()
+        seconds, last[0] = now - last[0], now
+        print(f"{key} epoch {row['epoch']} ({seconds:.1f} s): {listing(census.count(model))}",
+              flush=True)
+
+    return show
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["admm", "admm_l1", "gmp", "sas_admm"])
@@ -136,21 +155,11 @@ def main() -> None:
         census = Census()
         method = build_method(key, methods[key])
         model = pretrained()
-        last = [time.perf_counter()]
-
-        def show(row: dict, key: str = key, model: torch.nn.Module = model) -> None:
-            now = time.perf_counter()
-            seconds, last[0] = now - last[0], now
-            counts = census.count(model)
-            text = ", ".join(f"{n} {p}+{k}" for n, (p, k) in counts.items()) or "none"
-            print(f"{key} epoch {row['epoch']} ({seconds:.1f} s): {text}", flush=True)
-
         ctx = Context(train=data["train"], val=data["val"], device=torch.device("cpu"),
-                      generator=seed_everything(0), seed=0, on_epoch=show)
+                      generator=seed_everything(0), seed=0, on_epoch=printer(key, census, model))
         method.prune(model, ctx)
         census.handle.remove()
-        print(f"{key} after the final masks: " + (", ".join(
-            f"{n} {p}+{k}" for n, (p, k) in census.count(model).items()) or "none"), flush=True)
+        print(f"{key} after the final masks: {listing(census.count(model))}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 equal tuning, several seeds (issue 15; ALGORITHMS.md sections 2 to 4).
 
 Methods, at each ``--levels`` compression of the default suite (the suite's per-layer rule,
-`sparsebench.suite.at_level`): ``admm`` (cardinality Z-step, Adam W-step, as the authors),
+`sparsebench.suite.plan.at_level`): ``admm`` (cardinality Z-step, Adam W-step, as the authors),
 ``admm_l1`` (l1 Z-step, Adam), ``admm_l1_sgd`` (l1 Z-step, SGD with momentum 0.9: the
 like-for-like baseline of SAS-ADMM, which has an l1 Z-step and no Adam), ``sas_admm`` and
 ``gmp`` (a non-ADMM reference). Every method starts from the suite's pretrained model of its
@@ -38,11 +38,11 @@ M and k0.
         [--scale 1] [--check 1] [--workers 2] [--out benchmarks/time_to_accuracy]
 
 Writes ``<out>/time_to_accuracy.csv`` (method, level, seed, epoch, wall_seconds,
-test_accuracy, returned), ``<out>/summary.txt``, ``<out>/time_to_accuracy.png`` (accuracy against epochs and against
-seconds, one line per method, the band min..max over seeds), ``<out>/tuned.json``, and prints
-per level the epochs and seconds each method takes to reach three targets (the lowest final
-mean, the highest final mean minus 1 point, gmp's final mean), with the
-SAS-ADMM minus ADMM differences paired by seed (95% Student-t interval).
+test_accuracy, returned), ``<out>/summary.txt``, ``<out>/time_to_accuracy.png`` (accuracy
+against epochs and against seconds, one line per method, the band min..max over seeds),
+``<out>/tuned.json``, and prints per level the epochs and seconds each method takes to reach
+three targets (the lowest final mean, the highest final mean minus 1 point, gmp's final mean),
+with the SAS-ADMM minus ADMM differences paired by seed (95% Student-t interval).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Live MLflow tracking's cost per epoch: epoch time with a live run over without, same process.
 
 A stage's worker opens the run's MLflow run at training start and hands every epoch's row to it
-(`sparsebench.tracking.LiveRun`: the epoch only queues the row, a background thread sends it).
+(`sparsebench.tracking.runs.LiveRun`: the epoch only queues the row, a background thread sends it).
 This trains LeNet-300-100 for ``--epochs`` epochs with the default suite's pretrain optimizer,
 with and without a live run (opened at the start of the fit, as in a stage), interleaved, same
 process, and reports the ratio of the medians of the epoch time (the fit's wall time over its

@@ -16,8 +16,11 @@ with the Pareto objective so that no trial is pruned and each does the same work
 the repository root after ``dvc repro`` (it needs data/prepared and runs/pretrain); it works in
 a temporary folder and leaves the repository's tuned/, tuning/ and mlruns/ alone:
 
-    python benchmarks/tune_overhead.py [--method gmp] [--trials 8]
+    python benchmarks/tune_overhead.py [--method gmp] [--trials 8] [--params PATH]
     python benchmarks/tune_overhead.py --toy     # tiny synthetic data: checks that it runs
+
+``--params`` names the suite's params.yaml (default: the repository's); its prepared data and
+pretrained models are the working directory's data/ and runs/pretrain.
 """
 
 from __future__ import annotations
@@ -35,12 +38,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def workspace(tmp: Path, toy: bool) -> Path:
-    """A workspace in ``tmp``: the repository's data and pretrained models (linked), or tiny
-    synthetic ones made here for ``--toy``."""
+def workspace(tmp: Path, toy: bool, params_file: Path) -> Path:
+    """A workspace in ``tmp`` for the suite of ``params_file``: the working directory's data and
+    pretrained models (linked), or tiny synthetic ones made here for ``--toy``."""
     ws = tmp / "ws"
     (ws / "runs").mkdir(parents=True)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(params_file.read_text())
     if toy:
         # the suite's epoch budget counts minibatches of its own data: not of a few samples
         params.update(seeds=[0], device="cpu", budget=None)
@@ -94,11 +97,13 @@ def main() -> None:
     ap.add_argument("--method", default="gmp", help="a key under methods: with a tune space")
     ap.add_argument("--trials", type=int, default=8, help="trials per study (default 8)")
     ap.add_argument("--toy", action="store_true", help="tiny synthetic data, to check it runs")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml",
+                    help="the suite's params.yaml (default: the repository's)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tune-overhead-") as name:
         tmp = Path(name)
-        ws = workspace(tmp, args.toy)
+        ws = workspace(tmp, args.toy, args.params)
         storage = f"sqlite:///{tmp / 'optuna.db'}"
         runs = {}
         for workers in (1, 2):
@@ -109,8 +114,9 @@ def main() -> None:
             runs[workers] = {"wall": wall, **study_figures(storage, study)}
 
     one = runs[1]
-    print(f"tune overhead: method {args.method}, {args.trials} trials per study"
-          f"{' (toy data)' if args.toy else ' (default suite: LeNet-300-100, MNIST)'}, "
+    suite = ("toy data" if args.toy else "default suite: LeNet-300-100, MNIST"
+             if args.params == ROOT / "params.yaml" else f"suite {args.params}")
+    print(f"tune overhead: method {args.method}, {args.trials} trials per study ({suite}), "
           f"{os.cpu_count()} cores")
     for label, part in (("trials 2..N", one["steady"]), ("all trials", one["all"])):
         book = part["span"] - part["compute"]

@@ -148,7 +148,7 @@ def test_sas_admm_minibatches_are_augmented_after_they_are_drawn(tiny_data):
         ours = _Minibatches(ctx, 32, torch.device("cpu"), replacement=replacement)
         theirs = _Minibatches(plain, 32, torch.device("cpu"), replacement=replacement)
         for _ in range(10):  # past one pass (8 batches) without replacement
-            x, y = next(ours)
+            x, _ = next(ours)
             assert torch.equal(x, spy.seen[-1])
             assert torch.equal(x, next(theirs)[0])  # a spy draws nothing: the same batches
         assert len(spy.seen) == 10
@@ -198,7 +198,7 @@ def test_resume_with_crop_flip_gives_the_uninterrupted_result(key, tmp_path):
     snapshots = tmp_path / "snapshots"
     snapshots.mkdir()
     model, curves = _prune(key, data, Recording(tmp_path / "full.pt", snapshots), augment)
-    plain, plain_curves = _prune(key, data, None, None)
+    _, plain_curves = _prune(key, data, None, None)
     assert plain_curves != curves  # the augmentation changed the run
     saved = sorted(snapshots.iterdir())
     assert len(saved) >= 3
@@ -237,7 +237,7 @@ def test_a_bad_augment_is_one_line_and_exit_2(workspace, capsys, data, expected)
     assert main(["check-params", "--params", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err, err
-    with pytest.raises(UsageError, match="^data.augment: "):
+    with pytest.raises(UsageError, match=r"^data\.augment: "):
         load_params(path)
 
 

@@ -52,13 +52,14 @@ SMOKE: dict[str, Smoke] = {
                             "--prox-variants")),
     "pipeline_efficiency.py": Smoke(("--rounds", "1", "--repeat", "1", "--samples", "256",
                                      "--random"), suite=True, slow=True),
-    "subnormal_census.py": Smoke(("--params", "params.yaml", "--no-fix"), suite=True),
+    "subnormal_census.py": Smoke(("--params", "params.yaml", "--flush"), suite=True),
     "time_to_accuracy.py": Smoke(("--levels", "8", "--seeds", "0", "--trials", "1",
                                   "--scale", "0.125", "--workers", "1", "--out", "tta"),
                                  suite=True),
     "tracking_overhead.py": Smoke(("--rounds", "1", "--epochs", "1", "--samples", "256"),
                                   slow=True),
-    "tune_overhead.py": Smoke(("--toy", "--trials", "1"), slow=True),
+    "tune_overhead.py": Smoke(("--params", "params.yaml", "--trials", "1"), suite=True,
+                              slow=True),
 }
 
 

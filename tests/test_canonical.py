@@ -14,7 +14,8 @@ from sparsebench.core.sparsity import apply_masks, magnitude_masks, make_permane
 from sparsebench.data.splits import save_splits, synthetic_splits
 from sparsebench.util.canonical import safetensors_bytes
 
-METADATA = {k: str(i) for i, k in enumerate(["format", "arch", "meta", "shapes", "seed", "mean", "std"])}
+METADATA = {k: str(i) for i, k in enumerate(
+    ["format", "arch", "meta", "shapes", "seed", "mean", "std"])}
 
 
 def _digests(write, path, times: int = 5) -> set[str]:

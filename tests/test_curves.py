@@ -70,7 +70,7 @@ def test_pairs_only_the_common_seeds_and_needs_two():
     assert diff["n"] == 2 and diff["mean"] == pytest.approx(0.015)
     half = T_DF1 * statistics.stdev([0.01, 0.02]) / math.sqrt(2)
     assert diff["high"] - diff["mean"] == pytest.approx(half)
-    one_common = runs("admm", 8, [0.9, 0.9]) + [run("magnitude", 8, 1, 0.8)]
+    one_common = [*runs("admm", 8, [0.9, 0.9]), run("magnitude", 8, 1, 0.8)]
     assert paired_difference(one_common, "admm", "magnitude", 8) is None
     assert paired_difference(rows, "admm", "gmp", 8) is None  # gmp did not run
     assert relation(None) == "?"
@@ -261,5 +261,5 @@ def test_every_entry_point_validates():
 
 def test_a_run_given_twice_is_refused():
     rows = [run("admm", 8, 0, 0.9), run("admm", 8, 0, 0.91)]
-    with pytest.raises(ValueError, match="the same .method, level, seed. comes twice"):
+    with pytest.raises(ValueError, match=r"the same .method, level, seed. comes twice"):
         validate_rows(rows)

@@ -3,6 +3,7 @@ search (interpolation, bracketing, a level it cannot reach)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -346,7 +347,7 @@ def test_a_progressive_series_runs_each_step_from_the_last(pretrained_workspace,
     for seed in (0, 1):
         masks = [load_masks(tmp_path / "runs" / "magnitude" / level / f"seed{seed}" /
                             "masks.safetensors") for level in ("c8", "c16", "c32")]
-        for before, after in zip(masks, masks[1:]):
+        for before, after in itertools.pairwise(masks):
             assert all(torch.equal(after[n] & ~before[n], torch.zeros_like(after[n]))
                        for n in after)
             assert sum(int(m.sum()) for m in after.values()) < sum(

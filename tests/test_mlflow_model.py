@@ -257,3 +257,27 @@ def test_screenshots_of_the_ui_over_a_copy_of_the_store(published, tmp_path):
         width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
         assert (width, height) == (1280, 800)
     assert store.read_bytes() == before  # the copy was served, not the store
+
+
+def test_a_model_logged_before_the_layer_packages_still_loads(published, tmp_path):
+    """Models logged before the move carry a code file that imports
+    ``sparsebench.mlflow_model`` (then the module of `SparseCheckpointModel`): that path must
+    keep loading them, with the same predictions."""
+    import shutil
+
+    import mlflow
+
+    uri = f"models:/{registered_name('default', 8.0)}@{ALIAS}"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "now")))
+    old = tmp_path / "logged-before"
+    shutil.copytree(local, old)
+    code = [p for p in old.rglob("*.py") if "import SparseCheckpointModel" in p.read_text()]
+    assert code, "the logged model carries its loading code"
+    for path in code:
+        text = path.read_text().replace("from sparsebench.tracking.models import",
+                                        "from sparsebench.mlflow_model import")
+        assert "from sparsebench.mlflow_model import SparseCheckpointModel" in text
+        path.write_text(text)
+    images = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    before = mlflow.pyfunc.load_model(str(old)).predict(images)
+    assert np.array_equal(before, mlflow.pyfunc.load_model(str(local)).predict(images))

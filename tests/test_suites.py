@@ -87,3 +87,17 @@ def test_suite_stages_run_in_smoke_mode(suite, tmp_path, monkeypatch):
                                                                         rel=0.01), key
             checked.append(run["level"])
     assert sorted(set(checked)) == sorted(raw["levels"]["compression"])  # every level, checked
+
+
+def test_every_suite_has_the_root_suites_stages():
+    """One definition of the stages: each suite's dvc.yaml repeats the root's stages and plots
+    exactly, its code path (``vars: code``) apart; a suite that needs another stage says so
+    here, and the tune pipeline is a pipeline of its own."""
+    root = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    suites = [p for p in sorted((ROOT / "pipelines").glob("*/dvc.yaml")) if p.parent.name != "tune"]
+    assert len(suites) >= 4
+    for path in suites:
+        suite = yaml.safe_load(path.read_text())
+        assert suite["vars"] == [{"code": "../../src/sparsebench"}], path
+        assert suite["stages"] == root["stages"], f"{path}: stages differ from the root's"
+        assert suite.get("plots") == root.get("plots"), path

@@ -22,7 +22,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_live_run_shows_each_epoch_before_it_ends(tracked_workspace):
-    workspace = tracked_workspace
     from sparsebench.tracking.runs import LiveRun, Records, RunInfo, client_for, tracking_uri
 
     uri = tracking_uri()

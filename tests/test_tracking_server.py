@@ -14,6 +14,7 @@ Select them with ``pytest -m tracking_server``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,10 +76,8 @@ class Server:
     def stop(self) -> None:
         """SIGKILL to the server's own process group: a crash, not a clean shutdown."""
         if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)  # the group: uvicorn's children too
-            except ProcessLookupError:
-                pass
+            with contextlib.suppress(ProcessLookupError):  # the group: uvicorn's children too
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
         self.process = None
 
