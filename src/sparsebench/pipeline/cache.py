@@ -194,11 +194,17 @@ def shared_fingerprint(params: Params, planned: Planned) -> str:
 
 def numerics_config(params: Params) -> dict[str, Any]:
     """The settings a run's numbers depend on beside its spec."""
-    config = {"device": params.device, "data": params.data.model_dump(mode="json"),
-              "threads": params.execution.threads}
-    if distributed.world() > 1:  # another reduction order: not the single-process runs
+    return {"device": params.device, "data": params.data.model_dump(mode="json"),
+            "threads": params.execution.threads, **arithmetic(params)}
+
+
+def arithmetic(params: Params) -> dict[str, Any]:
+    """What changes the arithmetic of any training: torchrun's ranks (another reduction
+    order) and bf16 and the other options; nothing in the default single process."""
+    config: dict[str, Any] = {}
+    if distributed.world() > 1:
         config["world_size"] = distributed.world()
-    if not params.execution.options().default:  # bf16 etc.: other numbers
+    if not params.execution.options().default:
         config["options"] = params.execution.model_dump(
             include={"precision", "channels_last", "compile"})
     return config

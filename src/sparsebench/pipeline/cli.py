@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from sparsebench import checkpoint
 from sparsebench.core import distributed
@@ -26,11 +27,12 @@ from sparsebench.pipeline.prepare import prepare
 from sparsebench.pipeline.pretrain import pretrain
 from sparsebench.pipeline.report import report
 from sparsebench.pipeline.sweep import sweep
+from sparsebench.report import readme
 from sparsebench.suite.load import load_params
 from sparsebench.tracking.runs import check_reachable, tracking_uri
 from sparsebench.tuning.results import all_methods
 from sparsebench.tuning.study import tune
-from sparsebench.util.errors import Incomplete, TrackingFailed, UsageError
+from sparsebench.util.errors import Differs, Incomplete, TrackingFailed, UsageError
 
 DESCRIPTION = "sparsebench <stage>: the one entry point dvc.yaml calls"  # the top of --help
 STAGES = {  # command -> its one line in --help
@@ -45,13 +47,14 @@ STAGES = {  # command -> its one line in --help
     "tune": "an Optuna study of one method's hyperparameters",
     "tune-report": "the tables and plots of every study",
     "profile": "where the last dvc repro spent its time, from the stages' records",
+    "readme": "write the README's results table from reports/curves.csv",
 }
 PER_METHOD = ("run", "calibrate", "tune")  # take --method: a key under methods in params
 TRAINING = ("pretrain", "run", "calibrate", "tune")  # flush subnormals first (numerics)
 TRACKED = ("pretrain", "run", "report")  # check the tracker first
 PROFILED = ("prepare", "pretrain", "run", "report")  # write .cache/profile/<stage>.json
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-FILE_TOOLS = ("export", "inspect", "profile")  # work on model files alone: no params.yaml
+FILE_TOOLS = ("export", "inspect", "profile", "readme")  # no params.yaml
 EXPORT_TO = ("compressed", "dense", "prune")  # = sparsebench.checkpoint.EXPORT_FORMATS
 
 
@@ -73,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("file", help="a compressed checkpoint or a dense model file")
         elif stage == "profile":
             pass
+        elif stage == "readme":
+            s.add_argument("--check", action="store_true",
+                           help="write nothing; exit 1 when the README's table differs")
+            s.add_argument("--readme", default="README.md", help="the README (README.md)")
+            s.add_argument("--report", default="reports/curves.csv",
+                           help="the report's rows (reports/curves.csv)")
         else:
             s.add_argument("--params", default="params.yaml", help="the params file (params.yaml)")
         if stage in PER_METHOD:
@@ -125,6 +134,12 @@ def run_file_tool(args: argparse.Namespace) -> None:
         print(checkpoint.inspect_table(args.file))
     elif args.stage == "profile":
         print(profile.table(profile.load()))
+    elif args.stage == "readme":
+        changed = readme.update(Path(args.readme), Path(args.report), check=args.check)
+        if changed and args.check:
+            raise Differs(f"readme: the results in {args.readme} differ from {args.report}; "
+                          "run sparsebench readme to write them")
+        print(f"{args.readme}: {'written' if changed else 'up to date'}")
 
 
 def run(argv: list[str]) -> None:
@@ -192,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sparsebench: interrupted", file=sys.stderr)
         return 130
+    except Differs as exc:
+        print(f"sparsebench: {exc}", file=sys.stderr)
+        return 1
     except Incomplete as exc:
         print(f"sparsebench: incomplete: {exc}", file=sys.stderr)
         return 1

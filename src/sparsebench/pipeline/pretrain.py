@@ -13,7 +13,7 @@ from sparsebench.core.checkpoints import Resume
 from sparsebench.core.train import fit, seed_everything
 from sparsebench.data import load_splits
 from sparsebench.pipeline import profile
-from sparsebench.pipeline.cache import StageWork, fingerprint
+from sparsebench.pipeline.cache import StageWork, arithmetic, fingerprint
 from sparsebench.pipeline.devices import stage_device, workers_of
 from sparsebench.pipeline.hooks import chain_hooks, live_epochs, log_epoch
 from sparsebench.pipeline.tracker import StageTracker
@@ -60,16 +60,10 @@ def pretrain(params: Params) -> None:
 
 
 def pretrain_config(params: Params, threads: int) -> dict[str, Any]:
-    """What the pretrained models depend on: the sections pretrain reads, the threads, and
-    what changes the arithmetic (torchrun's ranks, bf16 and the other options)."""
+    """What the pretrained models depend on: the sections pretrain reads, the threads and
+    the arithmetic (`cache.arithmetic`)."""
     shared = params.model_dump(include={"seeds", "device", "data", "model", "pretrain"})
-    shared["threads"] = threads
-    if distributed.world() > 1:  # another reduction order: not the single-process models
-        shared["world_size"] = distributed.world()
-    if not params.execution.options().default:  # bf16 etc.: other numbers
-        shared["options"] = params.execution.model_dump(
-            include={"precision", "channels_last", "compile"})
-    return shared
+    return {**shared, "threads": threads, **arithmetic(params)}
 
 
 class _Seeds:

@@ -25,6 +25,11 @@ class Diverged(UsageError):
     (exit code 2); under tuning the trial fails and the study goes on."""
 
 
+class Differs(RuntimeError):
+    """A check that found a difference (``sparsebench readme --check``): one line, exit
+    code 1; running the command without ``--check`` mends it."""
+
+
 class Incomplete(RuntimeError):
     """Work that stopped short of what was asked (a study with fewer finished trials than
     requested): one line, exit code 1; running the command again resumes it."""
