@@ -21,23 +21,7 @@ from sparsebench.suite.params import Params
 from sparsebench.util.errors import UsageError
 from sparsebench.util.paths import run_dir, seed_dir
 
-
-def check_budget(params: Params, key: str, method: Any, n_train: int) -> None:
-    """Refuse ``methods.<key>`` when a run of it (pretrain share + prune + retrain) is over
-    ``budget``."""
-    if params.budget is None:
-        return
-    budget = epoch_budget(params, key, method, n_train)
-    if budget["total"] > params.budget:
-        raise UsageError(
-            f"methods.{key}: {budget['total']} epochs a run ({budget['pretrain']} pretrain + "
-            f"{budget['prune']} prune + {budget['retrain']} retrain) is over the suite's "
-            f"budget; allowed: at most budget: {params.budget}")
-
-
 DATA_FILE = Path("data", "prepared", "splits.safetensors")
-
-
 SHARED_PRUNE = "prune"  # runs/<key>/prune/seed<s>: a prune trajectory shared by the levels
 
 
@@ -120,6 +104,19 @@ def epoch_budget(params: Params, key: str, method: MethodParams, n_train: int) -
               "prune": instance.prune_epochs(n_train),
               "retrain": retrain_phase(params, method).epochs}
     return {**budget, "total": sum(budget.values())}
+
+
+def check_budget(params: Params, key: str, method: Any, n_train: int) -> None:
+    """Refuse ``methods.<key>`` when a run of it (pretrain share + prune + retrain) is over
+    ``budget``."""
+    if params.budget is None:
+        return
+    budget = epoch_budget(params, key, method, n_train)
+    if budget["total"] > params.budget:
+        raise UsageError(
+            f"methods.{key}: {budget['total']} epochs a run ({budget['pretrain']} pretrain + "
+            f"{budget['prune']} prune + {budget['retrain']} retrain) is over the suite's "
+            f"budget; allowed: at most budget: {params.budget}")
 
 
 def plan(params: Params, methods: dict[str, MethodParams], key: str,
