@@ -281,3 +281,11 @@ def test_a_model_logged_before_the_layer_packages_still_loads(published, tmp_pat
     images = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
     before = mlflow.pyfunc.load_model(str(old)).predict(images)
     assert np.array_equal(before, mlflow.pyfunc.load_model(str(local)).predict(images))
+
+
+def test_registered_names_sort_in_level_order():
+    levels = [8.0, 16.0, 32.0, 64.0, 71.2, 128.0, 246.0]
+    names = [registered_name("default", level) for level in levels]
+    assert names[0] == "sparsebench-default-008x-best"
+    assert names[4] == "sparsebench-default-071.2x-best"
+    assert sorted(names) == names

@@ -15,7 +15,7 @@
 * `publish_models` (the report stage): logs the model of every run that has none yet (a run
   is found by its ``fingerprint`` tag, a model by the same tag: nothing is logged twice), then
   `register_best`: per (suite, level) the best model in the Model Registry as
-  ``sparsebench-<suite>-<compression>x-best`` with the alias ``best``.
+  ``sparsebench-<suite>-<compression>x-best`` (``...-008x-best``) with the alias ``best``.
 
 Rule for "best" (`best_per_level`): at each level, the method with the highest mean test
 accuracy over its seeds (ties: the first key in order), and of that method the run with the
@@ -234,7 +234,10 @@ def best_per_level(rows: Iterable[dict[str, Any]]) -> list[Choice]:
 
 
 def registered_name(suite: str, level: float) -> str:
-    return f"sparsebench-{suite}-{level:.4g}x-best"
+    """``sparsebench-default-008x-best``: the compression padded to three digits, so that the
+    registered models sort in level order as text (008x < 016x < 128x)."""
+    whole, dot, fraction = f"{level:.4g}".partition(".")
+    return f"sparsebench-{suite}-{whole:0>3}{dot}{fraction}x-best"
 
 
 @contextmanager
