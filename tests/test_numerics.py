@@ -10,7 +10,7 @@ import pytest
 
 HEADER = """
 import torch
-from sparsebench.numerics import flush_subnormals
+from sparsebench.core.numerics import flush_subnormals
 torch.set_num_threads(2)
 def x():  # not at import: a parallel fill would start the worker threads
     return torch.full((1 << 18,), 1e-30)

@@ -44,11 +44,11 @@ def _children(client, experiment_id, parent_id):
 
 def test_a_study_runs_n_trials_from_the_hand_set_values_tracks_and_resumes(
         tune_workspace, monkeypatch):
-    import sparsebench.data
+    import sparsebench.tuning.worker
 
     seen = []
-    real = sparsebench.data.load_splits
-    monkeypatch.setattr(sparsebench.data, "load_splits",
+    real = sparsebench.tuning.worker.load_splits
+    monkeypatch.setattr(sparsebench.tuning.worker, "load_splits",
                         lambda path, names=("train", "val"): seen.append(tuple(names))
                         or real(path, names))
     params = tune_workspace()
