@@ -8,7 +8,6 @@ Every user error (a bad name, value, path or file) is printed as one line and ex
 from __future__ import annotations
 
 import argparse
-import difflib
 import errno
 import os
 import sys
@@ -28,7 +27,7 @@ from sparsebench.pipeline.pretrain import pretrain
 from sparsebench.pipeline.report import report
 from sparsebench.pipeline.sweep import sweep
 from sparsebench.report import readme
-from sparsebench.suite.load import load_params
+from sparsebench.suite.load import check_method, load_params
 from sparsebench.tracking.runs import check_reachable, tracking_uri
 from sparsebench.tuning.results import all_methods
 from sparsebench.tuning.study import tune
@@ -102,21 +101,6 @@ def add_tune_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--workers", type=int, help="worker processes on this machine")
     s.add_argument("--storage", help="an SQLAlchemy URL (default: the repo's tuning/optuna.db)")
     s.add_argument("--study", help="the study name (default: <suite>-<method>-<objective>)")
-
-
-def check_method(key: str, methods: dict) -> None:
-    """Refuse a ``--method`` that is not a key under ``methods`` in params, before any stage
-    work, naming the closest key so a typo (``admn``) is fixed at once.
-
-    Raises:
-        UsageError: one line with the value, the closest key (if any) and the allowed keys.
-    """
-    if key in methods:
-        return
-    close = difflib.get_close_matches(key, list(methods), n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
-    raise UsageError(f"--method: unknown method key {key!r}; {hint}allowed: "
-                     f"{', '.join(methods)}")
 
 
 def run_tune(args: argparse.Namespace) -> None:

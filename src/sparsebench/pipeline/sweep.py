@@ -34,6 +34,7 @@ from sparsebench.run import (
     read_result,
     shared_prune,
 )
+from sparsebench.suite.load import check_method
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE, Planned, plan, seeds_of
 from sparsebench.tracking.runs import RUN_STATE
@@ -57,9 +58,7 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     logging its MLflow run live from its worker (under a (method, level) parent); then the runs
     the tracker lacks are completed from their files, the method's metrics files are written
     and the parents get the report's numbers."""
-    if key not in methods:
-        raise UsageError(f"--method: {key!r} is not configured under methods in params.yaml; "
-                         f"allowed: {', '.join(methods)}")
+    check_method(key, methods)
     started = time.perf_counter()
     device = stage_device(params)
     planned = method_runs(params, methods, key)

@@ -4,6 +4,7 @@ against the data set, the model and the methods, each refused in one line.
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,3 +187,18 @@ def _check_model_args(params: Params) -> nn.Module:
                  "num_classes": params.data.synthetic_classes}
     with torch.device("meta"):
         return build_model(params.model.name, **{**shape, **params.model.args})
+
+
+def check_method(key: str, methods: dict) -> None:
+    """Refuse a ``--method`` that is not a key under ``methods`` in params, before any stage
+    work, naming the closest key so a typo (``admn``) is fixed at once.
+
+    Raises:
+        UsageError: one line with the value, the closest key (if any) and the allowed keys.
+    """
+    if key in methods:
+        return
+    close = difflib.get_close_matches(key, list(methods), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise UsageError(f"--method: unknown method key {key!r}; {hint}allowed: "
+                     f"{', '.join(methods)}")

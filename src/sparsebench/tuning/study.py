@@ -21,7 +21,7 @@ from typing import Any
 
 from sparsebench.methods import build_method, method_params
 from sparsebench.run import MODEL
-from sparsebench.suite.load import load_params
+from sparsebench.suite.load import check_method, load_params
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE
 from sparsebench.suite.space import TuneParams, handset_values
@@ -54,8 +54,7 @@ def request(params_path: str, params: Params, methods: dict[str, Any], key: str,
             study: str | None = None) -> Request:
     """The study to run, refused in one line if the method cannot be tuned as asked."""
     tune = params.tune
-    if key not in methods:
-        raise UsageError(f"--method: unknown method key {key!r}; allowed: {', '.join(methods)}")
+    check_method(key, methods)
     if key not in tune.spaces:
         raise UsageError(f"--method: {key!r} has no search space under tune.spaces; allowed: "
                          f"{', '.join(tune.spaces) or 'none yet (add tune.spaces.' + key + ')'}")
