@@ -1,5 +1,4 @@
-"""Per-epoch hooks of a training stage: a line on stdout, the live MLflow run.
-"""
+"""Per-epoch hooks of a training stage: a line on stdout, the live MLflow run."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Nested mappings as flat dotted keys (params in MLflow, a run's settings in one line).
-"""
+"""Nested mappings as flat dotted keys (params in MLflow, a run's settings in one line)."""
 
 from __future__ import annotations
 
