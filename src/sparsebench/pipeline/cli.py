@@ -26,7 +26,8 @@ from sparsebench.pipeline.prepare import prepare
 from sparsebench.pipeline.pretrain import pretrain
 from sparsebench.pipeline.report import report
 from sparsebench.pipeline.sweep import sweep
-from sparsebench.report import readme
+from sparsebench.report import readme, replicate
+from sparsebench.report.tables import read_curves_csv
 from sparsebench.suite.load import check_method, load_params
 from sparsebench.tracking.runs import check_reachable, tracking_uri
 from sparsebench.tuning.results import all_methods
@@ -47,13 +48,14 @@ STAGES = {  # command -> its one line in --help
     "tune-report": "the tables and plots of every study",
     "profile": "where the last dvc repro spent its time, from the stages' records",
     "readme": "write the README's results table from reports/curves.csv",
+    "replicate": "which claims of one report (curves.csv) another one makes too",
 }
 PER_METHOD = ("run", "calibrate", "tune")  # take --method: a key under methods in params
 TRAINING = ("pretrain", "run", "calibrate", "tune")  # flush subnormals first (numerics)
 TRACKED = ("pretrain", "run", "report")  # check the tracker first
 PROFILED = ("prepare", "pretrain", "run", "report")  # write .cache/profile/<stage>.json
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-FILE_TOOLS = ("export", "inspect", "profile", "readme")  # no params.yaml
+FILE_TOOLS = ("export", "inspect", "profile", "readme", "replicate")  # no params.yaml
 EXPORT_TO = ("compressed", "dense", "prune")  # = sparsebench.checkpoint.EXPORT_FORMATS
 
 
@@ -75,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("file", help="a compressed checkpoint or a dense model file")
         elif stage == "profile":
             pass
+        elif stage == "replicate":
+            s.add_argument("report_a", help="a report's curves.csv (its claims are checked)")
+            s.add_argument("report_b", help="another run's curves.csv of the same suite")
         elif stage == "readme":
             s.add_argument("--check", action="store_true",
                            help="write nothing; exit 1 when the README's table differs")
@@ -109,6 +114,19 @@ def run_tune(args: argparse.Namespace) -> None:
          workers=args.workers, storage=args.storage, study=args.study)
 
 
+def _read_report(path: Path, command: str) -> list[dict]:
+    """A report's rows; a missing file, column or bad value refused in one line."""
+    if not path.is_file():
+        raise UsageError(f"{command}: {str(path)!r} does not exist; allowed: a report's "
+                         "curves.csv")
+    try:
+        return read_curves_csv(path.read_text())
+    except UsageError as exc:
+        raise UsageError(f"{command}: {str(path)!r}: {exc}") from None
+    except ValueError as exc:  # a number or flag that does not parse
+        raise UsageError(f"{command}: {str(path)!r}: {exc}") from None
+
+
 def run_file_tool(args: argparse.Namespace) -> None:
     """Run a stage that works on model files alone (no params file)."""
     if args.stage == "export":
@@ -118,6 +136,9 @@ def run_file_tool(args: argparse.Namespace) -> None:
         print(checkpoint.inspect_table(args.file))
     elif args.stage == "profile":
         print(profile.table(profile.load()))
+    elif args.stage == "replicate":
+        a, b = (_read_report(Path(p), "replicate") for p in (args.report_a, args.report_b))
+        print("\n".join(replicate.summary_lines(replicate.compare(a, b))))
     elif args.stage == "readme":
         changed = readme.update(Path(args.readme), Path(args.report), check=args.check)
         if changed and args.check:
