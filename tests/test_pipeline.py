@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -107,6 +108,8 @@ def test_stages_run_end_to_end_and_track_in_mlflow(tracked_workspace):
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(
         results["gmp"]["levels"]["c8"]["mean"]["test_accuracy"])
+    assert parent.data.metrics["log2_compression"] == pytest.approx(
+        math.log2(results["gmp"]["levels"]["c8"]["mean"]["compression"]))
     assert gmp0.info.status == "FINISHED"
     assert gmp0.data.params["method.target_sparsity"] == "0.875"
     assert {"git_commit", "suite", "level", "fingerprint"} <= set(gmp0.data.tags)

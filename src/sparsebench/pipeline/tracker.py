@@ -6,6 +6,7 @@ runs completed afterwards from their own records (`run_records`).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,9 @@ class RunTracker(StageTracker):
 
     def finish(self, summary: dict) -> None:
         """The parents' metrics: the report's numbers per level (mean and std over seeds of
-        test accuracy, sparsity, compression, FLOP speedup, train seconds, every figure);
-        a value already there is not sent again."""
+        test accuracy, sparsity, compression, FLOP speedup, train seconds, every figure) and
+        ``log2_compression`` (MLflow's charts have no log axis); a value already there is not
+        sent again."""
         from mlflow.entities import Metric  # lazy: mlflow takes about 3 s to import
 
         for name, entry in summary["levels"].items():
@@ -158,6 +160,9 @@ class RunTracker(StageTracker):
             for stat in ("mean", "std"):
                 for k, v in entry.get(stat, {}).items():
                     values[f"{k}_{stat}"] = v
+            compression = entry.get("mean", {}).get("compression", 0.0)
+            if 0 < compression < math.inf:  # the UI's scatter on a log2 axis
+                values["log2_compression"] = math.log2(compression)
             stamp = now_ms()
             with logged(f"the parent run {self.key}-{name}", self.uri, "evaluation/"):
                 current = self.client.get_run(parent.info.run_id)
