@@ -9,7 +9,7 @@ its type when the CSV is read back and its place in the row follow from the fiel
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 
@@ -77,11 +77,10 @@ def required_columns() -> list[str]:
 
 def column_types() -> dict[str, type]:
     """The typed columns and their type, to read ``curves.csv`` back (float where a column
-    may hold either number)."""
+    may hold either number); text columns are left out."""
     kinds: dict[str, type] = {}
     for name, field in CurveRow.model_fields.items():
-        text = str(field.annotation)
-        if "str" not in text:
-            kinds[name] = (bool if "bool" in text else int if field.annotation is int
-                           else float)
+        types = set(get_args(field.annotation) or (field.annotation,)) - {type(None)}
+        if str not in types:
+            kinds[name] = bool if bool in types else int if types == {int} else float
     return kinds
