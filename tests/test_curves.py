@@ -6,14 +6,19 @@ import math
 import statistics
 
 import pytest
+from scipy.stats import ttest_rel
 
 from sparsebench.report.stats import (
+    ALPHA,
     CSV_COLUMNS,
     area_under_curve,
+    comparisons,
+    groups,
+    holm,
     levels_of,
     max_compression_within,
     paired_difference,
-    rank_level,
+    probability_of_improvement,
     relation,
     summarize,
     t_quantile,
@@ -107,7 +112,7 @@ def test_a_wider_confidence_gives_a_wider_interval():
     assert wide["low"] < narrow["low"] < narrow["high"] < wide["high"]
 
 
-# --------------------------------------------------------------------------- summaries and ranking
+# --------------------------------------------------------------------------- summaries
 
 
 def test_summarize_gives_means_and_sample_stds_per_method_and_level():
@@ -135,30 +140,152 @@ def test_summarize_gives_means_and_sample_stds_per_method_and_level():
         assert f"{metric}_mean" in gmp16 and f"{metric}_std" in gmp16
 
 
-def test_rank_level_orders_by_mean_and_says_which_gaps_are_noise():
-    rows = (runs("admm", 32, [0.980, 0.981, 0.982]) + runs("gmp", 32, [0.970, 0.971, 0.972])
-            + runs("sas_admm", 32, [0.972, 0.968, 0.971])
-            + runs("random", 32, [0.5, 0.6, 0.55]) + runs("admm", 8, [0.1, 0.1, 0.1]))
-    ranking = rank_level(rows, 32)
-    assert [r["method"] for r in ranking] == ["admm", "gmp", "sas_admm", "random"]
-    assert [r["relation"] for r in ranking] == [">", "≈", ">", ""]
-    assert [r["within_noise_next"] for r in ranking] == [False, True, False, None]
-    assert ranking[0]["mean"] == pytest.approx(0.981)
-    assert ranking[0]["std"] == pytest.approx(0.001)
-    assert ranking[1]["next_difference"]["baseline"] == "sas_admm"
-    assert ranking[-1]["next_difference"] is None
-
-
-def test_rank_level_with_one_seed_cannot_judge_the_gap():
-    rows = [run("admm", 8, 0, 0.9), run("gmp", 8, 0, 0.8)]
-    ranking = rank_level(rows, 8)
-    assert [r["relation"] for r in ranking] == ["?", ""]
-    assert ranking[0]["within_noise_next"] is None
-
-
 def test_levels_of_leaves_dense_out():
     rows = runs("dense", 1, [0.99]) + runs("gmp", 16, [0.9]) + runs("gmp", 8, [0.9])
     assert levels_of(rows) == [8.0, 16.0]
+
+
+# ------------------------------------------------------------- corrected comparisons and groups
+
+
+def test_holm_multiplies_the_sorted_p_values_and_keeps_them_in_order():
+    # sorted: 0.005 · 4 = 0.02, 0.01 · 3 = 0.03, 0.03 · 2 = 0.06, 0.04 · 1 = 0.04 -> 0.06 (the
+    # running maximum): back in the input's order
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.6, 0.7, 0.01]) == pytest.approx([1.0, 1.0, 0.03])  # 1.2 capped at 1
+    assert holm([0.04]) == [0.04] and holm([]) == []
+    assert holm([0.02, 0.02]) == pytest.approx([0.04, 0.04])  # a tie: 0.04, max(0.04, 0.02)
+    ps = [0.2, 0.001, 0.03, 0.04, 0.5, 0.011]
+    adjusted = holm(ps)
+    order = sorted(range(len(ps)), key=ps.__getitem__)
+    assert [adjusted[i] for i in order] == sorted(adjusted)  # the raw order, not decreasing
+    assert all(p <= q <= min(1.0, len(ps) * p) for p, q in zip(ps, adjusted, strict=True))
+
+
+def test_probability_of_improvement_counts_every_pair_of_seeds_ties_a_half():
+    # (1, 2) ×2: 0, (2, 2) ×2: 0.5 each, (3, 2) ×2: 1 each -> 3 / 6
+    assert probability_of_improvement([1, 2, 3], [2, 2]) == 0.5
+    # (1, 2) 0, (1, 3) 0, (3, 2) 1, (3, 3) 0.5, (4, 2) 1, (4, 3) 1 -> 3.5 / 6
+    assert probability_of_improvement([1, 3, 4], [2, 3]) == pytest.approx(7 / 12)
+    assert probability_of_improvement([1, 3, 4], [2, 3]) + probability_of_improvement(
+        [2, 3], [1, 3, 4]) == pytest.approx(1.0)
+    assert probability_of_improvement([0.98, 0.99], [0.90, 0.97, 0.975]) == 1.0
+    assert probability_of_improvement([0.90, 0.97], [0.98, 0.99]) == 0.0
+
+
+# admm > gmp > magnitude on the mean; paired p: admm-gmp 0.138, admm-magnitude 0.0349,
+# gmp-magnitude 0.00506 -> Holm (3 pairs): 0.0152, 2 · 0.0349 = 0.0699, max(0.0699, 0.138)
+ADMM, GMP, MAGNITUDE = [0.981, 0.984, 0.979], [0.975, 0.976, 0.978], [0.970, 0.972, 0.973]
+
+
+def test_comparisons_are_paired_t_tests_holm_corrected_over_the_level():
+    rows = (runs("magnitude", 8, MAGNITUDE) + runs("gmp", 8, GMP) + runs("admm", 8, ADMM)
+            + runs("dense", 1, [0.99, 0.99, 0.99]) + runs("gmp", 16, [0.5, 0.6, 0.7]))
+    pairs = comparisons(rows, 8)
+    assert [(p["a"], p["b"]) for p in pairs] == [("admm", "gmp"), ("admm", "magnitude"),
+                                                 ("gmp", "magnitude")]  # a: the higher mean
+    accs = {"admm": ADMM, "gmp": GMP, "magnitude": MAGNITUDE}
+    raw = [ttest_rel(accs[p["a"]], accs[p["b"]]).pvalue for p in pairs]
+    assert [p["p"] for p in pairs] == pytest.approx(raw, rel=1e-9)
+    assert raw == pytest.approx([0.1382725, 0.0349404, 0.0050633], abs=1e-7)
+    assert [p["p_holm"] for p in pairs] == pytest.approx(
+        [raw[0], 2 * raw[1], 3 * raw[2]], rel=1e-9)
+    assert [p["relation"] for p in pairs] == ["≈", "≈", ">"]  # 0.0349 alone would be a claim
+    first = pairs[0]
+    assert (first["level"], first["n"]) == (8.0, 3)
+    assert first["mean"] == pytest.approx(0.005)  # differences 0.006, 0.008, 0.001
+    assert first["std"] == pytest.approx(statistics.stdev([0.006, 0.008, 0.001]))
+    assert first["poi"] == pytest.approx(1.0)  # every admm seed above every gmp seed
+    assert comparisons(rows, 16) == []  # one method there
+    assert comparisons(rows, 32) == []
+
+
+def test_relation_is_the_holm_p_strictly_below_alpha():
+    rows = runs("magnitude", 8, MAGNITUDE) + runs("gmp", 8, GMP) + runs("admm", 8, ADMM)
+    p_holm = [p["p_holm"] for p in comparisons(rows, 8)]
+    assert ALPHA == 0.05 and comparisons(rows, 8, ALPHA) == comparisons(rows, 8)
+    assert [p["relation"] for p in comparisons(rows, 8, alpha=p_holm[2])] == ["≈", "≈", "≈"]
+    assert [p["relation"] for p in comparisons(rows, 8, alpha=0.07)] == ["≈", ">", ">"]
+    assert [p["relation"] for p in comparisons(rows, 8, alpha=0.2)] == [">", ">", ">"]
+    assert [p["p_holm"] for p in comparisons(rows, 8, alpha=0.2)] == p_holm  # alpha: no effect
+
+
+def test_the_holm_family_is_every_pair_of_the_level_and_no_other():
+    rows = runs("magnitude", 8, MAGNITUDE) + runs("gmp", 8, GMP)
+    alone = comparisons(rows, 8)[0]
+    assert alone["p_holm"] == pytest.approx(alone["p"])  # a family of one
+    with_admm = comparisons(rows + runs("admm", 8, ADMM), 8)
+    assert with_admm[2]["p"] == alone["p"] and with_admm[2]["p_holm"] == pytest.approx(
+        3 * alone["p"])
+    other_level = comparisons(rows + runs("admm", 16, ADMM) + runs("gmp", 16, GMP), 8)
+    assert other_level[0]["p_holm"] == alone["p_holm"]
+
+
+def test_comparisons_leave_interpolated_rows_out():
+    rows = (runs("magnitude", 8, MAGNITUDE) + runs("gmp", 8, GMP)
+            + runs("grda", 8, [0.99, 0.99, 0.99], interpolated=True))
+    admm = runs("admm", 8, ADMM)
+    admm[2].update(interpolated=True, test_accuracy=0.5)  # counted, it would change every figure
+    pairs = comparisons(rows + admm, 8)
+    assert all("grda" not in (p["a"], p["b"]) for p in pairs)  # no measured row
+    assert len(pairs) == 3
+    admm_gmp = next(p for p in pairs if {p["a"], p["b"]} == {"admm", "gmp"})
+    assert admm_gmp["n"] == 2 and admm_gmp["mean"] == pytest.approx(0.007)  # seeds 0, 1
+    assert admm_gmp["p"] == pytest.approx(ttest_rel(ADMM[:2], GMP[:2]).pvalue)
+    assert admm_gmp["poi"] == 1.0  # over admm's 2 measured seeds and gmp's 3 (6/9 with 0.5)
+    assert (admm_gmp["a"], admm_gmp["b"]) == ("admm", "gmp")  # measured means 0.9825, 0.9763
+    one_seed = comparisons(runs("magnitude", 8, MAGNITUDE) + admm[:1], 8)
+    assert one_seed == []  # fewer than 2 common measured seeds: no pair, out of the family
+
+
+def test_a_difference_without_spread_has_p_zero_and_none_p_one():
+    # binary fractions: the differences are exactly 0.125, their std exactly 0
+    rows = (runs("gmp", 8, [0.5, 0.75, 0.625]) + runs("magnitude", 8, [0.375, 0.625, 0.5])
+            + runs("copy", 8, [0.375, 0.625, 0.5]))
+    pairs = comparisons(rows, 8)
+    gmp_magnitude = next(p for p in pairs if p["a"] == "gmp" and p["b"] == "magnitude")
+    assert gmp_magnitude["std"] == 0.0 and gmp_magnitude["mean"] == 0.125
+    assert gmp_magnitude["p"] == 0.0 and gmp_magnitude["p_holm"] == 0.0
+    assert gmp_magnitude["relation"] == ">"
+    same = next(p for p in pairs if {p["a"], p["b"]} == {"copy", "magnitude"})
+    assert (same["mean"], same["std"], same["p"], same["relation"]) == (0.0, 0.0, 1.0, "≈")
+    assert (same["a"], same["b"]) == ("copy", "magnitude")  # a tie on the mean: by name
+    assert same["poi"] == pytest.approx(0.5)
+
+
+def pairs_of(*claims: tuple[str, str, str]) -> list[dict]:
+    """`comparisons`-like pairs from (a, relation, b)."""
+    return [{"a": a, "b": b, "relation": rel} for a, rel, b in claims]
+
+
+def test_groups_place_each_method_by_the_leader_alone():
+    means = {"A": 0.90, "B": 0.89, "C": 0.88}
+    # A ≈ B and B ≈ C, A > C: chaining neighbours would give one group, the leader two
+    pairs = pairs_of(("A", "≈", "B"), ("B", "≈", "C"), ("A", ">", "C"))
+    assert groups(pairs, means) == [["A", "B"], ["C"]]
+    assert groups(pairs_of(("A", "≈", "B"), ("B", ">", "C"), ("A", "≈", "C")), means) == [
+        ["A", "B", "C"]]
+    assert groups(pairs_of(("A", ">", "B"), ("B", ">", "C"), ("A", ">", "C")), means) == [
+        ["A"], ["B"], ["C"]]
+    assert groups([], {}) == []
+
+
+def test_a_method_not_compared_with_the_leader_starts_a_later_group():
+    means = {"A": 0.90, "D": 0.895, "B": 0.89, "C": 0.85}
+    pairs = pairs_of(("A", "≈", "B"), ("A", ">", "C"), ("B", "≈", "C"))  # D: no pair
+    assert groups(pairs, means) == [["A", "B"], ["D"], ["C"]]
+    pairs += pairs_of(("D", "≈", "C"))
+    assert groups(pairs, means) == [["A", "B"], ["D", "C"]]
+
+
+def test_groups_of_the_comparisons_of_rows():
+    rows = runs("magnitude", 8, MAGNITUDE) + runs("gmp", 8, GMP) + runs("admm", 8, ADMM)
+    means = {s["method"]: s["test_accuracy_mean"] for s in summarize(rows)}
+    # Holm: only gmp > magnitude; magnitude is not separated from the leader admm
+    assert groups(comparisons(rows, 8), means) == [["admm", "gmp", "magnitude"]]
+    assert groups(comparisons(rows, 8, alpha=0.07), means) == [["admm", "gmp"], ["magnitude"]]
+    assert groups(comparisons(rows, 8, alpha=0.2), means) == [["admm"], ["gmp"],
+                                                               ["magnitude"]]
 
 
 # ------------------------------------------------------------------- AUC and max compression
@@ -252,7 +379,7 @@ def test_a_bad_value_is_refused_naming_row_and_key(key, value, message):
 
 def test_every_entry_point_validates():
     rows = [run("admm", 8, 0, math.nan)]
-    for call in (lambda: summarize(rows), lambda: rank_level(rows, 8),
+    for call in (lambda: summarize(rows), lambda: comparisons(rows, 8),
                  lambda: paired_difference(rows, "admm", "gmp", 8)):
         with pytest.raises(ValueError, match=r"\(method='admm', level=8.0, seed=0\): key "
                                              r"'test_accuracy'"):

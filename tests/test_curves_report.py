@@ -17,12 +17,16 @@ from sparsebench.report import tables as curves_report
 from sparsebench.report.stats import (
     CSV_COLUMNS,
     area_under_curve,
+    comparisons,
+    groups,
     max_compression_within,
     paired_difference,
-    rank_level,
+    probability_of_improvement,
     summarize,
 )
 from sparsebench.report.tables import (
+    COMPARISON_COLUMNS,
+    comparisons_csv,
     curves_csv,
     curves_markdown,
     difference_cell,
@@ -142,15 +146,23 @@ def test_level_tables_hold_the_summaries():
         assert line["seeds"].split()[0] == "3"
 
 
-def test_differences_to_magnitude_and_gmp_are_the_paired_intervals():
+DIFFERENCE = re.compile(r"([+\u2212]\d+\.\d\d) \(p (<0\.001|\d\.\d{3}), PoI (\d+)%\)"
+                        r"( \(noise\))?$")
+
+
+def accuracies(rows: list[dict], method: str, level: float) -> list[float]:
+    return [r["test_accuracy"] for r in rows
+            if r["method"] == method and r["level"] == level and not r["interpolated"]]
+
+
+def test_differences_to_magnitude_and_gmp_are_the_corrected_comparisons():
     sections = tables(curves_markdown(ROWS, suite="default", budget=60))
-    pattern = re.compile(r"([+\u2212]\d+\.\d\d) \[([+\u2212]\d+\.\d\d), ([+\u2212]\d+\.\d\d)\]"
-                         r"(\*?)( \(noise\))?$")
-    checked = 0
+    checked = []
     for title, table in sections.items():
         if not title.endswith("sparse)"):
             continue
         level = float(title.split("x")[0])
+        pairs = comparisons(ROWS, level)
         for line in table:
             method = line["method"].rstrip("*")
             for baseline in ("magnitude", "gmp"):
@@ -158,33 +170,108 @@ def test_differences_to_magnitude_and_gmp_are_the_paired_intervals():
                 if method == baseline:
                     assert cell == "—"
                     continue
-                diff = paired_difference(ROWS, method, baseline, level)
-                mean, low, high, star, noise = pattern.match(cell).groups()
-                assert (signed(mean), signed(low), signed(high)) == (
-                    pct(diff["mean"]), pct(diff["low"]), pct(diff["high"]))
-                assert bool(noise) == diff["within_noise"]
-                assert bool(star) == diff["interpolated"]
-                checked += 1
-    assert checked == 3 * (3 * 2 + 2)  # 3 levels: 3 methods against both, the 2 baselines
+                if line["method"].endswith("*"):  # grda at 32x: every row interpolated
+                    assert cell == "n/a"
+                    checked.append("n/a")
+                    continue
+                pair = next(p for p in pairs if {p["a"], p["b"]} == {method, baseline})
+                mean, p, poi, noise = DIFFERENCE.match(cell).groups()
+                assert signed(mean) == pct(paired_difference(ROWS, method, baseline,
+                                                             level)["mean"])
+                assert p == ("<0.001" if pair["p_holm"] < 0.001 else f"{pair['p_holm']:.3f}")
+                assert int(poi) == round(100 * probability_of_improvement(
+                    accuracies(ROWS, method, level), accuracies(ROWS, baseline, level)))
+                assert bool(noise) == (pair["relation"] == "≈")
+                checked.append(cell)
+    # 3 levels: 3 methods against both baselines, the 2 baselines against each other
+    assert len(checked) == 3 * (3 * 2 + 2) and checked.count("n/a") == 2
 
 
 def test_difference_cell_format():
-    diff = {"mean": 0.0012, "low": -0.0005, "high": 0.0029, "within_noise": True,
-            "interpolated": False}
-    assert difference_cell(diff) == "+0.12 [\u22120.05, +0.29] (noise)"
-    assert difference_cell({**diff, "low": 0.0001, "within_noise": False,
-                            "interpolated": True}) == "+0.12 [+0.01, +0.29]*"
-    assert difference_cell({**diff, "low": -0.00001}).startswith("+0.12 [\u22120.00,")
-    assert difference_cell(None) == "n/a"
+    pair = {"a": "admm", "b": "magnitude", "mean": 0.0066, "p_holm": 0.0031, "poi": 1.0,
+            "relation": ">"}
+    assert difference_cell(pair, "admm") == "+0.66 (p 0.003, PoI 100%)"
+    assert difference_cell(pair, "magnitude") == "\u22120.66 (p 0.003, PoI 0%)"
+    noise = {**pair, "p_holm": 0.2, "poi": 0.75, "relation": "≈"}
+    assert difference_cell(noise, "admm") == "+0.66 (p 0.200, PoI 75%) (noise)"
+    assert difference_cell(noise, "magnitude") == "\u22120.66 (p 0.200, PoI 25%) (noise)"
+    assert difference_cell({**pair, "p_holm": 0.00099}, "admm").startswith("+0.66 (p <0.001,")
+    assert difference_cell({**pair, "p_holm": 0.001}, "admm").startswith("+0.66 (p 0.001,")
+    assert difference_cell({**pair, "mean": -0.00001}, "admm").startswith("\u22120.00 ")
+    assert difference_cell(None, "admm") == "n/a"
 
 
-def test_one_seed_gives_n_a_differences_and_unknown_ranks():
+# 8x, 3 seeds: admm-gmp, admm-magnitude, gmp-magnitude differ by 0.006, 0.008, 0.001 /
+# 0.011, 0.012, 0.006 / 0.005, 0.004, 0.005 (mean 0.005, 0.00967, 0.00467); grda is
+# interpolated; admm's seed 1 is 2.5% off the level
+ADMM, GMP, MAGNITUDE = [0.981, 0.984, 0.979], [0.975, 0.976, 0.978], [0.970, 0.972, 0.973]
+
+
+def noisy_rows() -> list[dict]:
+    rows = [run("dense", 1, s, 0.99) for s in range(3)]
+    for method, accs in (("magnitude", MAGNITUDE), ("gmp", GMP), ("admm", ADMM),
+                         ("grda", [0.99, 0.99, 0.99])):
+        rows += [run(method, 8, s, acc, interpolated=method == "grda",
+                     compression=8.2 if (method, s) == ("admm", 1) else
+                     16.0 if method == "grda" else 8.0)
+                 for s, acc in enumerate(accs)]
+    return rows
+
+
+def p_df2(diffs: list[float]) -> float:
+    """The two-sided p of a paired t test of 3 differences: for df = 2, P(|T| > t) =
+    1 − t / √(2 + t²)."""
+    t = statistics.fmean(diffs) / (statistics.stdev(diffs) / math.sqrt(3))
+    return 1 - t / math.sqrt(2 + t * t)
+
+
+def test_a_level_with_noise_shows_holm_p_values_and_groups():
+    markdown = curves_markdown(noisy_rows(), suite="s", budget=60)
+    table = {r["method"]: r for r in tables(markdown)["8x (87.50% sparse)"]}
+    p_admm_gmp = p_df2([0.006, 0.008, 0.001])  # 0.138
+    p_admm_magnitude = p_df2([0.011, 0.012, 0.006])  # 0.0349
+    p_gmp_magnitude = p_df2([0.005, 0.004, 0.005])  # 0.00506: the smallest, times 3
+    assert p_gmp_magnitude < p_admm_magnitude < p_admm_gmp
+    holm_admm_magnitude = 2 * p_admm_magnitude  # 0.0699 >= 0.05 although 0.0349 < 0.05
+    holm_admm_gmp = max(holm_admm_magnitude, p_admm_gmp)
+    assert (holm_admm_gmp, holm_admm_magnitude, 3 * p_gmp_magnitude) == pytest.approx(
+        (0.1383, 0.0699, 0.0152), abs=1e-4)
+    assert table["admm"]["Δ vs gmp (pp)"] == "+0.50 (p 0.138, PoI 100%) (noise)"
+    assert table["admm"]["Δ vs magnitude (pp)"] == "+0.97 (p 0.070, PoI 100%) (noise)"
+    assert table["gmp"]["Δ vs magnitude (pp)"] == "+0.47 (p 0.015, PoI 100%)"
+    assert table["magnitude"]["Δ vs gmp (pp)"] == "\u22120.47 (p 0.015, PoI 0%)"
+    assert table["gmp"]["Δ vs gmp (pp)"] == "—"
+    assert table["grda*"]["Δ vs magnitude (pp)"] == table["grda*"]["Δ vs gmp (pp)"] == "n/a"
+    groups_lines = [line for line in markdown.splitlines() if line.startswith("Groups (")]
+    # gmp > magnitude alone is a claim; magnitude is not separated from the leader admm
+    assert groups_lines == ["Groups (1 of 3 pairs separated): 1: admm 98.13, gmp 97.63, "
+                            "magnitude 97.17 · not compared: grda* 99.00"]
+
+
+def test_off_level_is_the_largest_distance_of_a_measured_seed():
+    markdown = curves_markdown(noisy_rows(), suite="s", budget=60)
+    table = {r["method"]: r for r in tables(markdown)["8x (87.50% sparse)"]}
+    assert table["admm"]["off level (max %)"] == "2.5"  # |8.2 / 8 − 1|
+    assert table["gmp"]["off level (max %)"] == "0.0"
+    assert table["grda*"]["off level (max %)"] == "n/a"  # 16x, but interpolated: not measured
+    rows = [*noisy_rows(), run("grda", 8, 3, 0.9, compression=7.6)]
+    assert curves_report.off_level(rows, "grda", 8.0) == pytest.approx(0.05)  # |7.6 / 8 − 1|
+    assert curves_report.off_level(rows, "admm", 8.0) == pytest.approx(0.025)
+    assert curves_report.off_level(rows, "admm", 16.0) is None
+    sections = tables(curves_markdown(ROWS, suite="default", budget=60))
+    assert {r["off level (max %)"] for r in sections["16x (93.75% sparse)"]} == {"0.2"}
+
+
+def test_one_seed_gives_n_a_differences_and_no_groups():
     rows = [r for r in ROWS if r["seed"] == 0]
     markdown = curves_markdown(rows, suite="default", budget=None)
     line = tables(markdown)["8x (87.50% sparse)"][2]
     assert line["Δ vs magnitude (pp)"] == "n/a" and line["Δ vs gmp (pp)"] == "n/a"
-    rankings = [line for line in markdown.splitlines() if line.startswith("Ranking: ")]
-    assert all(line.split()[3::3] == ["?"] * 4 for line in rankings)
+    groups_lines = [line for line in markdown.splitlines() if line.startswith("Groups (")]
+    assert len(groups_lines) == 3
+    assert all(line.startswith("Groups (0 of 0 pairs separated): not compared: magnitude ")
+               for line in groups_lines)
+    assert groups_lines[2].count(",") == 4 and "grda* " in groups_lines[2]
     assert "One seed: each run's value, no spread; test set." in markdown
     assert "Dense (no pruning): test accuracy 99.11 % (one seed)." in markdown
     acc = next(r["test_accuracy"] for r in rows
@@ -193,19 +280,26 @@ def test_one_seed_gives_n_a_differences_and_unknown_ranks():
     assert line["compression"] == "8.0x" and "±" not in "".join(line.values())
 
 
-def test_ranking_lines_follow_rank_level():
+def test_groups_lines_follow_the_comparisons():
     markdown = curves_markdown(ROWS, suite="default", budget=60)
-    lines = [line for line in markdown.splitlines() if line.startswith("Ranking: ")]
+    assert "Ranking" not in markdown and "adjusted by Holm's method" in markdown
+    lines = [line for line in markdown.splitlines() if line.startswith("Groups (")]
     assert len(lines) == len(LEVELS)
+    summary = summarize(ROWS)
     for level, line in zip(LEVELS, lines, strict=True):
-        ranking = rank_level(ROWS, level)
-        expected = []
-        for entry in ranking:
-            name = entry["method"] + ("*" if entry["interpolated"] else "")
-            expected += [name, f"{100 * entry['mean']:.2f}", entry["relation"]]
-        assert line == "Ranking: " + " ".join(expected).rstrip()
-    assert lines[0].startswith("Ranking: admm ")
-    assert lines[0].split()[-3:-1] == [">", "random"]
+        pairs = comparisons(ROWS, level)
+        compared = {m for p in pairs for m in (p["a"], p["b"])}
+        means = {s["method"]: s["test_accuracy_mean"] for s in summary
+                 if s["level"] == level and s["method"] in compared}
+        found = groups(pairs, means)
+        separated = sum(p["relation"] != "≈" for p in pairs)
+        text = " · ".join(f"{i}: " + ", ".join(f"{m} {100 * means[m]:.2f}" for m in group)
+                          for i, group in enumerate(found, 1))
+        assert line.startswith(f"Groups ({separated} of {len(pairs)} pairs separated): {text}")
+    # the noise of ROWS is shared by the seeds: every pair separated, one method a group
+    assert lines[0] == ("Groups (10 of 10 pairs separated): 1: admm 99.03 · 2: gmp 98.96 · "
+                        "3: grda 98.89 · 4: magnitude 98.82 · 5: random 96.16")
+    assert lines[2].startswith("Groups (6 of 6 pairs separated): ")
 
 
 def test_interpolated_points_are_marked_everywhere():
@@ -214,11 +308,14 @@ def test_interpolated_points_are_marked_everywhere():
     at32 = {r["method"]: r for r in sections["32x (96.88% sparse)"]}
     assert at32["grda*"]["seeds"] == "3 (3 interp.)"
     assert at32["grda*"]["test acc (%)"].endswith("*")
-    assert "*" in at32["grda*"]["Δ vs gmp (pp)"]
+    assert at32["grda*"]["Δ vs gmp (pp)"] == "n/a"  # no claim on interpolated points
     assert not at32["admm"]["test acc (%)"].endswith("*")
     assert "grda" in {r["method"] for r in sections["16x (93.75% sparse)"]}  # measured there
-    rankings = [line for line in markdown.splitlines() if line.startswith("Ranking: ")]
-    assert "grda* " in rankings[2] and "grda*" not in rankings[0]
+    groups_lines = [line for line in markdown.splitlines() if line.startswith("Groups (")]
+    grda = next(s for s in summarize(ROWS) if (s["method"], s["level"]) == ("grda", 32.0))
+    assert groups_lines[2].endswith(
+        f" · not compared: grda* {100 * grda['test_accuracy_mean']:.2f}")
+    assert "grda*" not in groups_lines[0] and "grda " in groups_lines[0]
     assert "Values marked * are built from interpolated points" in markdown
     assert re.search(r"\| grda\* \| \d+\.\d\d\* \|", markdown)  # its AUC uses them
 
@@ -293,14 +390,14 @@ def test_plot_is_a_png():
 def test_write_curves_report_writes_every_file(tmp_path):
     files = write_curves_report(ROWS, tmp_path / "reports", suite="default", budget=60)
     base = tmp_path / "reports"
-    assert files == [base / "curves.csv", base / "curves.md",
+    assert files == [base / "curves.csv", base / "curves.md", base / "comparisons.csv",
                      base / "plots" / "accuracy_vs_compression.csv",
                      base / "plots" / "accuracy_vs_compression.png"]
     assert all(p.is_file() for p in files)
-    assert files[3].read_bytes().startswith(b"\x89PNG")
+    assert files[4].read_bytes().startswith(b"\x89PNG")
     assert read_curves_csv(files[0].read_text()) == ROWS
     assert files[1].read_text() == curves_markdown(ROWS, suite="default", budget=60)
-    points = list(csv.DictReader(io.StringIO(files[2].read_text())))
+    points = list(csv.DictReader(io.StringIO(files[3].read_text())))
     summary = summarize(ROWS)
     assert len(points) == len(summary)
     for point, s in zip(points, summary, strict=True):
@@ -308,6 +405,30 @@ def test_write_curves_report_writes_every_file(tmp_path):
         assert float(point["test_accuracy"]) == s["test_accuracy_mean"]
         assert point["interpolated"] == ("true" if s["interpolated"] else "false")
     assert not list(base.rglob(".*.tmp"))
+
+
+def test_comparisons_csv_has_every_pair_of_every_level(tmp_path):
+    write_curves_report(ROWS, tmp_path, suite="default", budget=60)
+    text = (tmp_path / "comparisons.csv").read_text()
+    assert text.splitlines()[0] == ",".join(COMPARISON_COLUMNS)
+    assert COMPARISON_COLUMNS == ("level", "a", "b", "n", "mean", "std", "p", "p_holm", "poi",
+                                  "relation")
+    written = list(csv.DictReader(io.StringIO(text)))
+    # 5 methods at 8x and 16x: 10 pairs each; at 32x grda is interpolated: 4 methods, 6 pairs
+    assert len(written) == 10 + 10 + 6
+    assert [float(r["level"]) for r in written] == [8.0] * 10 + [16.0] * 10 + [32.0] * 6
+    assert all("grda" not in (r["a"], r["b"]) for r in written[20:])
+    expected = [p for level in LEVELS for p in comparisons(ROWS, level)]
+    for row, pair in zip(written, expected, strict=True):
+        assert (row["a"], row["b"], int(row["n"]), row["relation"]) == (
+            pair["a"], pair["b"], pair["n"], pair["relation"])
+        for key in ("mean", "std", "p", "p_holm", "poi"):
+            assert float(row[key]) == pair[key]  # repr: the same float back
+    noisy = list(csv.DictReader(io.StringIO(comparisons_csv(noisy_rows()))))
+    assert [(r["a"], r["b"], r["relation"]) for r in noisy] == [
+        ("admm", "gmp", "≈"), ("admm", "magnitude", "≈"), ("gmp", "magnitude", ">")]
+    assert float(noisy[2]["p"]) == pytest.approx(p_df2([0.005, 0.004, 0.005]), rel=1e-9)
+    assert float(noisy[2]["p_holm"]) == pytest.approx(3 * float(noisy[2]["p"]), rel=1e-12)
 
 
 def test_a_bad_row_writes_nothing(tmp_path):
@@ -346,8 +467,8 @@ def test_a_failed_write_keeps_the_previous_report(tmp_path, monkeypatch):
 
 
 def test_a_progressive_series_has_its_own_table_and_stays_off_the_curve(tmp_path):
-    """Its points carry the series' budget: they are neither ranked nor in the per-level tables
-    nor in the plot's table, and its own table's numbers are the rows'."""
+    """Its points carry the series' budget: they are neither grouped nor compared nor in the
+    per-level tables nor in the plot's table, and its own table's numbers are the rows'."""
     series = [run("admm_prog", level, seed, 0.985 - 0.001 * seed - 0.002 * i,
                   progressive=True, epochs=60 + 50 * i)
               for i, level in enumerate([8.0, 16.0, 64.0]) for seed in range(3)]
@@ -365,14 +486,16 @@ def test_a_progressive_series_has_its_own_table_and_stays_off_the_curve(tmp_path
         if title != "Progressive series":
             assert all(r.get("method") != "admm_prog" for r in rows), title
     assert "admm_prog" not in "\n".join(
-        line for line in markdown.splitlines() if line.startswith("Ranking"))
+        line for line in markdown.splitlines() if line.startswith("Groups ("))
     assert "64x" not in markdown.split("## Progressive series")[0]  # no curve level of its own
     files = write_curves_report(ROWS + series, tmp_path, suite="t", budget=60)
     plotted = (tmp_path / "plots" / "accuracy_vs_compression.csv").read_text()
     assert "admm_prog" not in plotted
     csv_rows = read_curves_csv((tmp_path / "curves.csv").read_text())
     assert sum(r["method"] == "admm_prog" for r in csv_rows) == 9
-    assert len(files) == 4
+    assert len(files) == 5
+    pairs = (tmp_path / "comparisons.csv").read_text()
+    assert "admm_prog" not in pairs and pairs == comparisons_csv(ROWS)
 
 
 def test_a_suite_of_series_only_has_dense_and_the_series_table(tmp_path):
@@ -390,7 +513,8 @@ def test_a_suite_of_series_only_has_dense_and_the_series_table(tmp_path):
     alone = curves_markdown(series, suite="t", budget=60)
     assert "Dense: not in these runs" in alone and "## Progressive series" in alone
     files = write_curves_report(dense + series, tmp_path, suite="t", budget=60)
-    assert len(files) == 4
+    assert len(files) == 5
+    assert (tmp_path / "comparisons.csv").read_text() == ",".join(COMPARISON_COLUMNS) + "\n"
     plotted = (tmp_path / "plots" / "accuracy_vs_compression.csv").read_text().splitlines()
     assert len(plotted) == 2 and plotted[1].startswith("dense,")  # dense alone is plotted
     one = curves_markdown(dense + [r for r in series if r["seed"] == 0], suite="t", budget=60)

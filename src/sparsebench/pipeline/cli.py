@@ -80,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
         elif stage == "replicate":
             s.add_argument("report_a", help="a report's curves.csv (its claims are checked)")
             s.add_argument("report_b", help="another run's curves.csv of the same suite")
+            s.add_argument("--uncorrected", action="store_true",
+                           help="count each pair's 95%% interval on its own (no Holm)")
         elif stage == "readme":
             s.add_argument("--check", action="store_true",
                            help="write nothing; exit 1 when the README's table differs")
@@ -138,7 +140,8 @@ def run_file_tool(args: argparse.Namespace) -> None:
         print(profile.table(profile.load()))
     elif args.stage == "replicate":
         a, b = (_read_report(Path(p), "replicate") for p in (args.report_a, args.report_b))
-        print("\n".join(replicate.summary_lines(replicate.compare(a, b))))
+        print("\n".join(replicate.summary_lines(replicate.compare(
+            a, b, corrected=not args.uncorrected))))
     elif args.stage == "readme":
         changed = readme.update(Path(args.readme), Path(args.report), check=args.check)
         if changed and args.check:

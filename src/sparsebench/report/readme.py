@@ -1,7 +1,7 @@
 """The README's results, written from the report: the block between `BEGIN` and `END` in
-README.md is the table of `results_block`, made from ``reports/curves.csv``, so the README and
-the report cannot disagree (``sparsebench readme`` rewrites it; ``--check`` and the tests
-refuse a README whose block differs).
+README.md is the table and the corrected claims of `results_block`, made from
+``reports/curves.csv``, so the README and the report cannot disagree (``sparsebench readme``
+rewrites it; ``--check`` and the tests refuse a README whose block differs).
 """
 
 from __future__ import annotations
@@ -10,21 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from sparsebench.report.stats import (
+    ALPHA,
     DENSE,
     area_under_curve,
+    comparisons,
     find_summary,
     levels_of,
     max_compression_within,
     summarize,
 )
 from sparsebench.report.tables import (
+    BASELINES,
     MARK,
     WITHIN_POINTS,
     cell,
     dense_summary,
+    groups_line,
     level_label,
     pct_cell,
     read_curves_csv,
+    split_progressive,
 )
 from sparsebench.util.errors import UsageError
 from sparsebench.util.paths import atomic_write
@@ -47,7 +52,30 @@ def results_block(rows: list[dict[str, Any]]) -> str:
                   ["max compression within ", " pp of dense"])]
     return "\n".join([_intro(rows, dense), "",
                       "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                      *("| " + " | ".join(cells) + " |" for _, cells in table)])
+                      *("| " + " | ".join(cells) + " |" for _, cells in table),
+                      "", *claims_lines(split_progressive(rows)[0], summaries, levels)])
+
+
+def claims_lines(rows: list[dict[str, Any]], summaries: list[dict[str, Any]],
+                 levels: list[float]) -> list[str]:
+    """Who wins where, from the corrected claims alone (`stats.comparisons`): per level the
+    groups, and the methods the tests put above or below each baseline."""
+    measured = {r["seed"] for r in rows if not r["interpolated"]}
+    lines = [f"Who wins where: each pair of methods at a level by a paired Student-t test over "
+             f"the seeds, Holm-corrected over the level's pairs (family-wise {ALPHA:g}); a "
+             "group is the best method left and every method not separated from it "
+             f"({len(measured)} seeds; every pair and its p-value: `reports/comparisons.csv`)."
+             , ""]
+    for level in levels:
+        pairs = comparisons(rows, level)
+        text = f"- **{level_label(level)}**: {groups_line(pairs, summaries, level)}."
+        for base in BASELINES:
+            above = [p["a"] for p in pairs if p["b"] == base and p["relation"] == ">"]
+            below = [p["b"] for p in pairs if p["a"] == base and p["relation"] == ">"]
+            text += (f" Above {base}: {', '.join(above) or 'none'}; below: "
+                     f"{', '.join(below) or 'none'}.")
+        lines.append(text)
+    return lines
 
 
 def _intro(rows: list[dict[str, Any]], dense: dict[str, Any] | None) -> str:

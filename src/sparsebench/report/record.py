@@ -36,6 +36,7 @@ class CurveRow(BaseModel):
     family: str | None = None
     progressive: bool | None = None
     val_accuracy: float | None = None
+    arithmetic: str | None = None  # `sparsebench.core.numerics.arithmetic_digest` of the run
 
     @classmethod
     def of_run(cls, key: str, run: dict[str, Any], level: float | None) -> CurveRow:
@@ -48,7 +49,8 @@ class CurveRow(BaseModel):
                    epochs=run["epochs"]["total"], train_seconds=run["seconds"]["train"],
                    interpolated=False, checkpoint_bytes=f["checkpoint_bytes"],
                    family=run["method"], progressive=bool(run["params"].get("progressive")),
-                   val_accuracy=f.get("val_accuracy"))
+                   val_accuracy=f.get("val_accuracy"),
+                   arithmetic=run.get("environment", {}).get("arithmetic"))
 
     def interpolate(self, upper: CurveRow, level: float, max_compression: float) -> CurveRow:
         """The row at ``level`` between this (lower) run and ``upper``: the `INTERPOLATED`

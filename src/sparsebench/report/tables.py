@@ -4,9 +4,10 @@
 (`sparsebench.util.paths.atomic_write_many`: an error while writing changes none):
 
 - ``curves.csv``: one row per (method, level, seed), columns `stats.CSV_COLUMNS` then extras;
-- ``curves.md``: dense's accuracy, the epoch budget, one table per level with the paired
-  differences to ``magnitude`` and ``gmp``, the ranking per level, and a per-method summary
+- ``curves.md``: dense's accuracy, the epoch budget, one table per level with the corrected
+  differences to ``magnitude`` and ``gmp``, the groups per level, and a per-method summary
   (area under the curve, highest compression within 0.5 and 1.0 pp of dense);
+- ``comparisons.csv``: every pair of methods per level (`stats.comparisons`: Holm-adjusted);
 - ``plots/accuracy_vs_compression.png``: test accuracy against compression, log2 axis;
 - ``plots/accuracy_vs_compression.csv``: the per-(method, level) means, for ``dvc plots``.
 
@@ -24,14 +25,15 @@ from typing import Any
 
 from sparsebench.report.record import column_types
 from sparsebench.report.stats import (
+    ALPHA,
     CSV_COLUMNS,
     DENSE,
     area_under_curve,
+    comparisons,
     find_summary,
+    groups,
     levels_of,
     max_compression_within,
-    paired_difference,
-    rank_level,
     summarize,
     validate_rows,
 )
@@ -148,16 +150,27 @@ def cell(fmt: Callable[[float, float | None], str], s: dict[str, Any], metric: s
     return fmt(s[f"{metric}_mean"], s[f"{metric}_std"] if s["n"] > 1 else None)
 
 
-def difference_cell(difference: dict[str, Any] | None) -> str:
-    """A `stats.paired_difference` in pp, ``+0.12 [−0.05, +0.29]``; ``(noise)`` when the
-    interval holds 0, `MARK` when an interpolated row is in it, ``n/a`` for None."""
-    if difference is None:
+def difference_cell(pair: dict[str, Any] | None, method: str) -> str:
+    """A pair of `stats.comparisons` seen from ``method``, in pp: ``+0.66 (p 0.003, PoI
+    100%)`` with Holm's adjusted p and the probability of improvement; ``(noise)`` when the
+    corrected test does not separate the two; ``n/a`` for no pair (fewer than 2 common
+    measured seeds)."""
+    if pair is None:
         return "n/a"
-    text = (f"{_signed(100 * difference['mean'])} [{_signed(100 * difference['low'])}, "
-            f"{_signed(100 * difference['high'])}]")
-    if difference["interpolated"]:
-        text += MARK
-    return text + (" (noise)" if difference["within_noise"] else "")
+    sign = 1 if pair["a"] == method else -1
+    poi = pair["poi"] if sign == 1 else 1 - pair["poi"]
+    text = (f"{_signed(100 * sign * pair['mean'])} (p {_p(pair['p_holm'])}, "
+            f"PoI {100 * poi:.0f}%)")
+    return text + (" (noise)" if pair["relation"] == "≈" else "")
+
+
+def _p(value: float) -> str:
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def pair_of(pairs: list[dict[str, Any]], x: str, y: str) -> dict[str, Any] | None:
+    """The pair of ``x`` and ``y`` among `stats.comparisons`, either way round, or None."""
+    return next((p for p in pairs if {p["a"], p["b"]} == {x, y}), None)
 
 
 def _marked(text: str, interpolated: bool) -> str:
@@ -199,12 +212,12 @@ def _dense_line(dense: dict[str, Any] | None) -> str:
 
 
 LEVEL_HEADER = ["method", "seeds", "test acc (%)", "sparsity (%)", "compression",
-                "FLOP speedup", "train (s)", "epochs",
+                "off level (max %)", "FLOP speedup", "train (s)", "epochs",
                 *(f"Δ vs {b} (pp)" for b in BASELINES)]
 
 
 def level_table(rows: list[dict[str, Any]], summaries: list[dict[str, Any]],
-                level: float) -> list[str]:
+                level: float, pairs: list[dict[str, Any]]) -> list[str]:
     """The markdown table of one level: one line per method, in the rows' method order."""
     lines = ["| " + " | ".join(LEVEL_HEADER) + " |", "|" + "---|" * len(LEVEL_HEADER)]
     for s in summaries:
@@ -213,26 +226,41 @@ def level_table(rows: list[dict[str, Any]], summaries: list[dict[str, Any]],
         interp = s["interpolated"]
         seeds = f"{s['n']} ({s['n_interpolated']} interp.)" if interp else str(s["n"])
         diffs = [("—" if s["method"] == b else
-                  difference_cell(paired_difference(rows, s["method"], b, level)))
+                  difference_cell(pair_of(pairs, s["method"], b), s["method"]))
                  for b in BASELINES]
+        off = off_level(rows, s["method"], level)
         cells = [_marked(s["method"], interp), seeds,
                  _marked(cell(pct_cell, s, "test_accuracy"), interp),
                  cell(pct_cell, s, "sparsity"), cell(ratio_cell, s, "compression"),
+                 "n/a" if off is None else f"{100 * off:.1f}",
                  cell(ratio_cell, s, "flop_speedup"), cell(plain_cell, s, "train_seconds"),
                  cell(plain_cell, s, "epochs"), *diffs]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def ranking_line(ranking: list[dict[str, Any]]) -> str:
-    """``admm 98.10 > gmp 97.90 ≈ sas_admm 97.80`` from `stats.rank_level`."""
-    parts = []
-    for entry in ranking:
-        parts.append(f"{_marked(entry['method'], entry['interpolated'])} "
-                     f"{100 * entry['mean']:.2f}")
-        if entry["relation"]:
-            parts.append(entry["relation"])
-    return " ".join(parts)
+def off_level(rows: list[dict[str, Any]], method: str, level: float) -> float | None:
+    """The largest ``|compression / level - 1|`` of the method's measured (not interpolated)
+    rows at ``level``, or None when every row is interpolated."""
+    offs = [abs(float(r["compression"]) / level - 1) for r in rows
+            if r["method"] == method and float(r["level"]) == level and not r["interpolated"]]
+    return max(offs, default=None)
+
+
+def groups_line(pairs: list[dict[str, Any]], summaries: list[dict[str, Any]],
+                level: float) -> str:
+    """``1: admm 98.29, grda 98.19 · 2: gmp 98.14 · 3: random 95.53`` (`stats.groups`);
+    methods without a measured pair (interpolated) follow, marked."""
+    here = {s["method"]: s for s in summaries if s["level"] == level}
+    compared = {m for p in pairs for m in (p["a"], p["b"])}
+    means = {m: s["test_accuracy_mean"] for m, s in here.items() if m in compared}
+    parts = [f"{i}: " + ", ".join(f"{m} {100 * means[m]:.2f}" for m in group)
+             for i, group in enumerate(groups(pairs, means), 1)]
+    left = [f"{_marked(m, s['interpolated'])} {100 * s['test_accuracy_mean']:.2f}"
+            for m, s in here.items() if m not in compared]
+    if left:
+        parts.append("not compared: " + ", ".join(left))
+    return " · ".join(parts)
 
 
 METHOD_HEADER = ["method", "AUC: mean acc over log2 compression (%)",
@@ -292,11 +320,17 @@ def curves_markdown(rows: Iterable[dict[str, Any]], *, suite: str, budget: int |
         "; test set. "
         "Level = the nominal compression ratio c (sparsity 1 − 1/c of the prunable weights); "
         "compression and sparsity are as achieved (numel / nonzeros); FLOP speedup = dense / "
-        "nonzero multiply-adds. Δ = test accuracy minus the baseline's, paired by seed: mean "
-        "[95 % Student-t interval] in percentage points; (noise) when the interval holds 0; "
-        "n/a with fewer than 2 common seeds. Ranking: by mean test accuracy; > (<) the paired "
-        "interval to the next method is above (below) 0, ≈ it holds 0 (within noise), ? fewer "
-        "than 2 common seeds.",
+        "nonzero multiply-adds; off level = the largest distance of a measured seed's "
+        "compression from the level. Claims: every pair of methods at a level is tested by a "
+        "paired Student-t test over their common measured seeds (interpolated rows left out), "
+        "and the level's p-values are adjusted by Holm's method, so that the chance of any "
+        f"false claim at a level is at most {ALPHA:g}. Δ = test accuracy minus the baseline's, "
+        "paired by seed: mean in percentage points (p = Holm-adjusted p-value, PoI = "
+        "probability of improvement: the share of (seed, baseline seed) pairs in which the "
+        "method scores higher); (noise) when the adjusted p is at least "
+        f"{ALPHA:g}; n/a with fewer than 2 common measured seeds. Groups: the best method "
+        "by mean and every method the corrected tests do not separate from it, then the best "
+        "of the rest, and so on (every pair: `comparisons.csv`).",
     ]
     if any(s["interpolated"] for s in summaries):
         lines += ["", f"Values marked {MARK} are built from interpolated points: a method that "
@@ -304,9 +338,11 @@ def curves_markdown(rows: Iterable[dict[str, Any]], *, suite: str, budget: int |
                   "log2 compression (the seeds column counts them); they are drawn hollow in "
                   "the plot."]
     for level in levels:
+        pairs = comparisons(rows, level)
         lines += ["", f"## {level_label(level)} ({100 * (1 - 1 / level):.2f}% sparse)", "",
-                  *level_table(rows, summaries, level), "",
-                  "Ranking: " + ranking_line(rank_level(rows, level))]
+                  *level_table(rows, summaries, level, pairs), "",
+                  f"Groups ({sum(p['relation'] != '≈' for p in pairs)} of {len(pairs)} pairs "
+                  "separated): " + groups_line(pairs, summaries, level)]
     lines += [
         "",
         "## Per method",
@@ -373,6 +409,20 @@ def plot_table(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
              "test_accuracy_max": s["test_accuracy_max"],
              "achieved_compression": s["compression_mean"], "seeds": s["n"],
              "interpolated": s["interpolated"]} for s in summaries]
+
+
+COMPARISON_COLUMNS = ("level", "a", "b", "n", "mean", "std", "p", "p_holm", "poi", "relation")
+
+
+def comparisons_csv(rows: list[dict[str, Any]]) -> str:
+    """Every pair of `stats.comparisons` at every level, ``a`` ahead on the mean."""
+    table = [{k: pair[k] for k in COMPARISON_COLUMNS}
+             for level in levels_of(rows) for pair in comparisons(rows, level)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COMPARISON_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in table)
+    return buffer.getvalue()
 
 
 def _table_csv(table: list[dict[str, Any]]) -> str:
@@ -498,7 +548,8 @@ def write_curves_report(rows: Iterable[dict[str, Any]], out_dir: Path, *, suite:
         columns: the columns of ``curves.csv`` (default `csv_columns`: every key of the rows).
 
     Returns:
-        The paths written: curves.csv, curves.md, plots/accuracy_vs_compression.png and .csv.
+        The paths written: curves.csv, curves.md, comparisons.csv, plots/accuracy_vs_compression.png
+        and .csv.
 
     Raises:
         UsageError: a bad row, named with its key (nothing is written).
@@ -509,6 +560,7 @@ def write_curves_report(rows: Iterable[dict[str, Any]], out_dir: Path, *, suite:
     files: dict[Path, bytes | str] = {
         out_dir / "curves.csv": curves_csv(rows, columns),
         out_dir / "curves.md": curves_markdown(rows, suite=suite, budget=budget),
+        out_dir / "comparisons.csv": comparisons_csv(split_progressive(rows)[0]),
         out_dir / "plots" / "accuracy_vs_compression.csv": _table_csv(plot_table(summaries)),
         out_dir / "plots" / "accuracy_vs_compression.png": plot_accuracy_vs_compression(
             summaries),
