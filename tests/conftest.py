@@ -100,21 +100,27 @@ def write_calibration(root: Path, params_path: Path, key: str, value: float) -> 
     the search had hit each one), so that the method's runs can go without a search."""
     from sparsebench.core.levels import level_name
     from sparsebench.methods import method_class
-    from sparsebench.pipeline.calibrate import CalibrationFile, LevelResult, config_digest
+    from sparsebench.pipeline.calibrate import (
+        CalibrationFile,
+        LevelResult,
+        SeedCalibration,
+        config_digest,
+    )
     from sparsebench.suite.load import load_params
 
     params, methods = load_params(params_path)
     method = methods[key]
     strength = method_class(key, method.model_dump()).strength
     levels = params.levels.ratios(method.levels)
+    entry = SeedCalibration(history=[], levels={
+        level_name(lv): LevelResult(level=lv, status="reached", value=value, compression=lv)
+        for lv in levels})
     found = CalibrationFile(
-        method=key, strength=strength, config_digest=config_digest(key, method), seed=0,
-        tolerance=params.levels.tolerance, trials=1, history=[],
-        levels={level_name(lv): LevelResult(level=lv, status="reached", value=value,
-                                            compression=lv) for lv in levels})
+        method=key, strength=strength, config_digest=config_digest(key, method),
+        tolerance=params.levels.tolerance, trials=1, seeds=dict.fromkeys(params.seeds, entry))
     path = root / "calibrated" / f"{key}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(found.model_dump(mode="json")))
+    path.write_text(yaml.safe_dump(found.model_dump()))
     return path
 
 

@@ -192,13 +192,177 @@ def test_a_calibration_that_cannot_reach_a_level_stops_and_says_so(workspace, ca
     assert main(["prepare", *args]) == 0
     assert main(["calibrate", *args, "--method", "linbreg", "--rounds", "2"]) == 0
     out = capsys.readouterr().out
-    assert "calibrate linbreg: level c1000 unreachable after 2 rounds" in out
+    for seed in (0, 1):  # each seed searched on its own
+        assert f"calibrate linbreg: seed {seed} level c1000 unreachable after 2 rounds" in out
     found = yaml.safe_load((workspace / "calibrated" / "linbreg.yaml").read_text())
-    assert found["levels"]["c1000"]["status"] == "unreachable"
-    assert found["trials"] == len(found["history"]) >= 4
+    assert set(found["seeds"]) == {0, 1}
+    assert {e["levels"]["c1000"]["status"] for e in found["seeds"].values()} == {"unreachable"}
+    assert found["trials"] == sum(len(e["history"]) for e in found["seeds"].values()) >= 8
     assert main(["run", *args, "--method", "linbreg"]) == 0
     levels = json.loads((workspace / "evaluation" / "linbreg.json").read_text())["levels"]
     assert "c1000" not in levels
+
+
+def test_one_sided_points_step_along_every_seeds_slope():
+    """A seed with points below the level only: the step from its nearest point follows the
+    least-squares slope (log compression on log strength) of all seeds' points near the level,
+    not a fixed factor."""
+    from sparsebench.pipeline.calibrate import _slope
+
+    reference = [_t(0.001, 4.0), _t(0.002, 8.0), _t(0.004, 16.0)]  # slope 1: c = 4000 x
+    assert _slope(reference, 8.0) == pytest.approx(1.0)
+    own = [_t(0.0015, 5.0)]  # this seed: 5x at 0.0015, so 8x needs 0.0015 * 8 / 5
+    assert next_guess(own, 8.0, reference) == pytest.approx(0.0024)
+    assert next_guess(own, 8.0) == pytest.approx(0.0015 * 4)  # no reference: STEP_OUT
+    steep = [_t(0.001, 4.0), _t(0.002, 16.0)]  # slope 2: half the step in log strength
+    assert next_guess([_t(0.001, 4.0)], 8.0, steep) == pytest.approx(0.001 * math.sqrt(2))
+    assert _slope([_t(0.001, 9.0), _t(0.002, 8.0)], 8.0) is None  # falling: no slope
+
+
+def test_a_seed_without_points_starts_from_the_other_seeds_points():
+    from sparsebench.pipeline.calibrate import _guesses
+
+    histories = {0: [_t(0.001, 4.0), _t(0.004, 16.0)], 1: []}
+    todo = _guesses(histories, [8.0], 0.02, start=0.05)
+    assert todo == [(0, pytest.approx(0.002)), (1, pytest.approx(0.002))]
+    assert _guesses({0: [], 1: []}, [8.0], 0.02, start=0.05) == [
+        (s, pytest.approx(0.05 * f)) for s in (0, 1) for f in (0.25, 1.0, 4.0, 16.0)]
+
+
+def test_each_seed_runs_its_own_strength(pretrained_workspace, monkeypatch):
+    """A calibration per seed: each seed's run at a level takes that seed's strength; a seed
+    the file lacks, or a file of one seed (as written before), is refused in one line."""
+    from sparsebench.pipeline.calibrate import (
+        CalibrationFile,
+        LevelResult,
+        SeedCalibration,
+        read_calibration,
+    )
+    from sparsebench.suite.load import load_params
+    from sparsebench.suite.plan import plan
+
+    monkeypatch.chdir(pretrained_workspace)
+    path = small_params(pretrained_workspace, tracking={"enabled": False}, seeds=[0, 1])
+    params, methods = load_params(path)
+    levels = params.levels.ratios(None)
+
+    def entry(value):
+        return SeedCalibration(history=[], levels={level_name(lv): LevelResult(
+            level=lv, status="reached", value=value, compression=lv) for lv in levels})
+
+    found = CalibrationFile(method="grda", strength="c", config_digest="x", tolerance=0.02,
+                            trials=2, seeds={0: entry(0.01), 1: entry(0.02)})
+    runs = plan(params, methods, "grda", found)
+    assert {(r.spec.seed, r.spec.method.c) for r in runs} == {(0, 0.01), (1, 0.02)}
+    only = found.model_copy(update={"seeds": {0: entry(0.01)}})
+    with pytest.raises(UsageError, match=r"^calibrated/grda.yaml: no entry for seed 1; run "
+                                         r"sparsebench calibrate --method grda$"):
+        plan(params, methods, "grda", only)
+    legacy = {"method": "grda", "strength": "c", "config_digest": "x", "seed": 0,
+              "tolerance": 0.05, "trials": 1, "levels": {}, "history": []}
+    (pretrained_workspace / "calibrated").mkdir(exist_ok=True)
+    (pretrained_workspace / "calibrated" / "grda.yaml").write_text(yaml.safe_dump(legacy))
+    with pytest.raises(UsageError, match=r"^calibrated/grda.yaml: calibrated on seed 0 alone; "
+                                         r"allowed: a file with every seed's strengths; run "
+                                         r"sparsebench calibrate --method grda again$"):
+        read_calibration("grda", methods["grda"])
+
+
+def _grda_at_2x(workspace: Path) -> tuple[Path, dict]:
+    """A prepared suite of grda alone, one epoch a run, one level (2x) with a tolerance that
+    takes any run of it: (its params file, its content)."""
+    path = small_params(workspace, tracking={"enabled": False})
+    raw = yaml.safe_load(path.read_text())
+    raw["levels"] = {"compression": [2], "tolerance": 0.99}
+    raw["methods"] = {"grda": {**raw["methods"]["grda"], "epochs": 1,
+                               "retrain": {"epochs": 0}}}
+    raw["tune"]["spaces"] = {}
+    raw["budget"] = None
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["prepare", "--params", str(path)]) == 0
+    return path, raw
+
+
+def test_a_calibration_counts_the_suites_cached_runs_and_a_killed_search_resumes(
+        workspace, capsys):
+    """The suite's own runs (checked by their fingerprint) and the trials of an unfinished
+    search are measured points: a search whose every (seed, level) they already hit runs
+    nothing; a calibration file and its progress file made for other parameters count for
+    nothing."""
+    from conftest import write_calibration
+
+    from sparsebench.pipeline.calibrate import progress_path
+
+    path, raw = _grda_at_2x(workspace)
+    args = ["--params", str(path)]
+    write_calibration(workspace, path, "grda", 0.001)
+    assert main(["run", *args, "--method", "grda"]) == 0
+    (workspace / "calibrated" / "grda.yaml").unlink()  # only the runs are left
+    capsys.readouterr()
+    assert main(["calibrate", *args, "--method", "grda"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrate grda: 0 runs, 2 points in all" in out and "round 1" not in out
+    found = yaml.safe_load((workspace / "calibrated" / "grda.yaml").read_text())
+    assert {s: e["levels"]["c2"]["value"] for s, e in found["seeds"].items()} == {
+        0: 0.001, 1: 0.001}
+    assert not progress_path("grda").exists()
+
+    raw["levels"]["tolerance"] = 0.01  # stricter: the runs above no longer count as hits
+    path.write_text(yaml.safe_dump(raw))
+    progress_path("grda").write_text(yaml.safe_dump({"config_digest": found["config_digest"],
+                                                     "seeds": {0: {"history": [
+                                                         {"value": 0.5, "compression": 2.0,
+                                                          "val_accuracy": 0.5,
+                                                          "round": 1}]}}}))
+    assert main(["calibrate", *args, "--method", "grda", "--rounds", "1"]) == 0
+    found = yaml.safe_load((workspace / "calibrated" / "grda.yaml").read_text())
+    assert found["seeds"][0]["levels"]["c2"] == {  # the resumed trial hits, seed 1 searches
+        "level": 2.0, "status": "reached", "value": 0.5, "low": None, "high": None,
+        "compression": 2.0}
+    assert any(t["round"] == 1 for t in found["seeds"][1]["history"])
+
+
+def test_the_run_a_calibration_settles_on_is_the_pipelines_run(workspace, capsys):
+    """A guess aimed at a level is the pipeline's own run of that seed: the one the search
+    settles on is moved to runs/<key>/c<level>/seed<s>, where the run stage finds it cached
+    (nothing trains), and the other trial runs are dropped."""
+    from sparsebench.pipeline.calibrate import TRIALS
+
+    path, _ = _grda_at_2x(workspace)
+    args = ["--params", str(path)]
+    (workspace / "calibrated").mkdir(exist_ok=True)
+    (workspace / "calibrated" / ".grda.trials.yaml").write_text(yaml.safe_dump({
+        "config_digest": __import__("sparsebench.pipeline.calibrate", fromlist=["x"])
+        .config_digest("grda", __import__("sparsebench.suite.load", fromlist=["x"])
+                       .load_params(path)[1]["grda"]),
+        "seeds": {0: {"history": [{"value": 1e-9, "compression": 1.0, "val_accuracy": 0.1,
+                                   "round": 1}]}}}))  # a point to aim from: seed 1 aims at 2x
+    assert main(["calibrate", *args, "--method", "grda", "--rounds", "2"]) == 0
+    found = yaml.safe_load((workspace / "calibrated" / "grda.yaml").read_text())
+    assert all(e["levels"]["c2"]["status"] == "reached" for e in found["seeds"].values())
+    assert not (workspace / TRIALS / "grda").exists()
+    kept = json.loads((workspace / "runs" / "grda" / "c2" / "seed1" / "result.json")
+                      .read_text())
+    assert kept["params"]["c"] == found["seeds"][1]["levels"]["c2"]["value"]
+    capsys.readouterr()
+    assert main(["run", *args, "--method", "grda"]) == 0
+    out = capsys.readouterr().out
+    assert "run grda: 2 runs, 1 cached, 1 to train" in out  # seed 0's point is the seeded one
+
+
+def test_the_arithmetic_digest_tells_thread_counts_apart_and_keeps_the_threads():
+    from sparsebench.core.numerics import arithmetic_digest
+    from sparsebench.run import environment
+
+    before = torch.get_num_threads()
+    one = arithmetic_digest(1)
+    assert one == arithmetic_digest(1) and len(one) == 12
+    assert arithmetic_digest(2) != one  # a reduction split over two threads rounds otherwise
+    assert torch.get_num_threads() == before
+    env = environment(torch.device("cpu"), 1, 2)
+    assert env["arithmetic"] == one and env["cpu_capability"] == \
+        torch.backends.cpu.get_cpu_capability()
+    assert {"cpu", "cpu_id", "torch", "torch_git", "threads"} <= set(env)
 
 
 def test_a_calibration_of_a_target_driven_method_is_refused(workspace, capsys):

@@ -1,21 +1,25 @@
-"""Calibration: the strength of a regularisation-driven method that lands it on each level.
+"""Calibration: the strength of a regularisation-driven method that lands each seed on each level.
 
 gRDA (c), LinBreg, AdaBreg and ProxSGD (lambda) have no sparsity target: their sparsity is what
-their regulariser produces. To put them on the suite's curve, ``sparsebench calibrate --method
-KEY`` searches, per level, the strength whose run (the suite's protocol, first seed, the
-validation split only: the test split is never read) ends within ``levels.tolerance`` of the
-level's compression. It is an offline step like tuning: the result is committed as
-``calibrated/<key>.yaml`` and `make repro` only reads it; its trials count in the method's
-tuning budget (the file says how many).
+their regulariser produces, and it moves with the seed. To put them on the suite's curve,
+``sparsebench calibrate --method KEY`` searches, per seed and level, the strength whose run (the
+suite's protocol, the validation split only: the test split is never read) ends within
+``levels.tolerance`` of the level's compression, so that every seed's point sits at its level
+and no seed's figure is read off another seed's strength. It is an offline step like tuning:
+the result is committed as ``calibrated/<key>.yaml`` and `make repro` only reads it; its trials
+count in the method's tuning budget (the file says how many).
 
-Search: the compression a run reaches grows with the strength. The first round runs a few
-strengths spread around the configured one; each later round runs, for every level not yet hit,
-the strength that the measured points give for it by interpolation in (log strength, log
-compression), or one a factor further out beyond the measured range. At most ``rounds`` rounds:
-a level then still missed is *bracketed* when measured points lie on both sides of it (the
-pipeline runs both and interpolates the level's figures between them, marked interpolated), and
-*unreachable* otherwise (reported; no point is drawn). No hidden magnitude projection: a point
-is what the method produced.
+Search: the compression a run reaches grows with the strength. A seed's first round runs the
+strengths the other seeds reached (or a few spread around the configured one); each later round
+runs, for every (seed, level) not yet hit, the strength that the seed's measured points give
+by interpolation in (log strength, log compression), or, with points on one side only, the
+step that the slope of all seeds' points gives (at most a factor `STEP_OUT`). The trials of an
+earlier calibration with the same parameters, and the suite's own cached runs (keyed by their
+fingerprint), count as measured points, so a tighter tolerance or a new seed costs only the
+runs it adds. At most ``rounds`` rounds: a level then still missed is *bracketed* when that
+seed's points lie on both sides of it (the pipeline runs both and interpolates the level's
+figures between them, marked interpolated), and *unreachable* otherwise (reported; no point is
+drawn). No hidden magnitude projection: a point is what the method produced.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,16 +40,19 @@ from pydantic import Field
 from sparsebench.core.levels import MAX_COMPRESSION, level_name, within
 from sparsebench.core.schema import Strict, validate
 from sparsebench.core.train import resolve_device
-from sparsebench.data import load_splits
+from sparsebench.data import dataset_info, load_splits
 from sparsebench.methods import MethodParams, build_method, method_class, method_params
+from sparsebench.pipeline.cache import run_fingerprint
 from sparsebench.pipeline.workers import Task, run_tasks
-from sparsebench.run import RunSpec, run, validation_figures
+from sparsebench.run import RESULT, RunSpec, cached, environment, execute, run, validation_figures
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import (
     DATA_FILE,
+    Planned,
     augment_of,
     levels_of,
     model_spec,
+    plan,
     retrain_phase,
     seeds_of,
 )
@@ -74,20 +84,28 @@ class LevelResult(Strict):
     compression: float | None = None  # reached: what the calibration run gave
 
 
+class SeedCalibration(Strict):
+    """One seed's search: what each level settled as, and every point it measured."""
+    levels: dict[str, LevelResult]
+    history: list[Trial]
+
+
 class CalibrationFile(Strict):
     """The content of ``calibrated/<key>.yaml``."""
     method: str
     strength: str
     config_digest: str  # the method's parameters but the strength: a change makes it stale
-    seed: int
     tolerance: float = Field(gt=0)
-    trials: int = Field(ge=1)  # runs spent (counted in the method's tuning budget)
-    levels: dict[str, LevelResult]
-    history: list[Trial]
+    trials: int = Field(ge=0)  # runs spent, all seeds (counted in the method's tuning budget)
+    seeds: dict[int, SeedCalibration]
 
-    def points(self, level: float) -> list[tuple[str, float]]:
-        """The strengths to run at ``level``: one, a low/high bracket, or none."""
-        found = self.levels.get(level_name(level))
+    def points(self, level: float, seed: int) -> list[tuple[str, float]]:
+        """The strengths to run ``seed`` with at ``level``: one, a low/high bracket, or none."""
+        entry = self.seeds.get(seed)
+        if entry is None:
+            raise UsageError(f"calibrated/{self.method}.yaml: no entry for seed {seed}; run "
+                             f"sparsebench calibrate --method {self.method}")
+        found = entry.levels.get(level_name(level))
         if found is None:
             raise UsageError(f"calibrated/{self.method}.yaml: no entry for level {level:g}x; "
                              f"run sparsebench calibrate --method {self.method}")
@@ -100,6 +118,12 @@ class CalibrationFile(Strict):
 
 def calibrated_path(key: str) -> Path:
     return CALIBRATED_DIR / f"{key}.yaml"
+
+
+def progress_path(key: str) -> Path:
+    """Every trial of a search not yet finished (a killed one resumes from them); removed once
+    ``calibrated/<key>.yaml`` is written."""
+    return CALIBRATED_DIR / f".{key}.trials.yaml"
 
 
 def config_digest(key: str, method: MethodParams) -> str:
@@ -125,6 +149,10 @@ def read_calibration(key: str, method: MethodParams) -> CalibrationFile | None:
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: {raw!r:.40} is not allowed; a mapping written by "
                          "sparsebench calibrate")
+    if "seed" in raw and "seeds" not in raw:
+        raise UsageError(f"{path}: calibrated on seed {raw['seed']} alone; allowed: a file "
+                         f"with every seed's strengths; run sparsebench calibrate --method "
+                         f"{key} again")
     found = validate(CalibrationFile, raw, prefix=f"{path}: ")
     if found.config_digest != config_digest(key, method):
         raise UsageError(f"{path}: made for other parameters of methods.{key} (digest "
@@ -137,16 +165,23 @@ def _log(x: float) -> float:
     return math.log(min(max(x, 1e-300), MAX_COMPRESSION))
 
 
-def next_guess(history: list[Trial], level: float) -> float:
+def next_guess(history: list[Trial], level: float, reference: list[Trial] = ()) -> float:
     """The strength the measured points give for ``level``: interpolated in (log strength, log
-    compression) between the nearest points around it, or `STEP_OUT` beyond the range."""
+    compression) between the nearest points around it; with points on one side only, a step
+    from the nearest one along the slope that ``reference`` (every seed's points) gives there,
+    or `STEP_OUT` beyond the range."""
     ordered = sorted(history, key=lambda t: t.value)
     below = [t for t in ordered if t.compression < level]
     above = [t for t in ordered if t.compression >= level]
-    if not above:
-        return max(t.value for t in ordered) * STEP_OUT
-    if not below:
-        return min(t.value for t in ordered) / STEP_OUT
+    if not above or not below:
+        slope = _slope(reference, level)
+        if slope is None:
+            return (max(t.value for t in ordered) * STEP_OUT if not above
+                    else min(t.value for t in ordered) / STEP_OUT)
+        near = min(ordered, key=lambda t: abs(_log(t.compression) - _log(level)))
+        step = (_log(level) - _log(near.compression)) / slope
+        bound = 2 * math.log(STEP_OUT)
+        return near.value * math.exp(min(max(step, -bound), bound))
     lo = max(below, key=lambda t: t.value)
     hi = min((t for t in above if t.value > lo.value), key=lambda t: t.value, default=None)
     if hi is None:  # not monotone: go between the closest on each side
@@ -156,6 +191,22 @@ def next_guess(history: list[Trial], level: float) -> float:
         return math.sqrt(lo.value * hi.value)
     frac = (_log(level) - _log(lo.compression)) / span
     return math.exp(math.log(lo.value) + frac * (math.log(hi.value) - math.log(lo.value)))
+
+
+def _slope(points: list[Trial], level: float) -> float | None:
+    """d log(compression) / d log(strength) near ``level``: the least-squares slope over the
+    points within a factor `STEP_OUT` of it in compression (None without two strengths there
+    or a positive slope)."""
+    near = [t for t in points if abs(_log(t.compression) - _log(level)) <= math.log(STEP_OUT)
+            and t.compression < MAX_COMPRESSION]
+    if len({t.value for t in near}) < 2:
+        return None
+    xs = [math.log(t.value) for t in near]
+    ys = [_log(t.compression) for t in near]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return slope if slope > 0 else None
 
 
 def saturated(history: list[Trial], level: float) -> bool:
@@ -185,7 +236,8 @@ def settle(history: list[Trial], level: float, tolerance: float) -> LevelResult:
 
 def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rounds: int = 6,
               workers: int = 1, threads: int = 1) -> CalibrationFile:
-    """Search the strength of ``methods.<key>`` per level; write ``calibrated/<key>.yaml``."""
+    """Search the strength of ``methods.<key>`` per seed and level; write
+    ``calibrated/<key>.yaml``."""
     method = methods[key]
     cls = method_class(key, method.model_dump())
     if cls.kind() != "regularised":
@@ -196,83 +248,256 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
         raise UsageError(f"--rounds: {rounds} is not allowed; allowed: at least 1")
     levels = [lv for lv in levels_of(params, key, method) if lv is not None]
     device = resolve_device(params.device)
-    data = load_splits(DATA_FILE, ("train", "val"))
-    spec_model, retrain = model_spec(params), retrain_phase(params, method)
-    augment = augment_of(params)
-    seed, tol = seeds_of(params, method)[0], params.levels.tolerance
-    start = getattr(method, cls.strength)
-    history: list[Trial] = []
-    guesses = [start * f for f in FIRST_ROUND] if start > 0 else [1e-4, 1e-3, 1e-2, 1e-1]
-    run_round = _Round(key, method, cls.strength, seed, retrain, spec_model, data, device,
-                       augment, workers, threads)
+    seeds, tol = seeds_of(params, method), params.levels.tolerance
+    histories = known_points(params, methods, key, levels, seeds)
+    spent = sum(map(len, histories.values()))
+    run_round = _Round(params, methods, key, cls.strength, device, workers, threads)
     with tempfile.TemporaryDirectory(prefix="calibrate-") as scratch:
         for number in range(1, rounds + 1):
-            seen = {round(t.value, 12) for t in history}
-            todo = sorted({g for g in guesses if round(g, 12) not in seen})
-            history += run_round(number, todo, Path(scratch))
-            if not history:
+            todo = _guesses(histories, levels, tol, getattr(method, cls.strength))
+            if not todo:
+                break
+            found = run_round(number, todo, Path(scratch))
+            if not found and not any(histories.values()):
                 raise UsageError(f"calibrate {key}: every run of round {number} failed "
                                  f"({run_round.failure})")
-            missed = [lv for lv in levels if settle(history, lv, tol).status != "reached"
-                      and not saturated(history, lv)]
-            if not missed:
-                break
-            guesses = [next_guess(history, lv) for lv in missed]
+            for seed, trial in found:
+                histories[seed].append(trial)
+            _save_progress(key, method, histories)
+    trials = sum(map(len, histories.values()))
     result = CalibrationFile(
-        method=key, strength=cls.strength, config_digest=config_digest(key, method), seed=seed,
-        tolerance=tol, trials=len(history),
-        levels={level_name(lv): settle(history, lv, tol) for lv in levels}, history=history)
-    for name, found in result.levels.items():
-        if found.status != "reached":
-            print(f"calibrate {key}: level {name} {found.status} after {rounds} rounds "
-                  f"or fewer ({len(history)} runs)", flush=True)
-    atomic_write(calibrated_path(key), yaml.safe_dump(result.model_dump(mode="json"),
-                                                           sort_keys=False))
+        method=key, strength=cls.strength, config_digest=config_digest(key, method),
+        tolerance=tol, trials=trials,
+        seeds={seed: SeedCalibration(levels={level_name(lv): settle(history, lv, tol)
+                                             for lv in levels}, history=history)
+               for seed, history in histories.items()})
+    for seed, entry in result.seeds.items():
+        for name, found in entry.levels.items():
+            if found.status != "reached":
+                print(f"calibrate {key}: seed {seed} level {name} {found.status} after "
+                      f"{rounds} rounds or fewer ({len(entry.history)} runs)", flush=True)
+    print(f"calibrate {key}: {trials - spent} runs, {trials} points in all", flush=True)
+    atomic_write(calibrated_path(key), yaml.safe_dump(result.model_dump(),
+                                                      sort_keys=False))
+    progress_path(key).unlink(missing_ok=True)
+    run_round.keep(result)
     return result
 
 
+def _save_progress(key: str, method: MethodParams, histories: dict[int, list[Trial]]) -> None:
+    raw = {"config_digest": config_digest(key, method),
+           "seeds": {seed: {"history": [t.model_dump() for t in history]}
+                     for seed, history in histories.items()}}
+    atomic_write(progress_path(key), yaml.safe_dump(raw, sort_keys=False))
+
+
+def _guesses(histories: dict[int, list[Trial]], levels: list[float], tol: float,
+             start: float) -> list[tuple[int, float, float | None]]:
+    """The (seed, strength, level aimed at) runs of the next round: for a seed without points,
+    one per level from the other seeds' points (or `FIRST_ROUND` around ``start``, aimed at no
+    level, when there are none); else one per level it missed."""
+    pooled = [t for history in histories.values() for t in history]
+    todo: list[tuple[int, float, float | None]] = []
+    for seed, history in histories.items():
+        guesses: dict[float, float | None] = {}
+        if not history and pooled:
+            guesses = {next_guess(pooled, lv): lv for lv in levels}
+        elif not history:
+            guesses = dict.fromkeys([start * f for f in FIRST_ROUND] if start > 0
+                                    else [1e-4, 1e-3, 1e-2, 1e-1])
+        else:
+            guesses = {next_guess(history, lv, pooled): lv for lv in levels
+                       if settle(history, lv, tol).status != "reached"
+                       and not saturated(history, lv)}
+        seen = {round(t.value, 12) for t in history}
+        todo += [(seed, g, lv) for g, lv in sorted(guesses.items())
+                 if round(g, 12) not in seen]
+    return todo
+
+
+def known_points(params: Params, methods: dict[str, MethodParams], key: str,
+                 levels: list[float], seeds: list[int]) -> dict[int, list[Trial]]:
+    """Every seed's points measured before: the trials of ``calibrated/<key>.yaml`` (made for
+    the same parameters) and the suite's cached runs of the method at any strength, each
+    checked against its fingerprint (their validation figures only)."""
+    method = methods[key]
+    histories: dict[int, list[Trial]] = {seed: [] for seed in seeds}
+    for seed, history in _previous_trials(key, method).items():
+        if seed in histories:
+            histories[seed] = [t.model_copy(update={"round": 0}) for t in history]
+    strength = method_class(key, method.model_dump()).strength
+    for seed in seeds:
+        for level in levels:
+            for out in sorted(seed_dir(run_dir(key, level_name(level)), seed).parent.glob(
+                    f"seed{seed}*")):
+                trial = _cached_trial(params, methods, key, strength, level, seed, out)
+                values = {round(t.value, 12) for t in histories[seed]}
+                if trial is not None and round(trial.value, 12) not in values:
+                    histories[seed].append(trial)
+    return histories
+
+
+def _previous_trials(key: str, method: MethodParams) -> dict[int, list[Trial]]:
+    """The trials of ``calibrated/<key>.yaml`` and of an unfinished search (`progress_path`)
+    made for these parameters (a file of one seed, as written before every seed was
+    calibrated, counts for its seed)."""
+    found: dict[int, list[Trial]] = {}
+    for path in (calibrated_path(key), progress_path(key)):
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if not isinstance(raw, dict) or raw.get("config_digest") != config_digest(key, method):
+            continue
+        if "seed" in raw and "seeds" not in raw:
+            raw = {"seeds": {raw["seed"]: {"history": raw.get("history", [])}}}
+        try:
+            for seed, entry in raw["seeds"].items():
+                known = found.setdefault(int(seed), [])
+                values = {round(t.value, 12) for t in known}
+                known += [t for t in map(Trial.model_validate, entry["history"])
+                          if round(t.value, 12) not in values]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return found
+
+
+def _cached_trial(params: Params, methods: dict[str, MethodParams], key: str, strength: str,
+                  level: float, seed: int, out: Path) -> Trial | None:
+    """The run at ``out`` as a trial, when its fingerprint is the one the suite would give a
+    run of this seed at this level and its strength (else None)."""
+    try:
+        result = json.loads((out / RESULT).read_text())
+        value = float(result["params"][strength])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if "-" in out.name:
+        return None  # a bracket's point: not a run at one strength for the level
+    one = CalibrationFile(
+        method=key, strength=strength, config_digest="", tolerance=1.0, trials=0,
+        seeds={seed: SeedCalibration(history=[], levels={level_name(lv): LevelResult(
+            level=lv, status="reached", value=value) for lv in levels_of(params, key,
+                                                                        methods[key])})})
+    only = {**methods, key: methods[key].model_copy(update={"seeds": [seed]})}
+    for planned in plan(params, only, key, one):
+        if planned.out == out:
+            found = cached(out, run_fingerprint(params, planned))
+            if found is not None:
+                figures = found["figures"]
+                return Trial(value=value, compression=min(figures["compression"],
+                                                          MAX_COMPRESSION),
+                             val_accuracy=figures["val_accuracy"], round=0)
+    return None
+
+
+TRIALS = Path("runs", ".calibration")  # trial runs until the search ends (not a DVC output)
+
+
 class _Round:
-    """One round of the search: a run per strength, side by side, each read back as a
-    `Trial` (``failure``: one of the round's failures, if any)."""
+    """One round of the search: a run per (seed, strength), side by side, each read back as
+    a `Trial` (``failure``: one of the round's failures, if any).
 
-    def __init__(self, key: str, method: MethodParams, strength: str, seed: int,
-                 retrain: Any, spec_model: Any, data: dict, device: Any, augment: Any,
-                 workers: int, threads: int):
-        self.key, self.method, self.strength, self.seed = key, method, strength, seed
-        self.setup = (retrain, spec_model, data, device, augment)
-        self.workers, self.threads = workers, threads
+    A guess aimed at a level is the pipeline's own run of that seed at that level (`plan`,
+    `sparsebench.run.execute`, evaluated as the pipeline does); the search reads its
+    validation figures only. The run whose strength the search settles on is moved to its
+    place under ``runs/<key>/`` (`keep`), where the ``run@`` stage finds it cached by its
+    fingerprint, so calibrating a seed costs its search and not one run more. A first round
+    without any point to aim from runs at no level (figures on the validation split only)."""
+
+    def __init__(self, params: Params, methods: dict[str, MethodParams], key: str,
+                 strength: str, device: Any, workers: int, threads: int):
+        self.params, self.methods, self.key, self.strength = params, methods, key, strength
+        self.device, self.workers, self.threads = device, workers, threads
+        self.data = load_splits(DATA_FILE, ("train", "val", "test"))
+        self.shape = tuple(dataset_info(DATA_FILE)["shape"])
+        self.env = environment(device, threads, workers)
         self.failure: Any = None
+        self.runs: dict[tuple[int, float], Planned] = {}  # (seed, value) -> its stored run
 
-    def __call__(self, number: int, todo: list[float], scratch: Path) -> list[Trial]:
-        outs = [scratch / f"{number}-{i}.json" for i in range(len(todo))]
-        tasks = [_trial(self.key, self.method, self.strength, value, out, self.seed,
-                        *self.setup) for value, out in zip(todo, outs, strict=True)]
+    def planned(self, seed: int, value: float, level: float) -> tuple[Planned, str]:
+        """The pipeline's run of ``seed`` at ``level`` with ``strength = value``, its
+        directory under `TRIALS`, and its fingerprint."""
+        one = CalibrationFile(
+            method=self.key, strength=self.strength, config_digest="", tolerance=1.0,
+            trials=0, seeds={seed: SeedCalibration(history=[], levels={
+                level_name(lv): LevelResult(level=lv, status="reached", value=value)
+                for lv in levels_of(self.params, self.key, self.methods[self.key])
+                if lv is not None})})
+        only = {**self.methods, self.key: self.methods[self.key].model_copy(
+            update={"seeds": [seed]})}
+        found = next(p for p in plan(self.params, only, self.key, one)
+                     if p.spec.level == level)
+        fp = run_fingerprint(self.params, found)
+        return replace(found, out=TRIALS / self.key / f"seed{seed}" / fp[:16]), fp
+
+    def __call__(self, number: int, todo: list[tuple[int, float, float | None]],
+                 scratch: Path) -> list[tuple[int, Trial]]:
+        first = seeds_of(self.params, self.methods[self.key])[0]
+        tasks, reads = [], []
+        for i, (seed, value, level) in enumerate(todo):
+            name = f"calibrate {self.key} seed {seed} {self.strength}={value:.4g}"
+            if level is None:
+                out = scratch / f"{number}-{i}.json"
+                tasks.append(_trial(self.key, self.methods[self.key], self.strength, value, out,
+                                    seed, self.params, self.data, self.device, name))
+                reads.append((seed, value, name, lambda out=out: json.loads(out.read_text())))
+                continue
+            planned, fp = self.planned(seed, value, level)
+            self.runs[seed, round(value, 12)] = planned
+            if cached(planned.out, fp) is None:
+                latency = ((tuple(self.params.evaluate.latency_batch_sizes),
+                            self.params.evaluate.latency_repeats) if seed == first else None)
+                tasks.append(Task(name, lambda p=planned, fp=fp, latency=latency: execute(
+                    p.spec, self.data, self.device, p.out, fingerprint=fp, budget=p.budget,
+                    shape=self.shape, env=self.env, latency=latency)))
+            reads.append((seed, value, name,
+                          lambda out=planned.out: json.loads((out / RESULT).read_text())[
+                              "figures"]))
         failures = run_tasks(tasks, workers=self.workers, threads=self.threads)
         trials = []
-        for task, value, out in zip(tasks, todo, outs, strict=True):
-            if task.name in failures:
+        for seed, value, name, read in reads:
+            if name in failures:
                 continue
-            figures = json.loads(out.read_text())
-            trials.append(Trial(value=value, compression=min(figures["compression"],
-                                                              MAX_COMPRESSION),
-                                val_accuracy=figures["val_accuracy"], round=number))
-            print(f"calibrate {self.key} round {number}: {self.strength} {value:.4g} -> "
-                  f"compression {figures['compression']:.2f}x, val_accuracy "
+            figures = read()
+            trials.append((seed, Trial(value=value, compression=min(figures["compression"],
+                                                                     MAX_COMPRESSION),
+                                       val_accuracy=figures["val_accuracy"], round=number)))
+            print(f"calibrate {self.key} round {number}: seed {seed} {self.strength} "
+                  f"{value:.4g} -> compression {figures['compression']:.2f}x, val_accuracy "
                   f"{figures['val_accuracy']:.4f}", flush=True)
         self.failure = next(iter(failures.values()), None)
         return trials
 
+    def keep(self, result: CalibrationFile) -> None:
+        """Move each seed's run at its settled strength to its place under ``runs/<key>/``
+        (when it was run at that level); drop the other trial runs."""
+        for seed, entry in result.seeds.items():
+            for found in entry.levels.values():
+                stored = self.runs.get((seed, round(found.value or -1.0, 12)))
+                if found.status != "reached" or stored is None or not stored.out.exists():
+                    continue
+                _, fp = self.planned(seed, found.value, found.level)
+                if stored.spec.level != found.level or cached(stored.out, fp) is None:
+                    continue
+                target = seed_dir(run_dir(self.key, level_name(found.level)), seed)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(stored.out, target)
+        shutil.rmtree(TRIALS / self.key, ignore_errors=True)
+
 
 def _trial(key: str, method: MethodParams, strength: str, value: float, out: Path, seed: int,
-           retrain: Any, spec_model: Any, data: dict, device: Any, augment: Any = None) -> Any:
-    """One calibration run at ``strength = value``: its validation figures go to ``out``."""
+           params: Params, data: dict, device: Any, name: str) -> Task:
+    """A run at ``strength = value`` aimed at no level: its validation figures go to
+    ``out``."""
     at = method_params(key, {**method.model_dump(exclude_none=True), strength: value})
     pretrained = seed_dir(run_dir("pretrain"), seed) if build_method(key, at).from_pretrained \
         else None
-    spec = RunSpec(key, at, None, seed, retrain, spec_model, pretrained, augment=augment)
+    spec = RunSpec(key, at, None, seed, retrain_phase(params, method), model_spec(params),
+                   pretrained, augment=augment_of(params))
 
     def trial() -> None:
         outcome = run(spec, data, device)
         out.write_text(json.dumps(validation_figures(outcome.model, data["val"], device)))
 
-    return Task(f"calibrate {key} {strength}={value:.4g}", trial)
+    return Task(name, trial)

@@ -127,7 +127,7 @@ class LevelsParams(Strict):
     compression: list[Compression] | None = None
     sparsity: list[Sparsity] | None = None
     classifier_density: float = Field(0.1, ge=0, lt=1)
-    tolerance: float = Field(0.05, gt=0, lt=1)
+    tolerance: float = Field(0.02, gt=0, lt=1)
 
     @field_validator("compression", "sparsity")
     @classmethod

@@ -58,9 +58,11 @@ def layer_sizes(spec: ModelSpec) -> dict[str, int]:
 
 
 def at_level(params: Params, key: str, method: MethodParams, level: float | None,
-             sizes: dict[str, int], calibration: Any = None) -> list[tuple[str, MethodParams]]:
-    """The method's parameters at ``level``: [("", params)] for a level it is run at directly,
-    [("low", ...), ("high", ...)] for a bracketed level, [] for a level it cannot reach."""
+             sizes: dict[str, int], calibration: Any = None, seed: int = 0
+             ) -> list[tuple[str, MethodParams]]:
+    """The method's parameters at ``level`` (for ``seed``: a calibrated strength is the seed's
+    own): [("", params)] for a level it is run at directly, [("low", ...), ("high", ...)] for
+    a bracketed level, [] for a level it cannot reach."""
     cls = method_class(key, method.model_dump())
     if level is None:
         return [("", method)]
@@ -79,7 +81,7 @@ def at_level(params: Params, key: str, method: MethodParams, level: float | None
                          f"driven and needs its {cls.strength} calibrated per level: run "
                          f"sparsebench calibrate --method {key}")
     return [(point, method_params(key, {**raw, cls.strength: value}))
-            for point, value in calibration.points(level)]
+            for point, value in calibration.points(level, seed)]
 
 
 @dataclass
@@ -132,10 +134,10 @@ def plan(params: Params, methods: dict[str, MethodParams], key: str,
     runs: list[Planned] = []
     last: dict[int, Planned] = {}  # a progressive series' previous step, per seed
     for level in levels_of(params, key, method):
-        for point, at in at_level(params, key, method, level, sizes, calibration):
-            budget = epoch_budget(params, key, at, n_train)
-            check_budget(params, key, at, n_train)
-            for seed in seeds_of(params, method):
+        for seed in seeds_of(params, method):
+            for point, at in at_level(params, key, method, level, sizes, calibration, seed):
+                budget = epoch_budget(params, key, at, n_train)
+                check_budget(params, key, at, n_train)
                 pretrained = (seed_dir(run_dir("pretrain"), seed)
                               if build_method(key, at).from_pretrained else None)
                 before = last.get(seed) if method.progressive else None
