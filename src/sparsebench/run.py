@@ -36,7 +36,7 @@ from sparsebench.core.checkpoints import EpochCheckpoint
 from sparsebench.core.latency import compare_latency
 from sparsebench.core.metrics import evaluate_model_metrics, sparsity_summary
 from sparsebench.core.models import build_model
-from sparsebench.core.numerics import flush_enabled
+from sparsebench.core.numerics import arithmetic_digest, flush_enabled
 from sparsebench.core.schema import PhaseParams
 from sparsebench.core.sparsity import apply_masks, get_masks, load_masks, make_permanent, save_masks
 from sparsebench.core.train import evaluate, seed_everything
@@ -317,20 +317,34 @@ def validation_figures(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor],
 
 
 def environment(device: torch.device, threads: int, workers: int) -> dict[str, Any]:
-    """What a speed figure needs to be read later."""
-    return {"torch": torch.__version__, "cpu": _cpu_model(), "threads": threads,
+    """What a speed figure needs to be read later, and what decides a run's arithmetic: the
+    CPU (its model string and family/model/stepping from /proc/cpuinfo, the instruction set
+    torch dispatches to), the torch build, the threads and `numerics.arithmetic_digest`."""
+    return {"torch": torch.__version__, "torch_git": torch.version.git_version,
+            "cpu": _cpu_model(), "cpu_id": _cpu_id(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
             "workers": workers, "device": str(device), "flush_subnormals": flush_enabled(),
-            "python": platform.python_version()}
+            "arithmetic": arithmetic_digest(threads), "python": platform.python_version()}
 
 
-def _cpu_model() -> str:
+def _cpuinfo(key: str) -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == key:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def _cpu_id() -> str:
+    """``family 23 model 49 stepping 0``: what tells apart two CPUs of one model string."""
+    return " ".join(f"{key.split()[-1]} {_cpuinfo(key)}" for key in
+                    ("cpu family", "model", "stepping") if _cpuinfo(key) is not None)
 
 
 def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],

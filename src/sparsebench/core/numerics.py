@@ -54,3 +54,30 @@ _FLUSH = False
 def flush_enabled() -> bool:
     """Whether `flush_subnormals` took effect in this process (recorded with every run)."""
     return _FLUSH
+
+
+def arithmetic_digest(threads: int) -> str:
+    """A digest of the bits of a fixed float32 computation on the CPU with ``threads`` intra-op
+    threads: a linear layer's and a convolution's weight gradients over a batch (the BLAS and
+    oneDNN kernels training runs, whose reductions split by thread) and a long sum. Two
+    processes whose digests differ round differently (another CPU model or instruction set,
+    torch build or thread count), so their runs match only to within the seed-to-seed noise;
+    equal digests make bit-equal runs likely, not certain."""
+    import hashlib
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x, w = torch.randn(128, 784, generator=gen), torch.randn(300, 784, generator=gen)
+        image, kernel = (torch.randn(128, 1, 28, 28, generator=gen),
+                         torch.randn(6, 1, 5, 5, generator=gen))
+        w.requires_grad_(True)
+        kernel.requires_grad_(True)
+        torch.nn.functional.linear(x, w).square().sum().backward()
+        torch.nn.functional.conv2d(image, kernel).square().sum().backward()
+        parts = (w.grad, kernel.grad, torch.randn(16 * PROBE, generator=gen).sum())
+        digest = hashlib.sha256(b"".join(p.numpy().tobytes() for p in parts))
+    finally:
+        torch.set_num_threads(before)
+    return digest.hexdigest()[:12]
