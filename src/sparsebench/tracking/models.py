@@ -95,22 +95,26 @@ def input_shape(arch: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def as_images(value: Any, shape: tuple[int, int, int]) -> torch.Tensor:
-    """``value`` as a float32 tensor ``(N, *shape)``, or a one-line `ValueError`."""
+    """``value`` as a float32 tensor ``(N, *shape)`` (float64 is rounded to it), or a one-line
+    `ValueError` naming what is expected: the model checks its input itself, before anything
+    else reads it (its signature declares the output alone, so MLflow's schema check, which
+    prints the whole schema, does not run first)."""
     array = np.asarray(value)
+    expected = f"float32 images (N, {', '.join(map(str, shape))})"
     if array.ndim != 4 or tuple(array.shape[1:]) != shape:
         raise ValueError(f"model_input: shape {tuple(array.shape)} is not allowed; allowed: "
-                         f"float32 images (N, {', '.join(map(str, shape))})")
-    if array.dtype != np.float32:
-        raise ValueError(f"model_input: dtype {array.dtype} is not allowed; allowed: float32")
-    return torch.from_numpy(np.ascontiguousarray(array))
+                         f"{expected}")
+    if array.dtype.kind != "f":
+        raise ValueError(f"model_input: dtype {array.dtype} is not allowed; allowed: {expected}"
+                         ", normalised as sparsebench.data.splits.load_splits returns them")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def signature_for(arch: dict[str, Any]):
-
+    """The output's schema alone: the input is described in the model's metadata and checked
+    by `as_images` in one line."""
     classes = int(arch["args"]["num_classes"])
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape(arch)))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes))]))
+    return ModelSignature(outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes))]))
 
 
 def _requirements() -> list[str]:
@@ -161,7 +165,8 @@ def log_run_model(client: Any, experiment_id: str, run_id: str, run_dir: Path,
         if example is None:
             example = np.zeros((1, *input_shape(arch)), dtype=np.float32)
         metadata = {"checkpoint_sha256": sha256, "arch": arch,
-                    "input": "float32 images (N, C, H, W), normalised as the prepared splits",
+                    "input": f"float32 images (N, {', '.join(map(str, input_shape(arch)))}), "
+                             "normalised as sparsebench.data.splits.load_splits returns them",
                     "output": "float32 class scores (N, classes); argmax(1) is the label"}
         if data is not None:
             metadata.update({k: data[k] for k in ("dataset", "mean", "std") if k in data})

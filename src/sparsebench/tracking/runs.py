@@ -70,6 +70,11 @@ def artifact_root() -> str:
     return (repo_root() / "mlruns" / "artifacts").as_uri()
 
 
+#: the experiment's kind for MLflow 3's UI: it opens a model-training experiment on its runs
+#: table (with charts), not on the GenAI traces view it shows an experiment of no kind
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def client_for(uri: str, experiment: str):
     """An `MlflowClient` and the id of ``experiment``, both created once, under a lock."""
     from filelock import FileLock
@@ -83,9 +88,12 @@ def client_for(uri: str, experiment: str):
             client = MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(experiment)
             if found is not None:
+                if found.tags.get(KIND_TAG) != KIND:
+                    client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
                 return client, found.experiment_id
             location = artifact_root() if uri.startswith("sqlite:") else None
-            return client, client.create_experiment(experiment, artifact_location=location)
+            return client, client.create_experiment(experiment, artifact_location=location,
+                                                    tags={KIND_TAG: KIND})
     except MlflowException as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(
