@@ -193,3 +193,20 @@ def test_a_data_set_refused_for_another_reason_is_not_sent_twice(tmp_path, monke
         log_dataset(client, run_id, dataset)
     assert Counting.calls == 1
     assert client.get_run(run_id).inputs.dataset_inputs == []
+
+
+def test_an_experiment_is_of_the_model_training_kind(tmp_path, monkeypatch, store_template):
+    """MLflow 3's UI opens an experiment of no kind on its GenAI traces view: every experiment
+    sparsebench makes, or finds without the tag, is tagged a model-training experiment."""
+    from mlflow import MlflowClient
+
+    from sparsebench.tracking.runs import KIND, KIND_TAG, client_for
+
+    monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
+    uri = f"sqlite:///{seed_store(store_template, tmp_path / 'mlflow.db')}"
+    client, made = client_for(uri, "made")
+    assert client.get_experiment(made).tags[KIND_TAG] == KIND == "custom_model_development"
+    old = MlflowClient(uri).create_experiment("old")  # as a store made before the tag
+    assert KIND_TAG not in MlflowClient(uri).get_experiment(old).tags
+    _, found = client_for(uri, "old")
+    assert found == old and client.get_experiment(old).tags[KIND_TAG] == KIND
