@@ -108,12 +108,16 @@ def add_tune_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--workers", type=int, help="worker processes on this machine")
     s.add_argument("--storage", help="an SQLAlchemy URL (default: the repo's tuning/optuna.db)")
     s.add_argument("--study", help="the study name (default: <suite>-<method>-<objective>)")
+    s.add_argument("--out", help="the study's files (default: tuning/<method>)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace another study's files in the --out folder")
 
 
 def run_tune(args: argparse.Namespace) -> None:
     """Run ``sparsebench tune``: the study loads params itself (without the tuned overlays)."""
     tune(args.params, args.method, objective=args.objective, trials=args.trials,
-         workers=args.workers, storage=args.storage, study=args.study)
+         workers=args.workers, storage=args.storage, study=args.study, out=args.out,
+         overwrite=args.overwrite)
 
 
 def _read_report(path: Path, command: str) -> list[dict]:

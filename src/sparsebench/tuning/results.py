@@ -28,6 +28,7 @@ from sparsebench.tuning.trial import meets
 from sparsebench.util.paths import atomic_write
 
 TUNING_DIR = Path("tuning")
+OWNER = "study.txt"  # beside a study's files: its name and storage (`study.check_outputs`)
 ALL_DIR = Path("reports", "tuning")  # not under tuning/: a stage's output inside its input
 COLUMNS = ["trial", "state", "val_accuracy", "sparsity", "feasible", "handset", "retry_of",
            "seconds", "mlflow_run_id"]
@@ -176,11 +177,10 @@ def plot_history(study: Any, objective: str, path: Path, title: str) -> None:
         _save(ax.figure, ax, path, "trial", ax.get_ylabel(), title)
 
 
-def write_study_outputs(study: Any, key: str, objective: str, target: float,
+def write_study_outputs(study: Any, objective: str, target: float, out: Path,
                         ) -> tuple[list[Path], list[dict[str, Any]], dict[str, Any] | None]:
-    """``tuning/<key>/``: trials.csv, pareto.png, history.png; return them, the rows and the
-    chosen row."""
-    out = TUNING_DIR / key
+    """``out`` (``tuning/<key>/`` by default): trials.csv, pareto.png, history.png; return
+    them, the rows and the chosen row."""
     out.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(study, target)
     best = choose(study, objective, target)

@@ -25,14 +25,14 @@ from sparsebench.suite.load import check_method, load_params
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE
 from sparsebench.suite.space import TuneParams, handset_values
-from sparsebench.suite.tuned import Measured, TunedFile, write_tuned
+from sparsebench.suite.tuned import Measured, TunedFile, read_tuned, tuned_path, write_tuned
 from sparsebench.tracking.runs import client_for, git_commit, log_batches, tracking_uri
-from sparsebench.tuning.results import write_study_outputs
+from sparsebench.tuning.results import OWNER, TUNING_DIR, write_study_outputs
 from sparsebench.tuning.storage import check_reachable, default_url, open_storage, redact
 from sparsebench.tuning.trial import DIRECTIONS
 from sparsebench.tuning.worker import WorkerSpec, counts, experiment_name, run_worker, spec_json
 from sparsebench.util.errors import Incomplete, UsageError
-from sparsebench.util.paths import run_dir, seed_dir
+from sparsebench.util.paths import atomic_write, run_dir, seed_dir
 
 
 @dataclass
@@ -46,12 +46,15 @@ class Request:
     storage: str
     storage_flag: str  # where the URL came from, for messages
     study: str
+    out: Path  # the study's files (trials table, plots)
+    overwrite: bool  # replace another study's files there
 
 
 def request(params_path: str, params: Params, methods: dict[str, Any], key: str, *,
             objective: str | None = None, trials: int | None = None,
             workers: int | None = None, storage: str | None = None,
-            study: str | None = None) -> Request:
+            study: str | None = None, out: str | Path | None = None,
+            overwrite: bool = False) -> Request:
     """The study to run, refused in one line if the method cannot be tuned as asked."""
     tune = params.tune
     check_method(key, methods)
@@ -67,7 +70,8 @@ def request(params_path: str, params: Params, methods: dict[str, Any], key: str,
     return Request(params_path, key, objective, trials or tune.trials, workers or tune.workers,
                    storage or tune.storage or default_url(),
                    "--storage" if storage else "tune.storage",
-                   study or f"{params.suite}-{key}-{objective}")
+                   study or f"{params.suite}-{key}-{objective}",
+                   TUNING_DIR / key if out is None else Path(out), overwrite)
 
 
 def check_inputs(params: Params, req: Request) -> None:
@@ -90,13 +94,54 @@ def check_inputs(params: Params, req: Request) -> None:
                          "sparsebench pretrain (dvc repro pretrain) first")
 
 
+def check_outputs(req: Request) -> None:
+    """Refuse, before the storage is opened and any trial runs, a study whose files would
+    replace another study's: ``req.out`` holds a trials table whose owner file names another
+    study (or, for files written before owners were recorded, whose study this storage does
+    not hold, as the committed ``tuning/<key>/`` in a fresh clone). ``--out`` puts the new
+    study's files elsewhere, ``--overwrite`` replaces them. Under ``dvc repro`` the stage's
+    outputs are removed before it runs, so nothing is refused there."""
+    table = req.out / "trials.csv"
+    if req.overwrite or not table.exists():
+        return
+    owner = req.out / OWNER
+    if owner.exists():
+        if owner.read_text() == owner_text(req):
+            return  # this study's own files, brought up to date
+        name, where = [*owner.read_text().splitlines(), "?", "?"][:2]
+        whose = f"study {name!r} in {where!r}"
+    elif _holds(req.storage, req.study):
+        return
+    else:
+        whose = "a study that is not this one"
+    trials = max(0, len(table.read_text().splitlines()) - 1)
+    raise UsageError(f"{table}: holds {trials} trials of {whose}; --study {req.study!r} in "
+                     f"{redact(req.storage)!r} would replace them; allowed: --out DIR for this "
+                     "study's files, or --overwrite to replace them")
+
+
+def owner_text(req: Request) -> str:
+    """The content of the owner file of a study's files: its name and storage."""
+    return f"{req.study}\n{redact(req.storage)}\n"
+
+
+def _holds(url: str, study: str) -> bool:
+    """Whether the storage at ``url`` holds ``study`` (an SQLite file that does not exist holds
+    none, and is not created)."""
+    import optuna  # lazy: optuna takes about 2 s to import
+
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return False
+    return study in optuna.get_all_study_names(url)
+
+
 def open_study(storage: Any, req: Request, params: Params, handset: dict[str, Any]):
     """Create the study (hand-set parameters queued first), or load it if it exists with the
     same objective, method and target. Refuses before touching an existing study."""
     import optuna  # lazy: optuna takes about 2 s to import
 
     tune = params.tune
-    wanted = {"objective": req.objective, "method_key": req.key,
+    wanted = {"suite": params.suite, "objective": req.objective, "method_key": req.key,
               "target_sparsity": tune.target_sparsity}
     try:
         study = optuna.create_study(study_name=req.study, storage=storage,
@@ -104,13 +149,18 @@ def open_study(storage: Any, req: Request, params: Params, handset: dict[str, An
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=req.study, storage=storage)
         found = {k: study.user_attrs.get(k) for k in wanted}
+        adopted = found["suite"] is None  # made before the suite was recorded
+        if adopted:
+            found["suite"] = params.suite
         directions = [d.name.lower() for d in study.directions]
         if directions != DIRECTIONS[req.objective] or found != wanted:
             shown = ", ".join(f"{k} {v}" for k, v in found.items())
             raise UsageError(
                 f"--study: {req.study!r} exists in {redact(req.storage)!r} with "
-                f"{shown}, directions {', '.join(directions)}; allowed: the same objective, "
-                "method and target, or another --study name") from None
+                f"{shown}, directions {', '.join(directions)}; allowed: the same suite, "
+                "objective, method and target, or another --study name") from None
+        if adopted:
+            study.set_user_attr("suite", params.suite)
         return study, False
     for name, value in wanted.items():
         study.set_user_attr(name, value)
@@ -170,9 +220,13 @@ def tune(params_path: str | Path, key: str, **options: Any) -> dict[str, Any]:
     req = request(str(params_path), params, methods, key, **options)
     check_inputs(params, req)
     tune_params = params.tune
+    check_outputs(req)  # first: reaching an SQLite URL creates its file
     check_reachable(req.storage, req.storage_flag, tune_params.connect_timeout)
-    storage = open_storage(req.storage, tune_params)
     cfg = params.methods[key] or {}
+    current = read_tuned(key)  # a bad file is refused now, not after the trials
+    in_use = (current.params if current is not None else
+              handset_values(key, cfg, tune_params.spaces[key]))
+    storage = open_storage(req.storage, tune_params)
     study, created = open_study(storage, req, params,
                                 handset_values(key, cfg, tune_params.spaces[key]))
     parent = parent_run(study, params, req, tune_params) if params.tracking.enabled else None
@@ -187,17 +241,19 @@ def tune(params_path: str | Path, key: str, **options: Any) -> dict[str, Any]:
         spec = WorkerSpec(str(params_path), key, req.study, req.storage, req.objective,
                           req.trials, req.workers, 0, parent)
         codes = run_workers([replace(spec, index=i) for i in range(req.workers)])
-    return collect(study, params, req, parent, codes, time.perf_counter() - start)
+    return collect(study, params, req, parent, codes, time.perf_counter() - start, in_use)
 
 
 def collect(study: Any, params: Params, req: Request, parent: str | None, codes: list[int],
-            seconds: float) -> dict[str, Any]:
-    """Write the study's outputs and ``tuned/<key>.yaml``; close the MLflow run."""
+            seconds: float, in_use: dict[str, Any]) -> dict[str, Any]:
+    """Write the study's outputs and ``tuned/<key>.yaml`` (only when the chosen values differ
+    from ``in_use``, the tuned file's or params.yaml's); close the MLflow run."""
     tune = params.tune
     c = counts(study)
     finished = c["COMPLETE"] + c["PRUNED"]
-    files, rows, chosen = write_study_outputs(study, req.key, req.objective,
-                                              tune.target_sparsity)
+    files, rows, chosen = write_study_outputs(study, req.objective, tune.target_sparsity,
+                                              req.out)
+    atomic_write(req.out / OWNER, owner_text(req))
     hand = next((r for r in rows if r["handset"] and r["state"] == "COMPLETE"), None)
     summary = {"study": req.study, "finished": finished, "failed": c["FAIL"],
                "pruned": c["PRUNED"], "seconds": seconds, "worker_exit_codes": codes,
@@ -208,12 +264,14 @@ def collect(study: Any, params: Params, req: Request, parent: str | None, codes:
                             sparsity=row["sparsity"])
 
         trial = study.trials[chosen["trial"]]
+        summary["unchanged"] = trial.params == in_use
         tuned = TunedFile(method=req.key, study=req.study, objective=req.objective,
                           target_sparsity=tune.target_sparsity,
                           seed=params.seeds[0] if tune.seed is None else tune.seed,
                           finished_trials=finished, best=measured(chosen),
                           handset=measured(hand) if hand else None, params=trial.params)
-        summary["tuned_file"] = str(write_tuned(tuned))
+        if not summary["unchanged"]:  # the same values: every stage stays up to date
+            summary["tuned_file"] = str(write_tuned(tuned))
     if parent is not None:
         _close_parent(params, parent, files, summary, finished >= req.trials)
     _print_summary(req, summary, codes)
@@ -258,6 +316,9 @@ def _print_summary(req: Request, summary: dict, codes: list[int]) -> None:
         line += f" (hand-set: {hand['val_accuracy']:.4f} at {hand['sparsity']:.4f})"
     if summary["tuned_file"]:
         line += f"; wrote {summary['tuned_file']}"
+    elif summary.get("unchanged"):
+        line += (f"; the chosen values are those in use ({tuned_path(req.key)} or params.yaml): "
+                 "nothing written")
     if dead:
         line += f"; {', '.join(dead)}"
     print(line, flush=True)
