@@ -613,3 +613,26 @@ def test_the_committed_calibrations_fit_the_committed_params():
             assert read_calibration(key, methods[key]) is not None
     finally:
         os.chdir(cwd)
+
+
+def test_zero_rounds_write_the_file_from_the_points_measured_so_far(workspace, capsys):
+    """--rounds 0 runs nothing: the file is settled from an interrupted search's points (a
+    seed without any is unreachable at every level); a negative count is refused."""
+    from sparsebench.pipeline.calibrate import config_digest, progress_path
+    from sparsebench.suite.load import load_params
+
+    path, _ = _grda_at_2x(workspace)
+    args = ["--params", str(path), "--method", "grda"]
+    digest = config_digest("grda", load_params(path)[1]["grda"])
+    progress_path("grda").parent.mkdir(exist_ok=True)
+    progress_path("grda").write_text(yaml.safe_dump({"config_digest": digest, "seeds": {
+        0: {"history": [{"value": 0.5, "compression": 2.0, "val_accuracy": 0.5, "round": 1}]}}}))
+    capsys.readouterr()
+    assert main(["calibrate", *args, "--rounds", "0"]) == 0
+    assert "calibrate grda: 0 runs, 1 points in all" in capsys.readouterr().out
+    found = yaml.safe_load((workspace / "calibrated" / "grda.yaml").read_text())
+    assert found["seeds"][0]["levels"]["c2"]["value"] == 0.5
+    assert found["seeds"][1]["levels"]["c2"]["status"] == "unreachable"
+    assert not progress_path("grda").exists() and not (workspace / "runs" / "grda").exists()
+    assert main(["calibrate", *args, "--rounds", "-1"]) == 2
+    assert "--rounds: -1 is not allowed; allowed: at least 0" in capsys.readouterr().err

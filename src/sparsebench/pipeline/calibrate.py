@@ -244,8 +244,9 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
         raise UsageError(f"--method: {key!r} takes its level as a target ({cls.kind()}); "
                          "only regularisation-driven methods (grda, linbreg, adabreg, proxsgd) "
                          "are calibrated")
-    if rounds < 1:
-        raise UsageError(f"--rounds: {rounds} is not allowed; allowed: at least 1")
+    if rounds < 0:
+        raise UsageError(f"--rounds: {rounds} is not allowed; allowed: at least 0 (0 writes "
+                         "the file from the points measured so far)")
     levels = [lv for lv in levels_of(params, key, method) if lv is not None]
     device = resolve_device(params.device)
     seeds, tol = seeds_of(params, method), params.levels.tolerance
@@ -412,7 +413,6 @@ class _Round:
         self.shape = tuple(dataset_info(DATA_FILE)["shape"])
         self.env = environment(device, threads, workers)
         self.failure: Any = None
-        self.runs: dict[tuple[int, float], Planned] = {}  # (seed, value) -> its stored run
 
     def planned(self, seed: int, value: float, level: float) -> tuple[Planned, str]:
         """The pipeline's run of ``seed`` at ``level`` with ``strength = value``, its
@@ -443,7 +443,6 @@ class _Round:
                 reads.append((seed, value, name, lambda out=out: json.loads(out.read_text())))
                 continue
             planned, fp = self.planned(seed, value, level)
-            self.runs[seed, round(value, 12)] = planned
             if cached(planned.out, fp) is None:
                 latency = ((tuple(self.params.evaluate.latency_batch_sizes),
                             self.params.evaluate.latency_repeats) if seed == first else None)
@@ -470,14 +469,14 @@ class _Round:
 
     def keep(self, result: CalibrationFile) -> None:
         """Move each seed's run at its settled strength to its place under ``runs/<key>/``
-        (when it was run at that level); drop the other trial runs."""
+        (when it was run aimed at that level, in this search or an interrupted one); drop the
+        other trial runs."""
         for seed, entry in result.seeds.items():
             for found in entry.levels.values():
-                stored = self.runs.get((seed, round(found.value or -1.0, 12)))
-                if found.status != "reached" or stored is None or not stored.out.exists():
+                if found.status != "reached":
                     continue
-                _, fp = self.planned(seed, found.value, found.level)
-                if stored.spec.level != found.level or cached(stored.out, fp) is None:
+                stored, fp = self.planned(seed, found.value, found.level)
+                if cached(stored.out, fp) is None:
                     continue
                 target = seed_dir(run_dir(self.key, level_name(found.level)), seed)
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
             add_tune_arguments(s)
         if stage == "calibrate":
             s.add_argument("--rounds", type=int, default=6,
-                           help="search rounds at most (one run per missed level each)")
+                           help="search rounds at most (a run per missed seed and level "
+                                "each); 0 writes the file from the points measured so far")
     return p
 
 
