@@ -14,6 +14,7 @@ import yaml
 from conftest import ROOT, small_params, write_calibration
 
 from sparsebench.pipeline.cli import main
+from sparsebench.report.tables import method_colour
 
 pytestmark = pytest.mark.slow
 METHODS = list(yaml.safe_load((ROOT / "params.yaml").read_text())["methods"])
@@ -122,6 +123,20 @@ def test_stages_run_end_to_end_and_track_in_mlflow(tracked_workspace):
     assert artifacts == ["model/model.sparse.safetensors"]
     report_runs = client.search_runs([experiment.experiment_id], "tags.dvc_stage = 'report'")
     assert len(report_runs) == 1
+    # the UI's comparison: the plot at the report run's artifact root, each parent in its
+    # method's plot colour, and the saved view of the parents' scatter
+    assert "accuracy_vs_compression.png" in {
+        a.path for a in client.list_artifacts(report_runs[0].info.run_id)}
+    keys = list(yaml.safe_load(params.read_text())["methods"])
+    colours = {p.data.tags["method"]: p.data.tags["mlflow.runColor"] for p in parents}
+    assert colours == {k: method_colour(k, keys) for k in colours}
+    assert colours["dense"] == "#000000" and len(set(colours.values())) == len(colours)
+    view = json.loads(experiment.tags["mlflow.sharedViewState.sparsebench-comparison"])
+    chart = json.loads(view["state"])["compareRunCharts"][0]
+    assert chart["type"] == "SCATTER" and chart["xaxis"]["key"] in parent.data.metrics
+    assert chart["yaxis"]["key"] in parent.data.metrics
+    assert json.loads(view["state"])["searchFilter"] == "tags.run_kind = 'parent'"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     assert main(["run", "--params", str(params), "--method", "gmp"]) == 0  # all cached
     assert len(client.search_runs([experiment.experiment_id], "tags.run_kind = 'seed'")) == \

@@ -15,7 +15,15 @@ from sparsebench.report.rows import curve_rows, load_results
 from sparsebench.report.tables import write_curves_report
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE
-from sparsebench.tracking.runs import FINISHED, client_for, find_runs, log_run, logged, tracking_uri
+from sparsebench.tracking.runs import (
+    FINISHED,
+    client_for,
+    find_runs,
+    log_run,
+    logged,
+    save_comparison_view,
+    tracking_uri,
+)
 
 
 def report(params: Params, methods: dict[str, MethodParams]) -> None:
@@ -44,6 +52,7 @@ def _log_report(params: Params, methods: dict[str, MethodParams], files: list[Pa
     fp = digest.hexdigest()
     with logged("the report", uri, "reports/"):
         client, experiment_id = client_for(uri, experiment)
+        save_comparison_view(client, experiment_id)
         found = find_runs(client, experiment_id, f"tags.dvc_stage = 'report' and "
                           f"tags.fingerprint = '{fp}'").get(fp)
         if found is not None and found.info.status == FINISHED:
@@ -52,7 +61,7 @@ def _log_report(params: Params, methods: dict[str, MethodParams], files: list[Pa
                 tags={"suite": params.suite, "dvc_stage": "report", "method": "report",
                       "fingerprint": fp, "code_digest": code_digest()},
                 params={"methods": ",".join(methods), "seeds": params.seeds},
-                metrics={}, curves={}, artifacts=[(path, "report") for path in files])
+                metrics={}, curves={}, artifacts=[(path, None) for path in files])
 
 
 def _publish_models(params: Params, methods: dict[str, MethodParams], rows: list[dict],

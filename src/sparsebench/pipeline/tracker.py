@@ -13,6 +13,7 @@ from typing import Any
 from sparsebench.data import SYNTHETIC, dataset_info
 from sparsebench.pipeline.cache import code_digest
 from sparsebench.pipeline.summary import params_source
+from sparsebench.report.tables import method_colour
 from sparsebench.run import CHECKPOINT, CURVES, MASKS, RESULT, read_result
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE, Planned
@@ -98,6 +99,11 @@ class StageTracker:
         return written
 
 
+#: the tag MLflow's UI colours a run by in its table and charts: a parent takes its method's
+#: colour in the report's plot, so the UI's scatter of the parents reads like the plot
+COLOUR_TAG = "mlflow.runColor"
+
+
 class RunTracker(StageTracker):
     """`StageTracker` for ``run@<key>``: one run per (method, level, seed) under a parent per
     (method, level) that holds the report's numbers."""
@@ -106,6 +112,7 @@ class RunTracker(StageTracker):
         super().__init__(params, f"run@{key}", f"tags.method_key = '{key}'")
         self.key, self.family = key, family
         self.source = _source_tag(params_source(key))
+        self.colour = method_colour(key, list(params.methods))
         with self.guard():
             self._parents(key, planned)
 
@@ -126,8 +133,11 @@ class RunTracker(StageTracker):
                     run = self.client.create_run(
                         self.experiment_id, run_name=f"{key}-{name}",
                         tags={**self.common, **self._tags(name, levels[name]),
-                              "run_kind": "parent"})
+                              "run_kind": "parent", COLOUR_TAG: self.colour})
                     self.parents[name] = run
+        for run in self.parents.values():  # a store made before the colours, or recoloured
+            if run.data.tags.get(COLOUR_TAG) != self.colour:
+                self.client.set_tag(run.info.run_id, COLOUR_TAG, self.colour)
 
     def _tags(self, level_name: str, level: float | None) -> dict[str, str]:
         return {"method": self.key, "method_key": self.key, "family": self.family,

@@ -394,6 +394,15 @@ COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:b
 MARKERS = "osD^vPX*<>hp"  # 12 shapes: with the colours, 12 methods apart
 
 
+def method_colour(key: str, keys: Sequence[str]) -> str:
+    """The hex colour of method ``key`` in the plot, where ``keys`` are the suite's method keys
+    in their order (dense black): MLflow's runs and charts take the same."""
+    from matplotlib.colors import to_hex  # lazy: matplotlib, for the colours alone
+
+    others = [k for k in keys if k != DENSE]
+    return "#000000" if key not in others else to_hex(COLORS[others.index(key) % len(COLORS)])
+
+
 PLOT_COLUMNS = ("method", "compression", "test_accuracy", "test_accuracy_std",
                 "test_accuracy_min", "test_accuracy_max", "achieved_compression", "seeds",
                 "interpolated")

@@ -75,6 +75,37 @@ def artifact_root() -> str:
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
 
+#: the saved view that opens the comparison: the parents' test accuracy against
+#: log2(compression), one colour per method (`sparsebench.pipeline.tracker.COLOUR_TAG`);
+#: MLflow 3's UI loads it from the experiment tag ``mlflow.sharedViewState.<key>``, by the URL
+#: ``#/experiments/<id>/runs?viewStateShareKey=<key>&compareRunsMode=CHART`` or its Views menu
+COMPARISON_VIEW = "sparsebench-comparison"
+
+
+def comparison_view_state() -> dict[str, Any]:
+    """The view: the (method, level) parents, all shown, and one scatter chart."""
+    section = "sparsebench-comparison"
+    return {"searchFilter": "tags.run_kind = 'parent'", "orderByKey": "attributes.start_time",
+            "orderByAsc": False, "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True,
+            "compareRunSections": [{"uuid": section, "name": "Accuracy vs compression",
+                                    "display": True, "isReordered": False, "deleted": False,
+                                    "isGenerated": False}],
+            "compareRunCharts": [{"uuid": "sparsebench-scatter", "type": "SCATTER",
+                                  "runsCountToCompare": 1000, "metricSectionId": section,
+                                  "deleted": False, "isGenerated": False,
+                                  "xaxis": {"key": "log2_compression", "type": "METRIC"},
+                                  "yaxis": {"key": "test_accuracy_mean", "type": "METRIC"}}]}
+
+
+def save_comparison_view(client: Any, experiment_id: str) -> None:
+    """Write (or rewrite) the experiment's saved view `COMPARISON_VIEW`."""
+    now = int(time.time() * 1000)
+    value = {"name": "accuracy vs compression (parents, by method)", "createdAt": now,
+             "updatedAt": now, "state": json.dumps(comparison_view_state())}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{COMPARISON_VIEW}",
+                              json.dumps(value))
+
+
 def client_for(uri: str, experiment: str):
     """An `MlflowClient` and the id of ``experiment``, both created once, under a lock."""
     from filelock import FileLock
