@@ -135,7 +135,10 @@ def test_stages_run_end_to_end_and_track_in_mlflow(tracked_workspace):
     chart = json.loads(view["state"])["compareRunCharts"][0]
     assert chart["type"] == "SCATTER" and chart["xaxis"]["key"] in parent.data.metrics
     assert chart["yaxis"]["key"] in parent.data.metrics
-    assert json.loads(view["state"])["searchFilter"] == "tags.run_kind = 'parent'"
+    search = json.loads(view["state"])["searchFilter"]
+    assert search.startswith("tags.run_kind = 'parent'")
+    shown = client.search_runs([experiment.experiment_id], search)  # a filter MLflow takes
+    assert {r.info.run_id for r in shown} <= set(by_id) and shown
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     assert main(["run", "--params", str(params), "--method", "gmp"]) == 0  # all cached

@@ -210,3 +210,15 @@ def test_an_experiment_is_of_the_model_training_kind(tmp_path, monkeypatch, stor
     assert KIND_TAG not in MlflowClient(uri).get_experiment(old).tags
     _, found = client_for(uri, "old")
     assert found == old and client.get_experiment(old).tags[KIND_TAG] == KIND
+
+
+def test_the_comparison_view_leaves_out_the_outliers():
+    from sparsebench.tracking.runs import comparison_view_state
+
+    assert comparison_view_state()["searchFilter"] == "tags.run_kind = 'parent'"
+    state = comparison_view_state(["random", "x"])
+    assert state["searchFilter"] == ("tags.run_kind = 'parent' and tags.method != 'random' "
+                                     "and tags.method != 'x'")
+    chart = state["compareRunCharts"][0]
+    assert (chart["type"], chart["xaxis"]["key"], chart["yaxis"]["key"]) == (
+        "SCATTER", "log2_compression", "test_accuracy_mean")

@@ -12,7 +12,8 @@ from sparsebench.pipeline import profile
 from sparsebench.pipeline.cache import code_digest
 from sparsebench.pipeline.sweep import method_runs
 from sparsebench.report.rows import curve_rows, load_results
-from sparsebench.report.tables import write_curves_report
+from sparsebench.report.stats import summarize
+from sparsebench.report.tables import outlier_methods, split_progressive, write_curves_report
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE
 from sparsebench.tracking.runs import (
@@ -27,18 +28,22 @@ from sparsebench.tracking.runs import (
 
 
 def report(params: Params, methods: dict[str, MethodParams]) -> None:
-    """The curves, the per-level tables and the ranking of every configured method."""
+    """The curves, the per-level tables and the groups of every configured method."""
     results = load_results(methods)
     rows = curve_rows(results)
     files = write_curves_report(rows, Path("reports"), suite=params.suite, budget=params.budget)
     print(Path("reports/curves.md").read_text())
     if params.tracking.enabled:
-        _log_report(params, methods, files)
+        # the UI's scatter leaves out what the plot's zoom panel does (random): its points
+        # would stretch the accuracy axis over the differences between the others
+        outliers = outlier_methods(summarize(split_progressive(rows)[0]))
+        _log_report(params, methods, files, outliers)
         _publish_models(params, methods, rows, tracking_uri(params.tracking.uri),
                         params.tracking.experiment or f"sparsebench-{params.suite}")
 
 
-def _log_report(params: Params, methods: dict[str, MethodParams], files: list[Path]) -> None:
+def _log_report(params: Params, methods: dict[str, MethodParams], files: list[Path],
+                outliers: list[str]) -> None:
     """One ``report`` run per distinct report (its files' digest as the fingerprint tag): a
     report made again with the same numbers is not logged twice."""
     import hashlib
@@ -52,7 +57,7 @@ def _log_report(params: Params, methods: dict[str, MethodParams], files: list[Pa
     fp = digest.hexdigest()
     with logged("the report", uri, "reports/"):
         client, experiment_id = client_for(uri, experiment)
-        save_comparison_view(client, experiment_id)
+        save_comparison_view(client, experiment_id, leave_out=outliers)
         found = find_runs(client, experiment_id, f"tags.dvc_stage = 'report' and "
                           f"tags.fingerprint = '{fp}'").get(fp)
         if found is not None and found.info.status == FINISHED:

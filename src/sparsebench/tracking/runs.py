@@ -82,10 +82,13 @@ KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 COMPARISON_VIEW = "sparsebench-comparison"
 
 
-def comparison_view_state() -> dict[str, Any]:
-    """The view: the (method, level) parents, all shown, and one scatter chart."""
+def comparison_view_state(leave_out: list[str] = ()) -> dict[str, Any]:
+    """The view: the (method, level) parents but those of ``leave_out``, all shown, and one
+    scatter chart."""
     section = "sparsebench-comparison"
-    return {"searchFilter": "tags.run_kind = 'parent'", "orderByKey": "attributes.start_time",
+    search = " and ".join(["tags.run_kind = 'parent'",
+                           *(f"tags.method != '{m}'" for m in leave_out)])
+    return {"searchFilter": search, "orderByKey": "attributes.start_time",
             "orderByAsc": False, "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True,
             "compareRunSections": [{"uuid": section, "name": "Accuracy vs compression",
                                     "display": True, "isReordered": False, "deleted": False,
@@ -97,11 +100,12 @@ def comparison_view_state() -> dict[str, Any]:
                                   "yaxis": {"key": "test_accuracy_mean", "type": "METRIC"}}]}
 
 
-def save_comparison_view(client: Any, experiment_id: str) -> None:
-    """Write (or rewrite) the experiment's saved view `COMPARISON_VIEW`."""
+def save_comparison_view(client: Any, experiment_id: str, leave_out: list[str] = ()) -> None:
+    """Write (or rewrite) the experiment's saved view `COMPARISON_VIEW` (without the parents
+    of the methods in ``leave_out``)."""
     now = int(time.time() * 1000)
     value = {"name": "accuracy vs compression (parents, by method)", "createdAt": now,
-             "updatedAt": now, "state": json.dumps(comparison_view_state())}
+             "updatedAt": now, "state": json.dumps(comparison_view_state(leave_out))}
     client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{COMPARISON_VIEW}",
                               json.dumps(value))
 
