@@ -110,7 +110,8 @@ def main() -> None:
             study = f"overhead-{workers}w"
             wall = cli(ws, tmp, "tune", "--method", args.method, "--objective", "pareto",
                        "--trials", str(args.trials), "--workers", str(workers),
-                       "--storage", storage, "--study", study)
+                       "--storage", storage, "--study", study,
+                       "--out", str(tmp / "tuning" / study))  # each study's files apart
             runs[workers] = {"wall": wall, **study_figures(storage, study)}
 
     one = runs[1]

@@ -224,9 +224,9 @@ def test_a_seed_without_points_starts_from_the_other_seeds_points():
 
     histories = {0: [_t(0.001, 4.0), _t(0.004, 16.0)], 1: []}
     todo = _guesses(histories, [8.0], 0.02, start=0.05)
-    assert todo == [(0, pytest.approx(0.002)), (1, pytest.approx(0.002))]
-    assert _guesses({0: [], 1: []}, [8.0], 0.02, start=0.05) == [
-        (s, pytest.approx(0.05 * f)) for s in (0, 1) for f in (0.25, 1.0, 4.0, 16.0)]
+    assert todo == [(0, pytest.approx(0.002), 8.0), (1, pytest.approx(0.002), 8.0)]
+    assert _guesses({0: [], 1: []}, [8.0], 0.02, start=0.05) == [  # aimed at no level
+        (s, pytest.approx(0.05 * f), None) for s in (0, 1) for f in (0.25, 1.0, 4.0, 16.0)]
 
 
 def test_each_seed_runs_its_own_strength(pretrained_workspace, monkeypatch):
