@@ -219,6 +219,7 @@ def test_the_comparison_view_leaves_out_the_outliers():
     state = comparison_view_state(["random", "x"])
     assert state["searchFilter"] == ("tags.run_kind = 'parent' and tags.method != 'random' "
                                      "and tags.method != 'x'")
+    assert "metrics.`test_accuracy_mean`" in state["selectedColumns"]  # the table's columns
     chart = state["compareRunCharts"][0]
     assert (chart["type"], chart["xaxis"]["key"], chart["yaxis"]["key"]) == (
         "SCATTER", "log2_compression", "test_accuracy_mean")

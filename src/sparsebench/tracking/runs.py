@@ -83,13 +83,16 @@ COMPARISON_VIEW = "sparsebench-comparison"
 
 
 def comparison_view_state(leave_out: list[str] = ()) -> dict[str, Any]:
-    """The view: the (method, level) parents but those of ``leave_out``, all shown, and one
-    scatter chart."""
+    """The view: the (method, level) parents but those of ``leave_out``, all shown, with their
+    test accuracy and compression as table columns, and one scatter chart."""
     section = "sparsebench-comparison"
     search = " and ".join(["tags.run_kind = 'parent'",
                            *(f"tags.method != '{m}'" for m in leave_out)])
+    columns = [f"metrics.`{m}`" for m in ("test_accuracy_mean", "test_accuracy_std",
+                                          "compression_mean", "log2_compression")]
     return {"searchFilter": search, "orderByKey": "attributes.start_time",
             "orderByAsc": False, "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True,
+            "selectedColumns": [*columns, "tags.`method`", "tags.`level`"],
             "compareRunSections": [{"uuid": section, "name": "Accuracy vs compression",
                                     "display": True, "isReordered": False, "deleted": False,
                                     "isGenerated": False}],
