@@ -142,8 +142,8 @@ def test_the_budget_boundary_is_the_longest_run(workspace, capsys):
         capsys.readouterr().err
 
 
-def _t(value: float, compression: float) -> Trial:
-    return Trial(value=value, compression=compression, val_accuracy=0.9, round=1)
+def _t(value: float, compression: float, val_accuracy: float = 0.9) -> Trial:
+    return Trial(value=value, compression=compression, val_accuracy=val_accuracy, round=1)
 
 
 def test_the_next_guess_interpolates_in_log_log_between_the_points_around_the_level():
@@ -165,6 +165,21 @@ def test_settle_reached_bracketed_and_unreachable():
     assert bracketed.status == "bracketed"
     assert (bracketed.low.compression, bracketed.high.compression) == (8.2, 50.0)
     assert settle(history, 128.0, 0.05).status == "unreachable"  # every point is below it
+
+
+def test_a_collapsed_run_neither_reaches_nor_brackets_a_level():
+    """AdaBreg at lambda 10^6: 110x and 296x at 10-12% accuracy (chance 10%): with the floor,
+    128x is unreachable and its search stops, where those runs would have bracketed it."""
+    from sparsebench.pipeline.calibrate import saturated
+
+    history = [_t(2.1, 65.7), _t(2.3, 70.5), _t(1.3e6, 110.8, 0.1056), _t(8.4e6, 296.1, 0.119)]
+    assert settle(history, 128.0, 0.02).status == "bracketed"  # no floor: as before
+    assert settle(history, 128.0, 0.02, floor=0.15).status == "unreachable"
+    assert settle(history, 68.0, 0.02, floor=0.15).status == "bracketed"  # 65.7 and 70.5
+    assert not saturated(history, 128.0) and saturated(history, 128.0, floor=0.15)
+    assert not saturated(history, 60.0, floor=0.15)  # a usable run is past 60x
+    hit = [*history, _t(4e6, 127.0, 0.12)]  # at the level, but collapsed: no reach
+    assert settle(hit, 128.0, 0.02, floor=0.15).status == "unreachable"
 
 
 def test_a_saturated_search_stops():
@@ -335,7 +350,7 @@ def test_the_run_a_calibration_settles_on_is_the_pipelines_run(workspace, capsys
         "config_digest": __import__("sparsebench.pipeline.calibrate", fromlist=["x"])
         .config_digest("grda", __import__("sparsebench.suite.load", fromlist=["x"])
                        .load_params(path)[1]["grda"]),
-        "seeds": {0: {"history": [{"value": 1e-9, "compression": 1.0, "val_accuracy": 0.1,
+        "seeds": {0: {"history": [{"value": 1e-9, "compression": 1.0, "val_accuracy": 0.9,
                                    "round": 1}]}}}))  # a point to aim from: seed 1 aims at 2x
     assert main(["calibrate", *args, "--method", "grda", "--rounds", "2"]) == 0
     found = yaml.safe_load((workspace / "calibrated" / "grda.yaml").read_text())

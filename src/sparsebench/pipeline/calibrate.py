@@ -19,7 +19,8 @@ fingerprint), count as measured points, so a tighter tolerance or a new seed cos
 runs it adds. At most ``rounds`` rounds: a level then still missed is *bracketed* when that
 seed's points lie on both sides of it (the pipeline runs both and interpolates the level's
 figures between them, marked interpolated), and *unreachable* otherwise (reported; no point is
-drawn). No hidden magnitude projection: a point is what the method produced.
+drawn); a run that has collapsed (validation accuracy at most `COLLAPSE` times chance) counts
+for neither. No hidden magnitude projection: a point is what the method produced.
 """
 
 from __future__ import annotations
@@ -209,17 +210,31 @@ def _slope(points: list[Trial], level: float) -> float | None:
     return slope if slope > 0 else None
 
 
-def saturated(history: list[Trial], level: float) -> bool:
+COLLAPSE = 1.5
+"""A run whose validation accuracy is at most this many times chance (1 / classes) has
+collapsed: it neither reaches nor brackets a level (`settle`)."""
+
+
+def saturated(history: list[Trial], level: float, floor: float = 0.0) -> bool:
     """Whether stronger regularisation stopped adding sparsity below ``level``: the two
     strongest runs are both short of it and within 1% of each other (LinBreg from a 1% sparse
-    initialisation cannot pass about 100x, whatever its lambda)."""
+    initialisation cannot pass about 100x, whatever its lambda), or the strongest run has
+    collapsed (validation accuracy at most ``floor``) while every usable run is short of it
+    (AdaBreg there: lambda 10^6 gives 110x-300x at 10-12% accuracy)."""
     strongest = sorted(history, key=lambda t: t.value)[-2:]
-    return (len(strongest) == 2 and all(t.compression < level for t in strongest)
-            and abs(strongest[1].compression / strongest[0].compression - 1) < 0.01)
+    if (len(strongest) == 2 and all(t.compression < level for t in strongest)
+            and abs(strongest[1].compression / strongest[0].compression - 1) < 0.01):
+        return True
+    usable = [t for t in history if t.val_accuracy > floor]
+    return (bool(strongest) and strongest[-1].val_accuracy <= floor
+            and all(t.compression < level for t in usable))
 
 
-def settle(history: list[Trial], level: float, tolerance: float) -> LevelResult:
-    """What the measured points say about ``level``: reached, bracketed or unreachable."""
+def settle(history: list[Trial], level: float, tolerance: float,
+           floor: float = 0.0) -> LevelResult:
+    """What the measured points say about ``level``: reached, bracketed or unreachable, from
+    the runs that have not collapsed (validation accuracy above ``floor``)."""
+    history = [t for t in history if t.val_accuracy > floor]
     hits = [t for t in history if within(t.compression, level, tolerance)]
     if hits:
         best = min(hits, key=lambda t: abs(_log(t.compression) - _log(level)))
@@ -250,12 +265,13 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
     levels = [lv for lv in levels_of(params, key, method) if lv is not None]
     device = resolve_device(params.device)
     seeds, tol = seeds_of(params, method), params.levels.tolerance
+    floor = COLLAPSE / dataset_info(DATA_FILE)["num_classes"]
     histories = known_points(params, methods, key, levels, seeds)
     spent = sum(map(len, histories.values()))
     run_round = _Round(params, methods, key, cls.strength, device, workers, threads)
     with tempfile.TemporaryDirectory(prefix="calibrate-") as scratch:
         for number in range(1, rounds + 1):
-            todo = _guesses(histories, levels, tol, getattr(method, cls.strength))
+            todo = _guesses(histories, levels, tol, getattr(method, cls.strength), floor)
             if not todo:
                 break
             found = run_round(number, todo, Path(scratch))
@@ -269,7 +285,7 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
     result = CalibrationFile(
         method=key, strength=cls.strength, config_digest=config_digest(key, method),
         tolerance=tol, trials=trials,
-        seeds={seed: SeedCalibration(levels={level_name(lv): settle(history, lv, tol)
+        seeds={seed: SeedCalibration(levels={level_name(lv): settle(history, lv, tol, floor)
                                              for lv in levels}, history=history)
                for seed, history in histories.items()})
     for seed, entry in result.seeds.items():
@@ -293,7 +309,7 @@ def _save_progress(key: str, method: MethodParams, histories: dict[int, list[Tri
 
 
 def _guesses(histories: dict[int, list[Trial]], levels: list[float], tol: float,
-             start: float) -> list[tuple[int, float, float | None]]:
+             start: float, floor: float = 0.0) -> list[tuple[int, float, float | None]]:
     """The (seed, strength, level aimed at) runs of the next round: for a seed without points,
     one per level from the other seeds' points (or `FIRST_ROUND` around ``start``, aimed at no
     level, when there are none); else one per level it missed."""
@@ -308,8 +324,8 @@ def _guesses(histories: dict[int, list[Trial]], levels: list[float], tol: float,
                                     else [1e-4, 1e-3, 1e-2, 1e-1])
         else:
             guesses = {next_guess(history, lv, pooled): lv for lv in levels
-                       if settle(history, lv, tol).status != "reached"
-                       and not saturated(history, lv)}
+                       if settle(history, lv, tol, floor).status != "reached"
+                       and not saturated(history, lv, floor)}
         seen = {round(t.value, 12) for t in history}
         todo += [(seed, g, lv) for g, lv in sorted(guesses.items())
                  if round(g, 12) not in seen]
