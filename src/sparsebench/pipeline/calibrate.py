@@ -210,7 +210,7 @@ def _slope(points: list[Trial], level: float) -> float | None:
     return slope if slope > 0 else None
 
 
-COLLAPSE = 1.5
+COLLAPSE = 2.0
 """A run whose validation accuracy is at most this many times chance (1 / classes) has
 collapsed: it neither reaches nor brackets a level (`settle`)."""
 
