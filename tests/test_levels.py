@@ -327,7 +327,7 @@ def test_a_calibration_counts_the_suites_cached_runs_and_a_killed_search_resumes
     progress_path("grda").write_text(yaml.safe_dump({"config_digest": found["config_digest"],
                                                      "seeds": {0: {"history": [
                                                          {"value": 0.5, "compression": 2.0,
-                                                          "val_accuracy": 0.5,
+                                                          "val_accuracy": 0.9,
                                                           "round": 1}]}}}))
     assert main(["calibrate", *args, "--method", "grda", "--rounds", "1"]) == 0
     found = yaml.safe_load((workspace / "calibrated" / "grda.yaml").read_text())
@@ -641,7 +641,7 @@ def test_zero_rounds_write_the_file_from_the_points_measured_so_far(workspace, c
     digest = config_digest("grda", load_params(path)[1]["grda"])
     progress_path("grda").parent.mkdir(exist_ok=True)
     progress_path("grda").write_text(yaml.safe_dump({"config_digest": digest, "seeds": {
-        0: {"history": [{"value": 0.5, "compression": 2.0, "val_accuracy": 0.5, "round": 1}]}}}))
+        0: {"history": [{"value": 0.5, "compression": 2.0, "val_accuracy": 0.9, "round": 1}]}}}))
     capsys.readouterr()
     assert main(["calibrate", *args, "--rounds", "0"]) == 0
     assert "calibrate grda: 0 runs, 1 points in all" in capsys.readouterr().out
