@@ -169,17 +169,21 @@ def test_settle_reached_bracketed_and_unreachable():
 
 def test_a_collapsed_run_neither_reaches_nor_brackets_a_level():
     """AdaBreg at lambda 10^6: 110x and 296x at 10-12% accuracy (chance 10%): with the floor,
-    128x is unreachable and its search stops, where those runs would have bracketed it."""
-    from sparsebench.pipeline.calibrate import saturated
+    128x is unreachable, where those runs would have bracketed it; and they guide no guess."""
+    from sparsebench.pipeline.calibrate import _guesses
 
     history = [_t(2.1, 65.7), _t(2.3, 70.5), _t(1.3e6, 110.8, 0.1056), _t(8.4e6, 296.1, 0.119)]
     assert settle(history, 128.0, 0.02).status == "bracketed"  # no floor: as before
-    assert settle(history, 128.0, 0.02, floor=0.15).status == "unreachable"
-    assert settle(history, 68.0, 0.02, floor=0.15).status == "bracketed"  # 65.7 and 70.5
-    assert not saturated(history, 128.0) and saturated(history, 128.0, floor=0.15)
-    assert not saturated(history, 60.0, floor=0.15)  # a usable run is past 60x
+    assert settle(history, 128.0, 0.02, floor=0.2).status == "unreachable"
+    assert settle(history, 68.0, 0.02, floor=0.2).status == "bracketed"  # 65.7 and 70.5
     hit = [*history, _t(4e6, 127.0, 0.12)]  # at the level, but collapsed: no reach
-    assert settle(hit, 128.0, 0.02, floor=0.15).status == "unreachable"
+    assert settle(hit, 128.0, 0.02, floor=0.2).status == "unreachable"
+    # the next guess steps out from the strongest usable run (2.3), not from 8.4e6
+    [(seed, guess, level)] = _guesses({0: history}, [128.0], 0.02, start=1.0, floor=0.2)
+    assert (seed, level) == (0, 128.0) and 2.3 < guess <= 2.3 * 16
+    # a guess that has run and collapsed is not run again: the level's search ends
+    ran = [*history, _t(guess, 500.0, 0.1)]
+    assert _guesses({0: ran}, [128.0], 0.02, start=1.0, floor=0.2) == []
 
 
 def test_a_saturated_search_stops():

@@ -215,19 +215,13 @@ COLLAPSE = 2.0
 collapsed: it neither reaches nor brackets a level (`settle`)."""
 
 
-def saturated(history: list[Trial], level: float, floor: float = 0.0) -> bool:
+def saturated(history: list[Trial], level: float) -> bool:
     """Whether stronger regularisation stopped adding sparsity below ``level``: the two
     strongest runs are both short of it and within 1% of each other (LinBreg from a 1% sparse
-    initialisation cannot pass about 100x, whatever its lambda), or the strongest run has
-    collapsed (validation accuracy at most ``floor``) while every usable run is short of it
-    (AdaBreg there: lambda 10^6 gives 110x-300x at 10-12% accuracy)."""
+    initialisation cannot pass about 100x, whatever its lambda)."""
     strongest = sorted(history, key=lambda t: t.value)[-2:]
-    if (len(strongest) == 2 and all(t.compression < level for t in strongest)
-            and abs(strongest[1].compression / strongest[0].compression - 1) < 0.01):
-        return True
-    usable = [t for t in history if t.val_accuracy > floor]
-    return (bool(strongest) and strongest[-1].val_accuracy <= floor
-            and all(t.compression < level for t in usable))
+    return (len(strongest) == 2 and all(t.compression < level for t in strongest)
+            and abs(strongest[1].compression / strongest[0].compression - 1) < 0.01)
 
 
 def settle(history: list[Trial], level: float, tolerance: float,
@@ -312,10 +306,14 @@ def _guesses(histories: dict[int, list[Trial]], levels: list[float], tol: float,
              start: float, floor: float = 0.0) -> list[tuple[int, float, float | None]]:
     """The (seed, strength, level aimed at) runs of the next round: for a seed without points,
     one per level from the other seeds' points (or `FIRST_ROUND` around ``start``, aimed at no
-    level, when there are none); else one per level it missed."""
-    pooled = [t for history in histories.values() for t in history]
+    level, when there are none); else one per level it missed. Collapsed runs (validation
+    accuracy at most ``floor``) guide nothing; a strength already run is not run again, so a
+    guess that lands where the method collapses ends that level's search."""
+    usable = {seed: [t for t in history if t.val_accuracy > floor]
+              for seed, history in histories.items()}
+    pooled = [t for history in usable.values() for t in history]
     todo: list[tuple[int, float, float | None]] = []
-    for seed, history in histories.items():
+    for seed, history in usable.items():
         guesses: dict[float, float | None] = {}
         if not history and pooled:
             guesses = {next_guess(pooled, lv): lv for lv in levels}
@@ -324,9 +322,9 @@ def _guesses(histories: dict[int, list[Trial]], levels: list[float], tol: float,
                                     else [1e-4, 1e-3, 1e-2, 1e-1])
         else:
             guesses = {next_guess(history, lv, pooled): lv for lv in levels
-                       if settle(history, lv, tol, floor).status != "reached"
-                       and not saturated(history, lv, floor)}
-        seen = {round(t.value, 12) for t in history}
+                       if settle(history, lv, tol).status != "reached"
+                       and not saturated(history, lv)}
+        seen = {round(t.value, 12) for t in histories[seed]}
         todo += [(seed, g, lv) for g, lv in sorted(guesses.items())
                  if round(g, 12) not in seen]
     return todo
