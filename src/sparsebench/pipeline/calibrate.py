@@ -388,21 +388,26 @@ def _cached_trial(params: Params, methods: dict[str, MethodParams], key: str, st
         return None
     if "-" in out.name:
         return None  # a bracket's point: not a run at one strength for the level
+    planned = pipeline_run(params, methods, key, strength, seed, value, level)
+    found = cached(out, run_fingerprint(params, planned)) if planned.out == out else None
+    if found is None:
+        return None
+    figures = found["figures"]
+    return Trial(value=value, compression=min(figures["compression"], MAX_COMPRESSION),
+                 val_accuracy=figures["val_accuracy"], round=0)
+
+
+def pipeline_run(params: Params, methods: dict[str, MethodParams], key: str, strength: str,
+                 seed: int, value: float, level: float) -> Planned:
+    """The suite's planned run of ``seed`` at ``level`` with ``strength = value`` (`plan`
+    with a calibration that gives that strength at every level)."""
     one = CalibrationFile(
         method=key, strength=strength, config_digest="", tolerance=1.0, trials=0,
-        seeds={seed: SeedCalibration(history=[], levels={level_name(lv): LevelResult(
-            level=lv, status="reached", value=value) for lv in levels_of(params, key,
-                                                                        methods[key])})})
+        seeds={seed: SeedCalibration(history=[], levels={
+            level_name(lv): LevelResult(level=lv, status="reached", value=value)
+            for lv in levels_of(params, key, methods[key]) if lv is not None})})
     only = {**methods, key: methods[key].model_copy(update={"seeds": [seed]})}
-    for planned in plan(params, only, key, one):
-        if planned.out == out:
-            found = cached(out, run_fingerprint(params, planned))
-            if found is not None:
-                figures = found["figures"]
-                return Trial(value=value, compression=min(figures["compression"],
-                                                          MAX_COMPRESSION),
-                             val_accuracy=figures["val_accuracy"], round=0)
-    return None
+    return next(p for p in plan(params, only, key, one) if p.spec.level == level)
 
 
 TRIALS = Path("runs", ".calibration")  # trial runs until the search ends (not a DVC output)
@@ -431,16 +436,8 @@ class _Round:
     def planned(self, seed: int, value: float, level: float) -> tuple[Planned, str]:
         """The pipeline's run of ``seed`` at ``level`` with ``strength = value``, its
         directory under `TRIALS`, and its fingerprint."""
-        one = CalibrationFile(
-            method=self.key, strength=self.strength, config_digest="", tolerance=1.0,
-            trials=0, seeds={seed: SeedCalibration(history=[], levels={
-                level_name(lv): LevelResult(level=lv, status="reached", value=value)
-                for lv in levels_of(self.params, self.key, self.methods[self.key])
-                if lv is not None})})
-        only = {**self.methods, self.key: self.methods[self.key].model_copy(
-            update={"seeds": [seed]})}
-        found = next(p for p in plan(self.params, only, self.key, one)
-                     if p.spec.level == level)
+        found = pipeline_run(self.params, self.methods, self.key, self.strength, seed, value,
+                             level)
         fp = run_fingerprint(self.params, found)
         return replace(found, out=TRIALS / self.key / f"seed{seed}" / fp[:16]), fp
 
