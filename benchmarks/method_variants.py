@@ -29,7 +29,8 @@ from sparsebench.core.numerics import flush_subnormals
 from sparsebench.core.train import resolve_device
 from sparsebench.data import dataset_info, load_splits
 from sparsebench.methods import method_class, method_params
-from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
+from sparsebench.pipeline.executor import run_tasks
+from sparsebench.pipeline.tasks import Placement, Task, raise_failures
 from sparsebench.report.stats import paired_difference, relation
 from sparsebench.run import RESULT, environment, execute, read_result
 from sparsebench.suite.load import load_params
@@ -94,8 +95,8 @@ def main() -> None:
     if not tasks:
         raise SystemExit(f"--levels: none of {args.levels} is a level methods.{key} runs at")
     print(f"{len(tasks)} runs, {args.workers} workers", flush=True)
-    raise_failures("method_variants", run_tasks(tasks, workers=args.workers,
-                                                threads=params.execution.threads), len(tasks))
+    raise_failures("method_variants", run_tasks(tasks, Placement(
+        args.workers, params.execution.threads)), len(tasks))
     rows = []
     for (name, level, seed), out in outs.items():
         result = read_result(json.loads((out / RESULT).read_text()))

@@ -70,7 +70,8 @@ from sparsebench.methods import build_method, method_params
 from sparsebench.methods.base import Context
 from sparsebench.methods.retrain import masked_retrain
 from sparsebench.methods.sas_admm import inner_steps
-from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
+from sparsebench.pipeline.executor import run_tasks
+from sparsebench.pipeline.tasks import Placement, Task, raise_failures
 from sparsebench.report.stats import t_quantile
 from sparsebench.run import load_run_model
 from sparsebench.suite.load import load_params
@@ -273,8 +274,8 @@ def main() -> None:
             tasks.append(Task(f"{name} seed {seed}", lambda a=(name, cfg, seed, pretrained,
                                                                split, file, check): one_run(
                 a[0], a[1], a[2], a[3], retrain, data, a[4], n_train, a[6], a[5], augment)))
-        raise_failures("time_to_accuracy", run_tasks(tasks, workers=args.workers,
-                                                     threads=params.execution.threads),
+        raise_failures("time_to_accuracy", run_tasks(tasks, Placement(
+            args.workers, params.execution.threads)),
                        len(tasks))
         return [json.loads(f.read_text()) for f in files]
 

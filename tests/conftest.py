@@ -85,11 +85,6 @@ def small_params(tmp_path: Path, **overrides) -> Path:
     params["evaluate"] = {"latency_batch_sizes": [1, 256], "latency_repeats": 5}
     for key, value in overrides.items():
         params[key] = value
-    if isinstance(params.get("execution"), dict):  # a stage alone: no other method's runs
-        # (params.yaml turns the filler on; an override's own fill_idle is kept)
-        given = overrides.get("execution")
-        if not (isinstance(given, dict) and "fill_idle" in given):
-            params["execution"]["fill_idle"] = False
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path

@@ -52,6 +52,7 @@ SMOKE: dict[str, Smoke] = {
                             "--prox-variants")),
     "pipeline_efficiency.py": Smoke(("--rounds", "1", "--repeat", "1", "--samples", "256",
                                      "--random"), suite=True, slow=True),
+    "sweep_scaling.py": Smoke(("--toy",), slow=True),
     "subnormal_census.py": Smoke(("--params", "params.yaml", "--flush"), suite=True),
     "time_to_accuracy.py": Smoke(("--levels", "8", "--seeds", "0", "--trials", "1",
                                   "--scale", "0.125", "--workers", "1", "--out", "tta"),
@@ -81,7 +82,7 @@ def suite(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("suite")
     path = small_params(root, seeds=[0], tracking={"enabled": False},
-                        execution={"threads": 1, "workers": 1, "fill_idle": False})
+                        execution={"threads": 1, "workers": 1})
     raw = yaml.safe_load(path.read_text())
     raw["levels"]["compression"] = [8]
     raw["data"]["limit"] = 1024

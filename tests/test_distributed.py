@@ -164,7 +164,7 @@ def test_a_rank_late_at_the_end_of_pretrain_finds_its_work_directory(workspace):
         process.join(timeout=240)
     assert [p.exitcode for p in context.processes] == [0, 0]
     assert sorted(p.name for p in (workspace / "runs" / "pretrain").iterdir()) == [
-        "seed0", "seed1"]
+        "FINGERPRINT", "seed0", "seed1"]
 
 
 def test_torchrun_pretrain_trains_the_single_process_models(workspace):

@@ -1,8 +1,9 @@
 """The real DVC pipeline (dvc.yaml of the repo) on a shrunk params.yaml in tmp_path.
 
-`dvc repro` runs every stage; run again it does nothing; `dvc exp run -S` on one method's key
-reruns only that method's stages and the report. The suites under pipelines/ are DVC projects of
-their own: the root's `dvc status`, `dvc metrics show` and `dvc params diff` never show them.
+`dvc repro` runs every stage; run again it does nothing; a change of one method's key reruns
+the run stage, which trains that method's runs alone, and the report. The suites under
+pipelines/ are DVC projects of their own: the root's `dvc status`, `dvc metrics show` and
+`dvc params diff` never show them.
 """
 
 from __future__ import annotations
@@ -56,9 +57,6 @@ def project(tmp_path, store_template):
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load(small_params(tmp_path).read_text())
     params["methods"] = {k: params["methods"][k] for k in ("dense", "gmp")}
-    # small_params turns the filler off: run@dense's idle worker would start gmp's runs and, as
-    # tiny as they are here, sometimes finish one, which run@gmp then counts as cached
-    assert params["execution"]["fill_idle"] is False
     params["tune"]["spaces"] = {"gmp": params["tune"]["spaces"]["gmp"]}  # spaces name methods
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "SPARSEBENCH_ROOT": str(tmp_path),
@@ -76,7 +74,7 @@ def project(tmp_path, store_template):
 
 
 def _trained(output: str, key: str) -> tuple[int, int, int]:
-    """(runs, cached, to train) that ``run@<key>`` printed."""
+    """(runs, cached, to train) that the run stage printed for ``methods.<key>``."""
     found = re.search(rf"run {key}: (\d+) runs, (\d+) cached, (\d+) to train", output)
     assert found, output[-2000:]
     return tuple(int(g) for g in found.groups())
@@ -85,7 +83,7 @@ def _trained(output: str, key: str) -> tuple[int, int, int]:
 def test_repro_then_nothing_then_only_the_runs_a_change_touches(project):
     path, env = project
     first = _sh("dvc", "repro", cwd=path, env=env)
-    assert set(_ran(first)) == {"prepare", "pretrain", "run@dense", "run@gmp", "report"}
+    assert set(_ran(first)) == {"prepare", "run", "report"}
     assert _trained(first, "gmp") == (10, 0, 10)  # 5 levels x 2 seeds
     assert (path / "reports" / "curves.md").exists()
     assert _ran(_sh("dvc", "repro", cwd=path, env=env)) == []
@@ -104,7 +102,8 @@ def test_repro_then_nothing_then_only_the_runs_a_change_touches(project):
     params["levels"]["compression"].append(256)  # a new level: only its runs train
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _sh("dvc", "repro", cwd=path, env=env)
-    assert set(_ran(out)) == {"run@dense", "run@gmp", "report"}
+    assert set(_ran(out)) == {"run", "report"}
+    assert "pretrain: 2 seeds cached" in out
     assert _trained(out, "gmp") == (12, 10, 2)
     assert _trained(out, "dense") == (2, 2, 0)
 
@@ -114,9 +113,10 @@ def test_repro_then_nothing_then_only_the_runs_a_change_touches(project):
     assert [line.split()[:2] for line in diff.splitlines()] == [
         ["Path", "Param"], ["params.yaml", "levels.compression"],
         ["params.yaml", "methods.gmp.optimizer.lr"]]
-    assert set(_stages(_sh("dvc", "status", cwd=path, env=env))) == {"run@gmp", "report"}
-    out = _sh("dvc", "repro", "--single-item", "run@gmp", cwd=path, env=env)  # the report: above
+    assert set(_stages(_sh("dvc", "status", cwd=path, env=env))) == {"run", "report"}
+    out = _sh("dvc", "repro", "--single-item", "run", cwd=path, env=env)  # the report: above
     assert _trained(out, "gmp") == (12, 0, 12)
+    assert _trained(out, "dense") == (2, 2, 0)  # another method's runs: kept
     evaluation = json.loads((path / "evaluation" / "gmp.json").read_text())["levels"]
     assert evaluation["c256"]["mean"]["sparsity"] == pytest.approx(1 - 1 / 256, abs=1e-3)
     assert evaluation["c8"]["mean"]["sparsity"] == pytest.approx(0.875, abs=1e-3)
@@ -143,7 +143,7 @@ def test_the_tuning_pipeline_feeds_nothing_of_the_benchmark():
     for deps in studies.values():
         assert {ROOT / "data/prepared/splits.safetensors", ROOT / "runs/pretrain"} <= deps
     bench = _sh("dvc", "dag", "--dot", cwd=ROOT, env=_env())
-    assert "tune" not in bench and '"run@admm"' in bench
+    assert "tune" not in bench and '"run"' in bench
 
 
 def test_the_root_shows_the_default_suite_alone():
@@ -152,7 +152,7 @@ def test_the_root_shows_the_default_suite_alone():
     diff` knows the root params.yaml alone."""
     env = _env()
     root_stages = set(_sh("dvc", "stage", "list", "--name-only", cwd=ROOT, env=env).split())
-    assert "run@gmp" in root_stages and not any("pipelines/" in s for s in root_stages)
+    assert "run" in root_stages and not any("pipelines/" in s for s in root_stages)
     status = _sh("dvc", "status", cwd=ROOT, env=env)
     assert "pipelines/" not in status and set(_stages(status)) <= root_stages
     table = subprocess.run(["dvc", "metrics", "show"], cwd=ROOT, env=env, capture_output=True,
@@ -160,8 +160,8 @@ def test_the_root_shows_the_default_suite_alone():
     assert table.returncode == 0, table.stderr
     assert "failed to load" not in table.stdout + table.stderr
     methods = yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]
-    assert [row.split()[0] for row in table.stdout.splitlines()[1:]] == [
-        f"metrics/{key}.json" for key in methods]
+    assert [row.split()[0] for row in table.stdout.splitlines()[1:]] == sorted(
+        f"metrics/{key}.json" for key in methods)  # the metrics folder, in file order
     assert "pipelines/" not in _sh("dvc", "params", "diff", "--all", cwd=ROOT, env=env)
 
 

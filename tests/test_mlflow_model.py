@@ -33,7 +33,7 @@ def _uri(root: Path) -> str:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, store_template):
-    """A workspace after prepare, pretrain, run@dense/magnitude/gmp (levels 8x and 32x, seeds
+    """A workspace after prepare, pretrain, run (dense, magnitude, gmp) (levels 8x and 32x, seeds
     0-2) and report, tracked in its own SQLite store, which $MLFLOW_TRACKING_URI then names
     for the tests (`mlflow.pyfunc.load_model` reads it)."""
     from sparsebench.pipeline.cli import main

@@ -92,7 +92,10 @@ def test_stage_work_starts_over_when_the_fingerprint_changes(tmp_path):
         work.finish("seed0", lambda path: (path / "x").write_text("1"))
     assert (target / "seed0" / "x").read_text() == "1"
     assert sorted(p.name for p in target.parent.iterdir()) == ["prune"]
-    assert not (target / "FINGERPRINT").exists()
+    assert (target / "FINGERPRINT").read_text() == "b"  # what `finished` reads
+    assert StageWork(target, "b").finished(["seed0"])
+    assert not StageWork(target, "a").finished(["seed0"])  # another config
+    assert not StageWork(target, "b").finished(["seed0", "seed1"])  # a seed missing
 
 
 # SIGKILL of a real stage process (and so of its workers). Each case: the method it trains.

@@ -18,8 +18,9 @@ from safetensors import safe_open
 from sparsebench.data import load_splits
 from sparsebench.pipeline.cache import run_fingerprint, shared_fingerprint
 from sparsebench.pipeline.cli import main
-from sparsebench.pipeline.sweep import _filler, method_runs
-from sparsebench.pipeline.workers import Task, run_tasks
+from sparsebench.pipeline.executor import run_tasks
+from sparsebench.pipeline.sweep import method_runs
+from sparsebench.pipeline.tasks import Placement, Task
 from sparsebench.run import TRAJECTORY, run, save_run_model, shared_prune
 from sparsebench.suite.load import load_params
 from sparsebench.suite.plan import DATA_FILE
@@ -46,7 +47,7 @@ def prepared(tmp_path_factory) -> Path:
     raw = yaml.safe_load(path.read_text())
     raw["levels"]["compression"] = [8, 32]
     raw["data"]["limit"] = 512
-    raw["execution"] = {"threads": 1, "workers": 2, "fill_idle": False}
+    raw["execution"] = {"threads": 1, "workers": 2}
     raw["budget"] = None
     raw["methods"] = {k: dict(v) for k, v in METHODS.items()}
     raw["tune"]["spaces"] = {k: v for k, v in raw["tune"]["spaces"].items() if k in METHODS}
@@ -167,17 +168,6 @@ def test_a_trajectory_cut_by_a_kill_resumes_to_the_uninterrupted_one(workspace, 
         tmp_path / "whole" / "seed0" / "model.safetensors")
 
 
-def test_a_filler_trains_the_next_methods_trajectories_before_their_levels(workspace):
-    params, methods = load_params(workspace / "params.yaml")
-    fill = _filler(params, methods, "magnitude", {}, torch.device("cpu"), (1, 28, 28), {})
-    names = [task.name for task in iter(fill, None)]
-    # the methods after magnitude in params.yaml (yaml.safe_dump sorted them), then those
-    # before it: their trajectories, never a level run whose trajectory is not there yet
-    assert list(methods) == ["admm_l1", "magnitude", "sas_admm"]
-    assert names == ["sas_admm prune seed 0", "sas_admm prune seed 1",
-                     "admm_l1 prune seed 0", "admm_l1 prune seed 1"]
-
-
 def _write(path: Path) -> None:
     path.write_text("done")
 
@@ -197,7 +187,7 @@ def test_a_task_waits_for_the_one_it_reads_and_fails_when_that_one_failed(worker
              Task("needs failed", lambda: _write(tmp_path / "never"), after="fails"),
              Task("reads", lambda: _needs(a, b), after="writes"),
              Task("chained", lambda: _write(tmp_path / "never2"), after="needs failed")]
-    failures = run_tasks(tasks, workers=workers, threads=1, in_process=workers == 1)
+    failures = run_tasks(tasks, Placement(workers, 1, in_process=workers == 1))
     assert b.read_text() == "done"
     assert not (tmp_path / "never").exists() and not (tmp_path / "never2").exists()
     assert set(failures) == {"fails", "needs failed", "chained"}
@@ -207,8 +197,7 @@ def test_a_task_waits_for_the_one_it_reads_and_fails_when_that_one_failed(worker
 
 def test_a_task_after_one_not_listed_before_it_is_refused(tmp_path):
     with pytest.raises(ValueError, match="'b' runs after 'a', which is not an earlier task"):
-        run_tasks([Task("b", lambda: None, after="a"), Task("a", lambda: None)], workers=2,
-                  threads=1)
+        run_tasks([Task("b", lambda: None, after="a"), Task("a", lambda: None)], Placement(2, 1))
 
 
 def test_method_variants_trains_each_variants_own_prune_phase(workspace):

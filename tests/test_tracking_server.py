@@ -118,7 +118,7 @@ def test_dvc_repro_against_a_server_logs_the_runs_of_the_sqlite_store(
         project, mlflow_server):  # noqa: F811
     """The runs a SQLite store gets (`test_pipeline.py`'s end-to-end test counts them), here
     over HTTP: one per seed, per (method, level) parent, per pretrain seed, and the report's;
-    a forced rerun of a method's stage adds none and logs no epoch twice."""
+    a forced rerun of the run stage adds none and logs no epoch twice."""
     from mlflow import MlflowClient
 
     path, env = project
@@ -145,7 +145,7 @@ def test_dvc_repro_against_a_server_logs_the_runs_of_the_sqlite_store(
     assert {"test_accuracy_mean", "compression_mean", "flop_speedup_mean",
             "train_seconds_mean", "sparsity_std"} <= set(parent.data.metrics)
 
-    out = _sh("dvc", "repro", "--force", "--single-item", "run@gmp", cwd=path, env=env)
+    out = _sh("dvc", "repro", "--force", "--single-item", "run", cwd=path, env=env)
     assert _trained(out, "gmp") == (4, 4, 0)
     again = _runs(mlflow_server.uri)
     assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in served)
@@ -209,7 +209,7 @@ def test_server_stopped_mid_stage_then_the_rerun_logs_the_finished_runs(workspac
     out = "".join(lines) + out
     assert run.returncode == 1, out[-3000:] + err
     (line,) = _own_lines(err)
-    assert "tracking: logging the runs of run@gmp" in line and mlflow_server.uri in line
+    assert "tracking: logging the runs of gmp" in line and mlflow_server.uri in line
     assert "(runs/gmp)" in line
     assert _trained(out, "gmp") == (4, 0, 4)
     assert "tracking: live logging stopped" in out  # the server went while runs trained

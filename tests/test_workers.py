@@ -1,5 +1,6 @@
-"""Runs side by side: the same weights alone or beside others, a dead worker fails its run only,
-and the execution keys' bad values."""
+"""Runs side by side in the local pool: the same weights alone or beside others, a dead worker
+fails its run only, each worker its own GPU, jobs made at their turn, and the execution keys'
+bad values."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from conftest import small_params
 from safetensors import safe_open
 
 from sparsebench.pipeline.cli import main
-from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
+from sparsebench.pipeline.executor import run_tasks
+from sparsebench.pipeline.tasks import Job, Placement, Task, raise_failures
 
 
 def _tensors(path: Path) -> dict[str, bytes]:
@@ -26,7 +28,7 @@ def _workspace(root: Path, workers: int) -> Path:
     path = small_params(root, tracking={"enabled": False})
     raw = yaml.safe_load(path.read_text())
     raw["levels"]["compression"] = [32]
-    raw["execution"] = {"threads": 1, "workers": workers, "fill_idle": False}
+    raw["execution"] = {"threads": 1, "workers": workers}
     raw["data"]["limit"] = 512
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -66,48 +68,49 @@ def _fail() -> None:
     raise FloatingPointError("the training loss is nan at epoch 3")
 
 
-def _count(path: Path) -> None:
-    """A filler that would run for minutes: it writes its progress, one line a step."""
+def _gpu(path: Path) -> None:
+    """Wait for the other workers to start, then say which GPU this one sees."""
     import time
 
-    for step in range(3000):
-        with path.open("a") as f:
-            f.write(f"{step}\n")
-        time.sleep(0.02)
+    time.sleep(1.0)
+    path.write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "none"))
 
 
-def test_an_idle_worker_takes_filler_work_killed_once_the_last_task_ends(tmp_path):
-    import time
+def test_each_worker_sees_only_its_gpu_runs_per_gpu_sharing_one(tmp_path):
+    """Four workers on two GPUs, two runs each: slots 0, 1 on GPU "4", slots 2, 3 on GPU "6"
+    (CUDA_VISIBLE_DEVICES entries), set in the worker before CUDA starts; none in the stage."""
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    placement = Placement(4, 1, gpus=("4", "6"), runs_per_gpu=2)
+    failures = run_tasks([Task(n, lambda n=n: _gpu(tmp_path / n)) for n in "abcd"], placement)
+    assert failures == {}
+    assert sorted((tmp_path / n).read_text() for n in "abcd") == ["4", "4", "6", "6"]
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
+    assert [placement.gpu_of(i) for i in range(6)] == ["4", "4", "6", "6", "4", "4"]
 
-    fills = iter([Task("fill-1", lambda: _write(tmp_path / "fill-1")),
-                  Task("fill-2", lambda: _count(tmp_path / "fill-2")),
-                  Task("fill-3", _die)])
-    asked = []
 
-    def fill():
-        asked.append(1)
-        return next(fills, None)
+def test_a_job_is_made_at_its_turn_and_none_means_done(tmp_path):
+    """``start`` runs in the stage's process once the task's dependency succeeded (it sees that
+    one's file); None: nothing to run, and its own dependants go on at once."""
+    seen = []
 
+    def start_b():
+        seen.append((tmp_path / "a").read_text())  # a's output, written by its worker
+        return None
+
+    tasks = [Task("a", lambda: _write(tmp_path / "a")),
+             Task("b", after="a", start=start_b),
+             Task("c", after="b", start=lambda: Job(lambda: _write(tmp_path / "c")))]
     done = []
-    started = time.perf_counter()
-    failures = run_tasks([Task("quick", lambda: _write(tmp_path / "quick")),
-                          Task("slow", lambda: (time.sleep(3), _write(tmp_path / "slow")))],
-                         workers=2, threads=1, on_done=lambda t: done.append(t.name), fill=fill)
-    took = time.perf_counter() - started
-    assert failures == {} and sorted(done) == ["quick", "slow"]  # fillers are not this call's
-    assert (tmp_path / "fill-1").read_text() == "done"  # a finished filler gets a next one
-    steps = (tmp_path / "fill-2").read_text().split()
-    assert 10 < len(steps) < 2900, len(steps)  # it ran, and was killed with the last task
-    assert took < 30, took
-    assert len(asked) == 2  # the third filler was never started: no idle worker was left
+    assert run_tasks(tasks, Placement(2, 1), on_done=lambda t: done.append(t.name)) == {}
+    assert seen == ["done"] and done == ["a", "b", "c"]
+    assert (tmp_path / "c").read_text() == "done"
 
 
-def test_no_filler_while_tasks_wait_or_with_one_task_per_worker(tmp_path):
-    calls = []
-    run_tasks([Task(n, lambda n=n: _write(tmp_path / n)) for n in "abc"], workers=3, threads=1,
-              fill=lambda: calls.append(1))  # returns None: asked at most once
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
-    assert len(calls) <= 1
+def test_a_task_after_a_failed_one_fails_without_running(tmp_path):
+    failures = run_tasks([Task("nan", _fail), Task("next", lambda: _write(tmp_path / "x"),
+                                                   after="nan")], Placement(2, 1))
+    assert str(failures["next"]) == "next: not run, nan failed"
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_killed_worker_fails_its_run_alone_and_the_others_are_kept(tmp_path):
@@ -115,7 +118,7 @@ def test_a_killed_worker_fails_its_run_alone_and_the_others_are_kept(tmp_path):
              Task("b", lambda: _write(tmp_path / "b")), Task("nan", _fail),
              Task("c", lambda: _write(tmp_path / "c"))]
     done = []
-    failures = run_tasks(tasks, workers=2, threads=1, on_done=lambda t: done.append(t.name))
+    failures = run_tasks(tasks, Placement(2, 1), on_done=lambda t: done.append(t.name))
     assert {k: str(v) for k, v in failures.items()} == {
         "killed": "its worker process killed by signal 9 (SIGKILL)",
         "nan": "FloatingPointError: the training loss is nan at epoch 3"}
@@ -138,10 +141,14 @@ def test_a_killed_worker_fails_its_run_alone_and_the_others_are_kept(tmp_path):
                      "equal to 1"),
     ({"threads": -2}, "execution.threads: -2 is not allowed"),
     ({"workers": 1.5}, "execution.workers: 1.5 is not allowed"),
-    ({"procs": 2}, "execution.procs: unknown key; allowed: threads, workers"),
-    ({"fill_idle": "maybe"}, "execution.fill_idle: 'maybe' is not allowed; input should be a "
-                             "valid boolean"),
-    ({"fill_idle": 2}, "execution.fill_idle: 2 is not allowed; input should be a valid boolean"),
+    ({"procs": 2}, "execution.procs: unknown key; allowed: threads, workers, runs_per_gpu, "
+                   "backend, address, deterministic"),
+    ({"runs_per_gpu": 0}, "execution.runs_per_gpu: 0 is not allowed; input should be greater "
+                          "than or equal to 1"),
+    ({"backend": "dask"}, "execution.backend: 'dask' is not allowed; input should be 'local' or "
+                          "'ray'"),
+    ({"deterministic": "maybe"}, "execution.deterministic: 'maybe' is not allowed; input should "
+                                 "be a valid boolean"),
 ])
 def test_bad_execution_keys_are_one_line_and_exit_2(workspace, capsys, execution, expected):
     path = small_params(workspace, execution=execution)
@@ -164,53 +171,3 @@ def test_more_workers_than_cores_are_warned_in_one_line_and_run(workspace, capsy
     err = capsys.readouterr().err
     assert (f"sparsebench: warning: execution.workers: {cores + 1} workers x 1 threads exceed "
             f"the {cores} cores here; the runs will share cores (same results, slower)") in err
-
-
-def _two_methods(root: Path, fill: bool) -> Path:
-    root.mkdir()
-    path = small_params(root, tracking={"enabled": True})
-    raw = yaml.safe_load(path.read_text())
-    raw["levels"]["compression"] = [8, 32]
-    raw["execution"] = {"threads": 1, "workers": 2, "fill_idle": fill}
-    raw["data"]["limit"] = 3000
-    raw["methods"] = {key: raw["methods"][key] for key in ("magnitude", "gmp")}
-    # magnitude has one run, four retrain epochs long: the other worker idles from the start
-    # and its filler (gmp c8 seed 0) has time to write a checkpoint, however loaded the host
-    raw["methods"]["magnitude"].update(levels=[8], seeds=[0], retrain={"epochs": 4})
-    raw["tune"]["spaces"] = {}
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-@pytest.mark.slow
-def test_an_idle_worker_starts_the_next_method_whose_stage_resumes_it_unchanged(
-        tmp_path, monkeypatch, capsys):
-    """run@magnitude's one run leaves a worker idle: it starts gmp's first run (killed with
-    the stage, or finished); run@gmp then gives the same weights as without the filler, and
-    its MLflow runs hold every epoch once."""
-    from sparsebench.tracking.runs import client_for, tracking_uri
-
-    outputs, histories = {}, {}
-    for fill in (True, False):
-        root = tmp_path / f"fill{fill}"
-        path = _prepared(_two_methods(root, fill), monkeypatch)
-        capsys.readouterr()
-        assert main(["run", "--params", str(path), "--method", "magnitude"]) == 0
-        said = capsys.readouterr().out
-        assert ("run magnitude: an idle worker starts gmp c8 seed 0" in said) == fill, said
-        if fill:
-            assert list((root / "runs" / "gmp" / "c8").glob("*seed0*")), "the filler left nothing"
-        assert main(["run", "--params", str(path), "--method", "gmp"]) == 0
-        outputs[fill] = {str(p.relative_to(root)): _tensors(p)
-                         for p in sorted(root.glob("runs/gmp/**/model.safetensors"))}
-        client, experiment = client_for(tracking_uri(), "sparsebench-default")
-        runs = client.search_runs([experiment], "tags.method_key = 'gmp' and "
-                                                "tags.run_kind = 'seed'")
-        assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-        histories[fill] = {
-            r.data.tags["level_name"] + r.data.tags["seed"]: sorted(
-                m.step for m in client.get_metric_history(r.info.run_id, "prune/val_accuracy"))
-            for r in runs}
-    assert len(outputs[True]) == 4 and outputs[True] == outputs[False]
-    assert histories[True] == histories[False]
-    assert all(steps == sorted(set(steps)) and steps for steps in histories[True].values())

@@ -140,11 +140,18 @@ class StageWork:
             return
         distributed.rank0_first(self._swap)
 
-    def _swap(self) -> None:
-        (self.dir / FINGERPRINT).unlink()
+    def _swap(self) -> None:  # the target keeps its FINGERPRINT: `finished` reads it
         for leftover in self.dir.glob(f"*{RESUME_SUFFIX}"):
             leftover.unlink()
         swap_in(self.dir, self.target)
+
+    def finished(self, names: list[str]) -> bool:
+        """Whether the target holds every part of ``names``, made with this fingerprint."""
+        try:
+            same = (self.target / FINGERPRINT).read_text() == self.fingerprint
+        except OSError:
+            return False
+        return same and all((self.target / n).is_dir() for n in names)
 
     def done(self, name: str) -> bool:
         """Whether the part ``name`` (a seed directory) was finished by an earlier start."""
@@ -194,8 +201,9 @@ def shared_fingerprint(params: Params, planned: Planned) -> str:
 
 def numerics_config(params: Params) -> dict[str, Any]:
     """The settings a run's numbers depend on beside its spec."""
+    deterministic = {"deterministic": True} if params.execution.deterministic else {}
     return {"device": params.device, "data": params.data.model_dump(mode="json"),
-            "threads": params.execution.threads, **arithmetic(params)}
+            "threads": params.execution.threads, **deterministic, **arithmetic(params)}
 
 
 def arithmetic(params: Params) -> dict[str, Any]:

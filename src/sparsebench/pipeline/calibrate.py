@@ -44,7 +44,8 @@ from sparsebench.core.train import resolve_device
 from sparsebench.data import dataset_info, load_splits
 from sparsebench.methods import MethodParams, build_method, method_class, method_params
 from sparsebench.pipeline.cache import run_fingerprint
-from sparsebench.pipeline.workers import Task, run_tasks
+from sparsebench.pipeline.executor import run_tasks
+from sparsebench.pipeline.tasks import Placement, Task
 from sparsebench.run import RESULT, RunSpec, cached, environment, execute, run, validation_figures
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import (
@@ -217,11 +218,13 @@ collapsed: it neither reaches nor brackets a level (`settle`)."""
 
 def saturated(history: list[Trial], level: float) -> bool:
     """Whether stronger regularisation stopped adding sparsity below ``level``: the two
-    strongest runs are both short of it and within 1% of each other (LinBreg from a 1% sparse
-    initialisation cannot pass about 100x, whatever its lambda)."""
+    strongest runs are both short of it, within 1% of each other, and at strengths at least
+    twice apart (LinBreg from a 1% sparse initialisation cannot pass about 100x, whatever its
+    lambda; two nearby strengths within 1% are the noise of one seed, not a ceiling)."""
     strongest = sorted(history, key=lambda t: t.value)[-2:]
     return (len(strongest) == 2 and all(t.compression < level for t in strongest)
-            and abs(strongest[1].compression / strongest[0].compression - 1) < 0.01)
+            and abs(strongest[1].compression / strongest[0].compression - 1) < 0.01
+            and strongest[1].value >= 2 * strongest[0].value)
 
 
 def settle(history: list[Trial], level: float, tolerance: float,
@@ -244,9 +247,11 @@ def settle(history: list[Trial], level: float, tolerance: float,
 
 
 def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rounds: int = 6,
-              workers: int = 1, threads: int = 1) -> CalibrationFile:
-    """Search the strength of ``methods.<key>`` per seed and level; write
+              placement: Placement | None = None) -> CalibrationFile:
+    """Search the strength of ``methods.<key>`` per seed and level, each round's runs side by
+    side on this machine (``placement``: one worker by default); write
     ``calibrated/<key>.yaml``."""
+    placement = placement or Placement(1, params.execution.threads)
     method = methods[key]
     cls = method_class(key, method.model_dump())
     if cls.kind() != "regularised":
@@ -262,7 +267,7 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
     floor = COLLAPSE / dataset_info(DATA_FILE)["num_classes"]
     histories = known_points(params, methods, key, levels, seeds)
     spent = sum(map(len, histories.values()))
-    run_round = _Round(params, methods, key, cls.strength, device, workers, threads)
+    run_round = _Round(params, methods, key, cls.strength, device, placement)
     with tempfile.TemporaryDirectory(prefix="calibrate-") as scratch:
         for number in range(1, rounds + 1):
             todo = _guesses(histories, levels, tol, getattr(method, cls.strength), floor)
@@ -420,17 +425,17 @@ class _Round:
     A guess aimed at a level is the pipeline's own run of that seed at that level (`plan`,
     `sparsebench.run.execute`, evaluated as the pipeline does); the search reads its
     validation figures only. The run whose strength the search settles on is moved to its
-    place under ``runs/<key>/`` (`keep`), where the ``run@`` stage finds it cached by its
+    place under ``runs/<key>/`` (`keep`), where the ``run`` stage finds it cached by its
     fingerprint, so calibrating a seed costs its search and not one run more. A first round
     without any point to aim from runs at no level (figures on the validation split only)."""
 
     def __init__(self, params: Params, methods: dict[str, MethodParams], key: str,
-                 strength: str, device: Any, workers: int, threads: int):
+                 strength: str, device: Any, placement: Placement):
         self.params, self.methods, self.key, self.strength = params, methods, key, strength
-        self.device, self.workers, self.threads = device, workers, threads
+        self.device, self.placement = device, placement
         self.data = load_splits(DATA_FILE, ("train", "val", "test"))
         self.shape = tuple(dataset_info(DATA_FILE)["shape"])
-        self.env = environment(device, threads, workers)
+        self.env = environment(device, placement.threads, placement.workers)
         self.failure: Any = None
 
     def planned(self, seed: int, value: float, level: float) -> tuple[Planned, str]:
@@ -463,7 +468,7 @@ class _Round:
             reads.append((seed, value, name,
                           lambda out=planned.out: json.loads((out / RESULT).read_text())[
                               "figures"]))
-        failures = run_tasks(tasks, workers=self.workers, threads=self.threads)
+        failures = run_tasks(tasks, self.placement)
         trials = []
         for seed, value, name, read in reads:
             if name in failures:

@@ -21,7 +21,7 @@ from sparsebench.core.accelerate import configure
 from sparsebench.core.numerics import flush_subnormals
 from sparsebench.pipeline import profile
 from sparsebench.pipeline.calibrate import calibrate
-from sparsebench.pipeline.devices import workers_of
+from sparsebench.pipeline.devices import NVML_CHECK, placement_of
 from sparsebench.pipeline.prepare import prepare
 from sparsebench.pipeline.pretrain import pretrain
 from sparsebench.pipeline.report import report
@@ -38,7 +38,7 @@ DESCRIPTION = "sparsebench <stage>: the one entry point dvc.yaml calls"  # the t
 STAGES = {  # command -> its one line in --help
     "prepare": "obtain the data set (checksums decide) and write the fixed splits",
     "pretrain": "train the dense model of every seed",
-    "run": "every (level, seed) run of one method: prune, retrain, evaluate",
+    "run": "pretrain, then every (method, level, seed) run: prune, retrain, evaluate",
     "calibrate": "find a regularisation-driven method's strength for each level (offline)",
     "report": "the curves, tables and plots of every method",
     "check-params": "validate params.yaml without running anything",
@@ -51,6 +51,7 @@ STAGES = {  # command -> its one line in --help
     "replicate": "which claims of one report (curves.csv) another one makes too",
 }
 PER_METHOD = ("run", "calibrate", "tune")  # take --method: a key under methods in params
+METHOD_OPTIONAL = ("run",)  # without --method: every method
 TRAINING = ("pretrain", "run", "calibrate", "tune")  # flush subnormals first (numerics)
 TRACKED = ("pretrain", "run", "report")  # check the tracker first
 PROFILED = ("prepare", "pretrain", "run", "report")  # write .cache/profile/<stage>.json
@@ -90,7 +91,11 @@ def parser() -> argparse.ArgumentParser:
                            help="the report's rows (reports/curves.csv)")
         else:
             s.add_argument("--params", default="params.yaml", help="the params file (params.yaml)")
-        if stage in PER_METHOD:
+        if stage in METHOD_OPTIONAL:
+            s.add_argument("--method", action="append",
+                           help="a key under methods: in params (repeat for several; "
+                                "default: every method)")
+        elif stage in PER_METHOD:
             s.add_argument("--method", required=True, help="a key under methods: in params")
         if stage == "tune":
             add_tune_arguments(s)
@@ -157,6 +162,7 @@ def run_file_tool(args: argparse.Namespace) -> None:
 
 def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
+    os.environ.setdefault(NVML_CHECK, "1")  # this process never starts CUDA: its workers do
     if args.stage in TRAINING:  # before any tensor operation starts PyTorch's threads
         flush_subnormals()
     if args.stage in FILE_TOOLS:
@@ -169,8 +175,13 @@ def run(argv: list[str]) -> None:
                          "models side by side in its own worker pool); allowed under "
                          "torchrun: pretrain, run")
     params, methods = load_params(args.params, tuned=args.stage != "tune")
-    if args.stage in PER_METHOD:
-        check_method(args.method, methods)
+    for key in ([args.method] if isinstance(args.method, str) else args.method or []) \
+            if args.stage in PER_METHOD else []:
+        check_method(key, methods)
+    if args.stage in TRAINING and distributed.launched() and params.execution.backend == "ray":
+        raise UsageError("execution.backend: 'ray' cannot run under torchrun (torchrun puts "
+                         "every GPU on one run, Ray spreads the runs over the cluster); "
+                         "allowed under torchrun: local")
     if args.stage == "tune":
         return run_tune(args)
     configure(params.execution.options())  # bf16, channels_last, compile: off by default
@@ -187,18 +198,18 @@ def run(argv: list[str]) -> None:
     elif args.stage == "pretrain":
         pretrain(params)
     elif args.stage == "run":
+        pretrain(params)  # cached: its seeds are found done
         sweep(params, methods, args.method)
     elif args.stage == "calibrate":
-        workers, threads, _ = workers_of(params)
-        calibrate(params, methods, args.method, rounds=args.rounds, workers=workers,
-                  threads=threads)
+        calibrate(params, methods, args.method, rounds=args.rounds,
+                  placement=placement_of(params, local=True))
     elif args.stage == "report":
         report(params, methods)
     elif args.stage == "tune-report":
         for path in all_methods(target=params.tune.target_sparsity):
             print(f"{path}: written")
     if args.stage in PROFILED and distributed.writer():
-        name = f"{args.stage}@{args.method}" if args.stage == "run" else args.stage
+        name = args.stage
         profile.write(name, ready)
     distributed.teardown()
 

@@ -1,35 +1,67 @@
-"""Where a stage's runs execute: the device, the worker processes and threads for this machine,
-and what cannot train over torchrun's ranks.
+"""Where a stage's runs execute (`tasks.Placement`): the device, the executor, the workers
+and threads, the GPUs they share, and what cannot train over torchrun's ranks.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import warnings
+from dataclasses import replace
+
+import torch
 
 from sparsebench.core import distributed
 from sparsebench.core.models import MODELS
 from sparsebench.core.train import resolve_device
+from sparsebench.pipeline import ray_pool
+from sparsebench.pipeline.tasks import Placement
 from sparsebench.pipeline.workers import check_workers, default_workers
 from sparsebench.suite.params import Params
+from sparsebench.tracking.runs import tracking_uri
 from sparsebench.util.errors import UsageError
 
-if TYPE_CHECKING:
-    import torch
+#: torch asks NVML, not CUDA, whether a GPU is there: the stage's process never starts CUDA,
+#: so the workers it forks can (CUDA does not survive a fork)
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 
-def workers_of(params: Params) -> tuple[int, int, bool]:
-    """(workers, threads, in_process) for this machine; warns when they exceed the cores.
-    Under torchrun: one run at a time in this process, over all ranks."""
-    import warnings
-
+def placement_of(params: Params, *, tracked: bool = False, local: bool = False) -> Placement:
+    """Where this stage's runs go: the local pool (workers null: cores // threads on the
+    CPU, visible GPUs x ``runs_per_gpu`` on CUDA) or the Ray cluster at
+    ``execution.address`` (joined here, once; its size decides). ``tracked``: the runs log
+    to MLflow live, so a multi-node cluster needs a tracking server (`ray_pool.check_tracking`).
+    ``local``: this machine's pool whatever the backend (calibration's small rounds). Under
+    torchrun: one run at a time in this process, over all ranks."""
+    e = params.execution
     device = stage_device(params)
-    threads = params.execution.threads
     if distributed.active():
-        return 1, threads, True
-    workers = params.execution.workers or default_workers(threads, device)
-    if text := check_workers(workers, threads):
+        return Placement(1, e.threads, in_process=True, deterministic=e.deterministic)
+    if e.backend == "ray" and not local:
+        cluster = ray_pool.connect(e.address)
+        if tracked:
+            ray_pool.check_tracking(tracking_uri(params.tracking.uri), cluster, e.address)
+        gpus = int(cluster["resources"].get("GPU", 0)) if params.device in ("auto", "cuda") \
+            else 0
+        placement = Placement(1, e.threads, tuple(map(str, range(gpus))), e.runs_per_gpu,
+                              e.deterministic, backend="ray", address=e.address)
+        return replace(placement, workers=ray_pool.slots(cluster, placement))
+    gpus = visible_gpus(device)
+    workers = e.workers or default_workers(e.threads, len(gpus), e.runs_per_gpu)
+    if text := check_workers(workers, e.threads, len(gpus), e.runs_per_gpu):
         warnings.warn(text, UserWarning, stacklevel=2)
-    return workers, threads, device.type != "cpu"
+    return Placement(workers, e.threads, gpus, e.runs_per_gpu, e.deterministic)
+
+
+def visible_gpus(device: torch.device) -> tuple[str, ...]:
+    """The GPUs the workers share (CUDA_VISIBLE_DEVICES entries, or indices): none off CUDA,
+    the one named by ``cuda:N``, else every visible one; counted by NVML (`NVML_CHECK`)."""
+    if device.type != "cuda":
+        return ()
+    listed = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    ids = listed or [str(i) for i in range(torch.cuda.device_count())]
+    if device.index is not None:
+        return (ids[device.index],) if device.index < len(ids) else (str(device.index),)
+    return tuple(ids)
 
 
 def stage_device(params: Params) -> torch.device:

@@ -5,6 +5,7 @@ by side; resumable (`pipeline.cache.StageWork`); each seed an MLflow run of its 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,14 +15,15 @@ from sparsebench.core.train import fit, seed_everything
 from sparsebench.data import load_splits
 from sparsebench.pipeline import profile
 from sparsebench.pipeline.cache import StageWork, arithmetic, fingerprint
-from sparsebench.pipeline.devices import stage_device, workers_of
+from sparsebench.pipeline.devices import placement_of, stage_device
+from sparsebench.pipeline.executor import run_tasks
 from sparsebench.pipeline.hooks import chain_hooks, live_epochs, log_epoch
+from sparsebench.pipeline.tasks import Task, here, raise_failures
 from sparsebench.pipeline.tracker import StageTracker
-from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
 from sparsebench.run import ModelSpec, diverged, environment, save_run_model
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE, augment_of, model_spec
-from sparsebench.tracking.runs import RUN_STATE, Records, RunInfo
+from sparsebench.tracking.runs import RUN_STATE, LiveRun, Records, RunInfo
 from sparsebench.util.flatten import flatten
 from sparsebench.util.paths import run_dir, seed_dir
 
@@ -30,22 +32,33 @@ if TYPE_CHECKING:
 
 
 def pretrain(params: Params) -> None:
-    """Dense training from a seeded initialisation, one model per seed (side by side);
-    resumable. Each seed is an MLflow run of its own, logged live."""
+    """Dense training from a seeded initialisation, one model per seed (side by side, on the
+    stage's executor); resumable. Each seed is an MLflow run of its own, logged live."""
     device = stage_device(params)
-    workers, threads, in_process = workers_of(params)
     tracker = (StageTracker(params, "pretrain", "tags.run_kind = 'pretrain'")
                if params.tracking.enabled and distributed.writer() else None)
-    key = fingerprint(stage="pretrain", config=pretrain_config(params, threads),
+    placement = placement_of(params, tracked=tracker is not None)
+    key = fingerprint(stage="pretrain", config=pretrain_config(params, placement.threads),
                       inputs=[DATA_FILE])
+    if StageWork(run_dir("pretrain"), key).finished([f"seed{s}" for s in params.seeds]):
+        print(f"pretrain: {len(params.seeds)} seeds cached", flush=True)
+        return
     with StageWork(run_dir("pretrain"), key) as work:
-        seeds = _Seeds(params, work, tracker, device, environment(device, threads, workers))
-        tasks = [Task(f"pretrain seed {s}", lambda s=s: seeds.train(s)) for s in params.seeds
-                 if not work.done(f"seed{s}")]
-        failures = run_tasks(tasks, workers=workers, threads=threads, in_process=in_process)
+        env = environment(device, placement.threads, placement.workers)
+        seeds = _Seeds(params, work, device, env)
+        infos = {s: seeds.info(tracker, s) if tracker is not None else None
+                 for s in params.seeds}
+        live = {s: info if info is not None and tracker.wants(info) else None
+                for s, info in infos.items()}  # None: logged whole already
+        tasks = [Task(f"pretrain seed {s}", lambda s=s, info=live[s]: seeds.train(s, info),
+                      writes=(work.dir / f"seed{s}",))
+                 for s in params.seeds if not work.done(f"seed{s}")]
+        if tasks and placement.backend == "local":
+            seeds.data()  # loaded once here; the forked workers inherit it
+        failures = run_tasks(tasks, placement)
         if tracker is not None:  # inside: a failure keeps the work directory for the rerun
             with profile.timed("tracking"):
-                tracker.sync([(seeds.info(s), pretrain_records(work.dir / f"seed{s}"),
+                tracker.sync([(infos[s], pretrain_records(work.dir / f"seed{s}"),
                                f"pretrain seed {s}") for s in params.seeds
                               if work.done(f"seed{s}")])
         raise_failures("pretrain", failures, len(tasks))
@@ -55,7 +68,7 @@ def pretrain(params: Params) -> None:
             state.unlink()
     epochs = [row for s in params.seeds for row in json.loads(
         (seed_dir(run_dir("pretrain"), s) / "curves.json").read_text())]
-    profile.record(train=sum(r["seconds"] for r in epochs), workers=workers,
+    profile.record(train=sum(r["seconds"] for r in epochs), workers=placement.workers,
                    trained=len(tasks))
 
 
@@ -66,40 +79,51 @@ def pretrain_config(params: Params, threads: int) -> dict[str, Any]:
     return {**shared, "threads": threads, **arithmetic(params)}
 
 
-class _Seeds:
-    """The pretrain of each seed, in the worker that trains it, into the stage's work
-    directory; its MLflow run's description for the tracker."""
+@lru_cache(maxsize=1)
+def _splits(path: str, stamp: tuple[int, int]) -> dict:
+    return load_splits(Path(path), ("train", "val"))
 
-    def __init__(self, params: Params, work: StageWork, tracker: StageTracker | None,
-                 device: torch.device, env: dict[str, Any]):
-        self.params, self.work, self.tracker, self.device, self.env = (
-            params, work, tracker, device, env)
-        self.data = load_splits(DATA_FILE, ("train", "val"))
+
+class _Seeds:
+    """The pretrain of each seed, in the worker that trains it (here, forked, or on a Ray
+    node: it holds nothing that cannot travel), into the stage's work directory; its MLflow
+    run's description for the tracker."""
+
+    def __init__(self, params: Params, work: StageWork, device: torch.device,
+                 env: dict[str, Any]):
+        self.params, self.work, self.device, self.env = params, work, device, env
         self.phase = params.pretrain.to_phase("pretrain")
         self.spec: ModelSpec = model_spec(params)
         self.augment = augment_of(params, DATA_FILE)
 
-    def info(self, seed: int) -> RunInfo:
+    def data(self) -> dict:
+        """The train and validation splits, loaded once per process."""
+        stat = DATA_FILE.stat()
+        return _splits(str(DATA_FILE.resolve()), (stat.st_mtime_ns, stat.st_size))
+
+    def info(self, tracker: StageTracker, seed: int) -> RunInfo:
         tags = {"method": "pretrain", "family": "dense", "level": "None", "seed": str(seed),
                 "params_source": "default", "run_kind": "pretrain",
                 "fingerprint": f"{self.work.fingerprint}-seed{seed}"}
         run_params = {**flatten("pretrain", self.params.pretrain.model_dump(mode="json")),
                       **flatten("model", self.params.model.model_dump(mode="json")),
                       **flatten("env", self.env), "seed": seed}
-        return self.tracker.info(f"pretrain-seed{seed}", tags, run_params)
+        return tracker.info(f"pretrain-seed{seed}", tags, run_params)
 
-    def train(self, seed: int) -> None:
+    def train(self, seed: int, info: RunInfo | None) -> None:
+        device = here(self.device)
         generator = seed_everything(seed)
-        model = self.spec.build().to(self.device)
+        model = self.spec.build().to(device)
         resume = Resume(self.work.checkpoint(f"seed{seed}"), "pretrain")
-        live = (self.tracker.live(self.info(seed), self.work.dir / f"seed{seed}.{RUN_STATE}",
-                                  f"pretrain seed {seed}") if self.tracker is not None else None)
+        live = (LiveRun(info, self.work.dir / f"seed{seed}.{RUN_STATE}", f"pretrain seed {seed}")
+                if info is not None else None)
         optimizer = {"pretrain.optimizer": self.params.pretrain.optimizer}
+        data = self.data()
         with live_epochs(live, self.work.dir) as on_epoch, diverged(
                 f"pretrain seed {seed}", optimizer):
             hook = chain_hooks(log_epoch(f"seed {seed}"), on_epoch)
-            curves = fit(model, self.data["train"], self.data["val"], self.phase,
-                         generator=generator, device=self.device,
+            curves = fit(model, data["train"], data["val"], self.phase,
+                         generator=generator, device=device,
                          on_epoch=lambda row: hook("pretrain", row), resume=resume,
                          augment=self.augment)
             done = distributed.rank0_first(lambda: self.work.finish(

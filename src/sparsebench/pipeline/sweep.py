@@ -1,16 +1,19 @@
-"""The ``run@<method>`` stage: every run (level x seed, and bracket points) of one method.
+"""The ``run`` stage: every run (method x level x seed, and bracket points) of the suite, in
+one executor call (`pipeline.executor`: the local pool or a Ray cluster), so that the executor
+sees the whole suite's pending runs at once and keeps every worker busy to the end.
 
-Cached runs are kept (`pipeline.cache.run_fingerprint`), the others run side by side in the
-worker pool (`pipeline.workers`), each logging its MLflow run live; a prune phase that does not
-read the level (admm_l1, SAS-ADMM) is trained once per seed and finished by each level's run;
-an idle worker starts the next uncached run of another method (`_filler`). Then the method's
-summary files are written (`pipeline.summary`). Outputs appear whole or not at all.
+Cached runs are kept (`pipeline.cache.run_fingerprint`); a prune phase that does not read the
+level (admm_l1, SAS-ADMM) is trained once per seed and finished by each level's run; each run
+logs its MLflow run live from wherever it trains. Then each method's summary files are
+written (`pipeline.summary`). Outputs appear whole or not at all.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +23,12 @@ from sparsebench.methods import MethodParams, method_class
 from sparsebench.pipeline import profile
 from sparsebench.pipeline.cache import run_fingerprint, shared_fingerprint
 from sparsebench.pipeline.calibrate import read_calibration
-from sparsebench.pipeline.devices import stage_device, workers_of
+from sparsebench.pipeline.devices import placement_of, stage_device
+from sparsebench.pipeline.executor import run_tasks
 from sparsebench.pipeline.hooks import chain_hooks, live_epochs, log_epoch
 from sparsebench.pipeline.summary import write_method_metrics
+from sparsebench.pipeline.tasks import Job, Placement, Task, here, raise_failures
 from sparsebench.pipeline.tracker import RunTracker, run_records
-from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
 from sparsebench.run import (
     RESULT,
     TRAJECTORY,
@@ -36,13 +40,17 @@ from sparsebench.run import (
 )
 from sparsebench.suite.load import check_method
 from sparsebench.suite.params import Params
-from sparsebench.suite.plan import DATA_FILE, Planned, plan, seeds_of
-from sparsebench.tracking.runs import RUN_STATE
-from sparsebench.util.errors import TrackingFailed, UsageError
+from sparsebench.suite.plan import DATA_FILE, Planned, plan, pretrained_file, seeds_of
+from sparsebench.tracking.runs import RUN_STATE, LiveRun
+from sparsebench.util.errors import TrackingFailed
+from sparsebench.util.flatten import flatten
 from sparsebench.util.paths import run_dir
 
 if TYPE_CHECKING:
     import torch
+
+#: what ``runs/`` holds beside the methods' directories
+PRETRAIN = "pretrain"
 
 
 def method_runs(params: Params, methods: dict[str, MethodParams], key: str) -> list[Planned]:
@@ -53,48 +61,94 @@ def method_runs(params: Params, methods: dict[str, MethodParams], key: str) -> l
     return plan(params, methods, key, calibration)
 
 
-def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
-    """Every run of ``methods.<key>``: cached runs are kept, the others run side by side, each
-    logging its MLflow run live from its worker (under a (method, level) parent); then the runs
-    the tracker lacks are completed from their files, the method's metrics files are written
-    and the parents get the report's numbers."""
-    check_method(key, methods)
+def sweep(params: Params, methods: dict[str, MethodParams],
+          keys: list[str] | None = None) -> dict[str, dict]:
+    """Every run of the methods ``keys`` (all of params.yaml's when None, the ``run`` stage)
+    in one executor call: cached runs are kept, the others run side by side, each logging its
+    MLflow run live (under a (method, level) parent); then the runs the tracker lacks are
+    completed from their files, each method's metrics files are written and its parents get
+    the report's numbers. Method key -> its summary."""
+    every = keys is None
+    keys = list(methods) if keys is None else keys
+    for key in keys:
+        check_method(key, methods)
     started = time.perf_counter()
     device = stage_device(params)
-    planned = method_runs(params, methods, key)
-    workers, threads, in_process = workers_of(params)
-    env = environment(device, threads, workers)
-    if distributed.active():
-        env.update(distributed.describe())
+    tracked = params.tracking.enabled and distributed.writer()
+    placement = placement_of(params, tracked=tracked)
     shape = tuple(dataset_info(DATA_FILE)["shape"])
-    results, todo, later = _cached_runs(params, planned)
-    prunes = _shared_prunes(params, todo)  # a series step never shares (`suite.plan`)
-    _announce(key, planned, results, todo, later, prunes, workers, threads)
-    todo += [(p, None) for p in later]
-    data = load_splits(DATA_FILE, ("train", "val", "test")) if todo else {}
-    tracker = (RunTracker(params, key, method_class(key, methods[key].model_dump()).name,
-                          planned) if params.tracking.enabled and distributed.writer() else None)
-    # one call: a series step starts as soon as its own previous step is done (`Task.after`),
-    # beside the other seeds' steps, not after a whole wave of them
-    fill = (_filler(params, methods, key, data, device, shape, env)
-            if params.execution.fill_idle and not distributed.active() else None)
-    tasks = _tasks(params, methods, prunes, todo, data, device, shape, env, tracker)
-    failures = run_tasks(tasks, workers=workers, threads=threads, in_process=in_process,
-                         on_done=_on_done(results, todo, prunes), fill=fill)
-    if distributed.writer():
-        _remove_stale(key, planned)
-    tracking_failed = _complete_tracking(tracker, key, planned, results)
-    raise_failures(f"run {key}", failures, len(planned))
-    summary = distributed.rank0_first(
-        lambda: write_method_metrics(key, methods[key], planned, results))
+    plans = {key: method_runs(params, methods, key) for key in keys}
+    results: dict[str, dict] = {}
+    tasks: list[Task] = []
+    names: dict[str, tuple[str, Planned | Path]] = {}  # task -> (method, run or trajectory)
+    trained = 0
+    trackers: dict[str, RunTracker | None] = {}
+    for key in keys:
+        found, todo, later = _cached_runs(params, plans[key])
+        results.update(found)
+        prunes = _shared_prunes(params, todo)  # a series step never shares (`suite.plan`)
+        _announce(key, plans[key], found, todo, later, prunes)
+        todo += [(p, None) for p in later]
+        trained += len(todo)
+        trackers[key] = (RunTracker(params, key, method_class(
+            key, methods[key].model_dump()).name, plans[key]) if tracked else None)
+        first = seeds_of(params, methods[key])[0]
+        new = _tasks(params, prunes, todo, device, shape, placement, trackers[key], first)
+        tasks += new
+        names.update({name: (key, q.spec.shared_prune) for name, (q, _) in prunes.items()})
+        names.update({p.name: (key, p) for p, _ in todo})
+    print(f"run: {trained} runs to train on {_where(placement)}", flush=True)
+    if tasks and placement.backend == "local":
+        splits()  # loaded once here; the forked workers inherit it
+    failures = run_tasks(tasks, placement, on_done=_on_done(results, names))
+    summaries, tracking_failed = {}, None
+    for key in keys:
+        if distributed.writer():
+            _remove_stale(key, plans[key])
+        tracker = trackers[key]
+        # once the tracker failed, the other methods' runs are left for the rerun too
+        failed = tracking_failed or _complete_tracking(tracker, key, plans[key], results)
+        tracking_failed = failed
+        if any(names[f][0] == key for f in failures):
+            continue
+        summaries[key] = distributed.rank0_first(
+            lambda key=key: write_method_metrics(key, methods[key], plans[key], results))
+        if tracker is not None and failed is None:
+            with profile.timed("tracking"):
+                tracker.finish(summaries[key])
+    if every and distributed.writer():
+        _remove_unconfigured(keys)
+    raise_failures("run", failures, sum(len(plans[k]) for k in keys))
     if tracking_failed is not None:
         raise tracking_failed
-    if tracker is not None:
-        with profile.timed("tracking"):
-            tracker.finish(summary)
-    profile.record(workers=workers, trained=len(todo))
-    print(f"run {key}: done in {time.perf_counter() - started:.1f}s", flush=True)
-    return summary
+    profile.record(workers=placement.workers, trained=trained)
+    print(f"run: done in {time.perf_counter() - started:.1f}s", flush=True)
+    return summaries
+
+
+def _where(placement: Placement) -> str:
+    gpus = (f" on {len(placement.gpus)} GPUs x {placement.runs_per_gpu}"
+            if placement.gpus else "")
+    if placement.backend == "ray":
+        return f"the Ray cluster at {placement.address} ({placement.workers} at once{gpus})"
+    return f"{placement.workers} workers x {placement.threads} threads{gpus}"
+
+
+@lru_cache(maxsize=1)
+def _splits(path: str, stamp: tuple[int, int]) -> dict:
+    return load_splits(Path(path), ("train", "val", "test"))
+
+
+def splits() -> dict:
+    """The prepared splits, loaded once per process (the local pool's workers inherit the
+    stage's; a Ray worker loads its node's copy once, and again when it changes)."""
+    stat = DATA_FILE.stat()
+    return _splits(str(DATA_FILE.resolve()), (stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=4)
+def _environment(device: torch.device, threads: int, workers: int) -> dict[str, Any]:
+    return environment(device, threads, workers)
 
 
 def _cached_runs(params: Params, planned: list[Planned]
@@ -119,42 +173,38 @@ def _cached_runs(params: Params, planned: list[Planned]
 
 
 def _announce(key: str, planned: list[Planned], results: dict, todo: list, later: list,
-              prunes: dict, workers: int, threads: int) -> None:
-    print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(todo)} to train "
-          f"({workers} workers x {threads} threads)" + (
-              f", {len(prunes)} shared prune phase{'s' * (len(prunes) != 1)}" if prunes
-              else "") + (
-              f", {len(later)} later steps of progressive series" if later else ""), flush=True)
+              prunes: dict) -> None:
+    print(f"run {key}: {len(planned)} runs, {len(results)} cached, {len(todo)} to train" + (
+        f", {len(prunes)} shared prune phase{'s' * (len(prunes) != 1)}" if prunes else "") + (
+        f", {len(later)} later steps of progressive series" if later else ""), flush=True)
 
 
-def _tasks(params: Params, methods: dict[str, MethodParams],
-           prunes: dict[str, tuple[Planned, str]], todo: list[tuple[Planned, str | None]],
-           data: dict, device: torch.device, shape: tuple[int, ...], env: dict[str, Any],
-           tracker: RunTracker | None) -> list[Task]:
+def _tasks(params: Params, prunes: dict[str, tuple[Planned, str]],
+           todo: list[tuple[Planned, str | None]], device: torch.device,
+           shape: tuple[int, ...], placement: Placement, tracker: RunTracker | None,
+           first_seed: int) -> list[Task]:
     """The shared prune trajectories first, then every run to train, each after the task it
     starts from (its previous series step, or its seed's trajectory)."""
-    tasks = [_prune_task(name, q, tfp, data, device) for name, (q, tfp) in prunes.items()]
+    tasks = [_prune_task(name, q, tfp, device, placement) for name, (q, tfp) in prunes.items()]
     after = {q.spec.shared_prune: name for name, (q, _) in prunes.items()}
-    tasks += [_run_task(params, methods, p, fp, data, device, shape, env, tracker,
+    tasks += [_run_task(params, p, fp, device, shape, placement, tracker, first_seed,
                         after=p.after.name if fp is None else after.get(p.spec.shared_prune))
               for p, fp in todo]
     return tasks
 
 
-def _on_done(results: dict[str, dict], todo: list[tuple[Planned, str | None]],
-             prunes: dict[str, tuple[Planned, str]]):
-    """The hook `run_tasks` calls after each task that succeeded: its line, its result and
-    its seconds in the profile."""
-    shared = {name: q.spec.shared_prune for name, (q, _) in prunes.items()}
+def _on_done(results: dict[str, dict], names: dict[str, tuple[str, Planned | Path]]):
+    """The hook the executor calls here after each task that succeeded (its files in
+    place): its line, its result and its seconds in the profile."""
 
     def done(t: Task) -> None:
-        if t.name in shared:
-            record = json.loads((shared[t.name] / TRAJECTORY).read_text())
+        _, p = names[t.name]
+        if isinstance(p, Path):  # a shared prune trajectory
+            record = json.loads((p / TRAJECTORY).read_text())
             print(f"run {t.name}: shared by its levels, in {record['seconds']['prune']:.1f}s "
                   f"(training {record['seconds']['train']:.1f}s)", flush=True)
             profile.record(train=record["seconds"]["train"])
             return
-        p = next(p for p, _ in todo if p.name == t.name)
         results[p.name] = read_result(json.loads((p.out / RESULT).read_text()))
         r = results[p.name]
         print(f"run {p.name}: test_accuracy {r['figures']['test_accuracy']:.4f} compression "
@@ -202,96 +252,59 @@ def _shared_prunes(params: Params, runs: list[tuple[Planned, str]]
     return found
 
 
-def _prune_task(name: str, p: Planned, fp: str, data: dict, device: torch.device) -> Task:
-    """The worker's job ``name`` (`_shared_prunes`): the prune trajectory that ``p``'s seed
-    shares across levels."""
+def _prune_task(name: str, p: Planned, fp: str, device: torch.device,
+                placement: Placement) -> Task:
+    """The job ``name`` (`_shared_prunes`): the prune trajectory that ``p``'s seed shares
+    across levels."""
 
     def fn() -> None:
-        shared_prune(p.spec, data, device, p.spec.shared_prune, fingerprint=fp,
+        shared_prune(p.spec, splits(), here(device), p.spec.shared_prune, fingerprint=fp,
                      on_epoch=log_epoch(name))
-    return Task(name, fn)
+    return Task(name, fn, reads=tuple(pretrained_file(p.spec)), writes=(p.spec.shared_prune,))
 
 
-def _run_task(params: Params, methods: dict[str, MethodParams], p: Planned, fp: str | None,
-              data: dict, device: torch.device, shape: tuple[int, ...], env: dict[str, Any],
-              tracker: RunTracker | None, after: str | None = None) -> Task:
-    """The worker's job for run ``p``: `execute` it (resuming its ``.work`` state), logging its
-    MLflow run live; the latency is measured on the method's first seed only. ``fp`` None: a
-    progressive step whose previous step (``after``) trains first; its fingerprint is taken
-    when it starts, and a cached result is kept."""
+def _run_task(params: Params, p: Planned, fp: str | None, device: torch.device,
+              shape: tuple[int, ...], placement: Placement, tracker: RunTracker | None,
+              first_seed: int, after: str | None = None) -> Task:
+    """The job of run ``p``, made at its turn: `execute` it (resuming its ``.work`` state),
+    logging its MLflow run live; the latency is measured on the method's first seed only.
+    ``fp`` None: a progressive step whose previous step (``after``) trains first; its
+    fingerprint is taken at its turn, and a result cached by then is kept."""
+    latency = ((tuple(params.evaluate.latency_batch_sizes), params.evaluate.latency_repeats)
+               if p.spec.seed == first_seed else None)
 
-    def fn() -> None:
-        nonlocal fp
-        if fp is None:
-            fp = run_fingerprint(params, p)
-            if cached(p.out, fp) is not None:
-                return
-        key = p.spec.key
-        latency = ((tuple(params.evaluate.latency_batch_sizes), params.evaluate.latency_repeats)
-                   if p.spec.seed == seeds_of(params, methods[key])[0] else None)
-        work = p.out.with_name(f".{p.out.name}.work")  # the run's resume state (`execute`)
-        live = (tracker.live(tracker.run_info(p, fp, env), work / RUN_STATE, p.name)
-                if tracker is not None else None)
-        with live_epochs(live, work) as on_epoch:
-            execute(p.spec, data, device, p.out, fingerprint=fp, budget=p.budget,
-                    shape=shape, env=env, on_epoch=chain_hooks(log_epoch(p.name), on_epoch),
-                    latency=latency)
-            if live is not None:
-                live.finish(run_records(p.out))
-    return Task(p.name, fn, after)
+    def start() -> Job | None:
+        known = fp or run_fingerprint(params, p)
+        if fp is None and cached(p.out, known) is not None:
+            return None
+        env = _environment(device, placement.threads, placement.workers)
+        info = tracker.run_info(p, known, env) if tracker is not None else None
+        if info is not None and not tracker.wants(info):
+            info = None  # logged whole already
+        threads, workers = placement.threads, placement.workers
 
-
-def _filler(params: Params, methods: dict[str, MethodParams], key: str, data: dict,
-            device: torch.device, shape: tuple[int, ...], env: dict[str, Any]):
-    """Work for a worker that ``run@<key>``'s last runs leave idle (`workers.run_tasks`): the
-    next uncached run of the methods after ``key`` in params.yaml (the order DVC runs them in),
-    then of those before it; the first step of a progressive series only, and a shared prune
-    trajectory before the runs that finish it (`_shared_prunes`). Each is the very run
-    its own stage would start, resumable, so the part trained here is not trained again there:
-    the epochs before the kill are kept (`EpochCheckpoint`). It is not tracked here: its own
-    stage logs its MLflow run, completed from the run's records (`StageTracker.sync`). A method
-    that cannot be planned yet (a calibration missing) is skipped."""
-    keys = list(methods)
-    order = keys[keys.index(key) + 1:] + keys[:keys.index(key)]
-
-    def runs():
-        offered: set[str] = set()
-        for other in order:
-            try:
-                planned = [p for p in method_runs(params, methods, other) if p.after is None]
-            except (UsageError, OSError, ValueError):
-                continue
-            for p in planned:
-                fp = run_fingerprint(params, p)
-                if cached(p.out, fp) is not None:
-                    continue
-                if p.spec.shared_prune is None:  # each run is offered once: a generator
-                    yield _run_task(params, methods, p, fp, data, device, shape, env, None)
-                    continue
-                for name, (q, tfp) in _shared_prunes(params, [(p, fp)]).items():
-                    if name not in offered:  # its trajectory first; its levels wait for it
-                        offered.add(name)
-                        yield _prune_task(name, q, tfp, data, device)
-                    break
-                else:
-                    yield _run_task(params, methods, p, fp, data, device, shape, env, None)
-
-    found = runs()
-
-    def fill() -> Task | None:
-        task = next(found, None)
-        if task is not None:
-            print(f"run {key}: an idle worker starts {task.name} (resumed by its own stage)",
-                  flush=True)
-        return task
-    return fill
+        def fn() -> None:
+            where = here(device)
+            env = _environment(where, threads, workers)  # this worker's machine
+            live = None
+            work = p.out.with_name(f".{p.out.name}.work")  # the run's resume state
+            if info is not None:
+                info.params.update(flatten("env", env))
+                live = LiveRun(info, work / RUN_STATE, p.name)
+            with live_epochs(live, work) as on_epoch:
+                execute(p.spec, splits(), where, p.out, fingerprint=known, budget=p.budget,
+                        shape=shape, env=env, on_epoch=chain_hooks(log_epoch(p.name), on_epoch),
+                        latency=latency)
+                if live is not None:
+                    live.finish(run_records(p.out))
+        shared = (p.spec.shared_prune,) if p.spec.shared_prune is not None else ()
+        return Job(fn, reads=(*pretrained_file(p.spec), *shared), writes=(p.out,))
+    return Task(p.name, after=after, start=start)
 
 
 def _remove_stale(key: str, planned: list[Planned]) -> None:
     """Delete run directories of levels, seeds or points no longer configured (so the stage's
     output is exactly its configuration); work directories of unfinished runs stay."""
-    import shutil
-
     keep = {p.out.resolve() for p in planned}
     keep |= {p.spec.shared_prune.resolve() for p in planned if p.spec.shared_prune}
     levels = {q.parent for q in keep}
@@ -307,3 +320,17 @@ def _remove_stale(key: str, planned: list[Planned]) -> None:
         for entry in level.iterdir():
             if not entry.name.startswith(".") and entry.resolve() not in keep:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _remove_unconfigured(keys: list[str]) -> None:
+    """The directories and summary files of methods no longer in params.yaml: the ``run``
+    stage's outputs (``runs``, ``evaluation``, ``metrics``) are exactly its configuration."""
+    kept = {*keys, PRETRAIN}
+    root = Path("runs")
+    for entry in root.iterdir() if root.is_dir() else []:
+        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in kept:
+            shutil.rmtree(entry)
+    for folder in ("evaluation", "metrics"):
+        for entry in Path(folder).glob("*.json"):
+            if entry.stem not in kept:
+                entry.unlink()

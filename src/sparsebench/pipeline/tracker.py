@@ -46,8 +46,9 @@ class StageTracker:
     the report's numbers. Every failure of the tracker there is one line (`TrackingFailed`).
     """
 
-    def __init__(self, params: Params, stage: str, kind_filter: str):
+    def __init__(self, params: Params, stage: str, kind_filter: str, local: str | None = None):
         self.params, self.stage = params, stage
+        self.local = local or f"runs/{stage}"
         self.uri = tracking_uri(params.tracking.uri)
         self.experiment = params.tracking.experiment or f"sparsebench-{params.suite}"
         self.client, self.experiment_id = client_for(self.uri, self.experiment)
@@ -70,20 +71,21 @@ class StageTracker:
 
     def guard(self, what: str = ""):
         """A tracker failure in here is one line (`TrackingFailed`)."""
-        local = f"runs/{self.stage.removeprefix('run@')}"
-        return logged(what or f"the runs of {self.stage}", self.uri, local)
+        return logged(what or f"the runs of {Path(self.local).name}", self.uri, self.local)
 
     def info(self, name: str, tags: dict[str, str], params: dict[str, Any]):
         return RunInfo(self.uri, self.experiment_id, name, {**self.common, **tags}, params,
                        self.dataset)
 
+    def wants(self, info) -> bool:
+        """Whether ``info``'s run is still to be logged (not FINISHED on the server)."""
+        found = self.runs.get(info.fingerprint)
+        return found is None or found.info.status != FINISHED
+
     def live(self, info, state: Path, label: str):
         """The run's `LiveRun` (started in the worker; its id kept in ``state``), or None
         when the run is logged whole already."""
-        found = self.runs.get(info.fingerprint)
-        if found is not None and found.info.status == FINISHED:
-            return None
-        return LiveRun(info, state, label)
+        return LiveRun(info, state, label) if self.wants(info) else None
 
     def sync(self, finished: list[tuple[Any, Any, str]]) -> int:
         """Complete each finished (info, records, label) the server lacks; how many were."""
@@ -105,11 +107,11 @@ COLOUR_TAG = "mlflow.runColor"
 
 
 class RunTracker(StageTracker):
-    """`StageTracker` for ``run@<key>``: one run per (method, level, seed) under a parent per
-    (method, level) that holds the report's numbers."""
+    """`StageTracker` for the runs of ``methods.<key>`` in the ``run`` stage: one run per
+    (method, level, seed) under a parent per (method, level) that holds the report's numbers."""
 
     def __init__(self, params: Params, key: str, family: str, planned: list[Planned]):
-        super().__init__(params, f"run@{key}", f"tags.method_key = '{key}'")
+        super().__init__(params, "run", f"tags.method_key = '{key}'", f"runs/{key}")
         self.key, self.family = key, family
         self.source = _source_tag(params_source(key))
         self.colour = method_colour(key, list(params.methods))

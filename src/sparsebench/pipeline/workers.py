@@ -7,9 +7,12 @@ result does not depend on the machine: a run gives the same weights, bit for bit
 others). A child inherits the loaded data from its parent (fork, copy on write) and costs
 milliseconds to start, not the seconds of a fresh interpreter importing torch.
 
-A run that fails, or a worker that dies (killed, out of memory), fails that run alone with one
-line; the others go on and keep their outputs, and the stage reports every failure at the end.
-On CUDA, or with one worker and one run, the run goes in this process (no fork after CUDA).
+On CUDA each worker slot is given one GPU (``runs_per_gpu`` slots share one) before CUDA starts
+in it: the stage's process never starts CUDA (`devices.visible_gpus` asks NVML), so forking
+stays safe, and each run sees only its GPU. A run that fails, or a worker that dies (killed,
+out of memory), fails that run alone with one line; the others go on and keep their outputs,
+and the stage reports every failure at the end. Under torchrun the runs go one after another
+in the stage's own process.
 """
 
 from __future__ import annotations
@@ -20,57 +23,32 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-import torch
-
-from sparsebench.core.numerics import flush_subnormals
-from sparsebench.util.errors import Incomplete, UsageError
+from sparsebench.pipeline.tasks import Failure, Job, Placement, Task, one_line, setup_process
+from sparsebench.util.errors import UsageError
 
 
-@dataclass
-class Failure:
-    """Why a task failed, in one line; ``usage`` when the user's input caused it (a bad value,
-    a diverging learning rate), so that the stage exits with code 2."""
-    message: str
-    usage: bool = False
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@dataclass
-class Task:
-    """A named unit of work; ``fn`` writes its own outputs (returns nothing of use). ``after``
-    names an earlier task of the same `run_tasks` call whose outputs it reads: it starts once
-    that one succeeded, and fails without running when that one failed."""
-    name: str
-    fn: Callable[[], None]
-    after: str | None = None
-
-
-def default_workers(threads: int, device: torch.device) -> int:
-    """cores // threads on the CPU (at least one); one on CUDA."""
-    if device.type != "cpu":
-        return 1
+def default_workers(threads: int, gpus: int = 0, runs_per_gpu: int = 1) -> int:
+    """cores // threads on the CPU (at least one); ``gpus x runs_per_gpu`` on CUDA."""
+    if gpus:
+        return gpus * runs_per_gpu
     return max(1, (os.cpu_count() or 1) // threads)
 
 
-def check_workers(workers: int, threads: int) -> str | None:
-    """A one-line warning when ``workers * threads`` exceeds the cores here (the runs then
-    share cores and each is slower; the results do not change)."""
+def check_workers(workers: int, threads: int, gpus: int = 0, runs_per_gpu: int = 1
+                  ) -> str | None:
+    """A one-line warning when the workers exceed what is here: ``workers * threads`` the
+    cores (the runs then share cores and each is slower; the results do not change), or on
+    CUDA ``gpus x runs_per_gpu`` (more runs share a GPU than asked)."""
+    if gpus and workers > gpus * runs_per_gpu:
+        return (f"execution.workers: {workers} workers exceed the {gpus} GPUs x runs_per_gpu "
+                f"{runs_per_gpu} here; {-(-workers // gpus)} runs will share a GPU")
     cores = os.cpu_count() or 1
-    if workers * threads > cores:
+    if not gpus and workers * threads > cores:
         return (f"execution.workers: {workers} workers x {threads} threads exceed the {cores} "
                 "cores here; the runs will share cores (same results, slower)")
     return None
-
-
-def setup_process(threads: int) -> None:
-    """What every training process sets first: its thread count, flushed subnormals."""
-    torch.set_num_threads(threads)
-    flush_subnormals(True)
 
 
 def _warm_up() -> None:
@@ -93,11 +71,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(fn: Callable[[], None], threads: int, conn, parent: int) -> None:
+def _child(fn: Callable[[], None], setup: tuple, conn, parent: int) -> None:
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        setup_process(threads)
+        setup_process(*setup)
         fn()
         conn.send(None)
     except BaseException as exc:  # the parent reports it as the run's one line
@@ -110,62 +88,28 @@ def _child(fn: Callable[[], None], threads: int, conn, parent: int) -> None:
     os._exit(0)
 
 
-def one_line(exc: BaseException) -> str:
-    """A failure as one line; a failed write names its file (a full disk, a read-only one)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f"{exc.filename!r}: " if exc.filename else ""
-        return f"output: {where}{exc.strerror}"
-    if isinstance(exc, UsageError):
-        return str(exc).strip().splitlines()[0]
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def run_tasks(tasks: list[Task], *, workers: int, threads: int,
-              on_done: Callable[[Task], None] | None = None,
-              in_process: bool = False,
-              fill: Callable[[], Task | None] | None = None) -> dict[str, Failure]:
-    """Run every task, at most ``workers`` at a time; return name -> its failure.
-
-    Args:
-        tasks: the runs.
-        workers: processes side by side.
-        threads: torch threads in each.
-        on_done: called in this process after each task that succeeded (tracking, progress).
-        in_process: run the tasks one after another here (CUDA), not in children.
-        fill: once no task waits, gives work for an idle worker (or None): a resumable run of a
-            later stage, killed as soon as the last of ``tasks`` ends, so the stage's tail, its
-            last runs on fewer workers than it has, trains the next stage's runs instead of
-            idling. A filler's success or failure is not this call's; its stage resumes it.
-    """
-    if not tasks:  # everything cached: no worker, no warm-up
-        return {}
-    _check_order(tasks)
-    pool = _Pool(workers, threads, on_done)
-    if in_process or (workers == 1 and len(tasks) <= 1):
+def run_local(tasks: list[Task], placement: Placement,
+              on_done: Callable[[Task], None] | None = None) -> dict[str, Failure]:
+    """Run every task, at most ``placement.workers`` at a time, each in a forked worker (one
+    after another in this process under torchrun, or for a single task on one worker);
+    ``on_done`` is called here after each task that succeeded. Returns name -> failure."""
+    pool = _Pool(placement, on_done)
+    if placement.in_process or (placement.workers == 1 and len(tasks) <= 1
+                                and not placement.gpus):
         return pool.run_here(tasks)
-    return pool.run_forked(tasks, fill)
-
-
-def _check_order(tasks: list[Task]) -> None:
-    """A task's dependency must be an earlier task of the same call."""
-    seen: set[str] = set()
-    for task in tasks:
-        if task.after is not None and task.after not in seen:
-            raise ValueError(f"task {task.name!r} runs after {task.after!r}, which is not an "
-                             "earlier task of the same call")
-        seen.add(task.name)
+    return pool.run_forked(tasks)
 
 
 class _Pool:
     """The state of one `run_tasks` call: what succeeded, what failed, what runs where."""
 
-    def __init__(self, workers: int, threads: int, on_done: Callable[[Task], None] | None):
-        self.workers, self.threads, self.on_done = workers, threads, on_done
+    def __init__(self, placement: Placement, on_done: Callable[[Task], None] | None):
+        self.placement, self.on_done = placement, on_done
+        self.workers = placement.workers
         self.failures: dict[str, Failure] = {}
         self.succeeded: set[str] = set()
-        self.running: dict[int, tuple[Task, mp.Process, object]] = {}
-        self.fillers: set[int] = set()  # sentinels of the running fillers
+        self.running: dict[int, tuple[Task, mp.Process, object, int]] = {}
+        self.free = list(range(placement.workers))  # worker slots: slot i has `gpu_of(i)`
         self.context = mp.get_context("fork")
 
     def waits(self, task: Task) -> bool:
@@ -188,84 +132,87 @@ class _Pool:
         if self.on_done is not None:
             self.on_done(task)
 
+    def job(self, task: Task) -> Job | None:
+        """``task``'s job, made here at its turn (None: nothing to run, it succeeded); a
+        failure to make it fails the task."""
+        try:
+            job = task.job()
+        except (UsageError, FloatingPointError, OSError, ValueError) as exc:
+            self.failures[task.name] = Failure(one_line(exc), isinstance(exc, UsageError))
+            return None
+        if job is None:
+            self.succeed(task)
+        return job
+
     def run_here(self, tasks: list[Task]) -> dict[str, Failure]:
-        """One task after another in this process (CUDA, or a single task)."""
-        setup_process(self.threads)
+        """One task after another in this process (torchrun, or a single task)."""
+        p = self.placement
+        setup_process(p.threads, p.gpu_of(0) if not p.in_process else None, p.deterministic)
         for task in tasks:  # listed after its dependency: that one has ended
-            if not self.fail_orphans([task]):
+            if not self.fail_orphans([task]) or (job := self.job(task)) is None:
                 continue
             try:
-                task.fn()
+                job.fn()
             except (UsageError, FloatingPointError) as exc:
                 self.failures[task.name] = Failure(one_line(exc), isinstance(exc, UsageError))
                 continue
             self.succeed(task)
         return self.failures
 
-    def run_forked(self, tasks: list[Task],
-                   fill: Callable[[], Task | None] | None) -> dict[str, Failure]:
-        """Each task in a forked worker, ``workers`` at a time; idle workers take ``fill``'s."""
+    def run_forked(self, tasks: list[Task]) -> dict[str, Failure]:
+        """Each task in a forked worker, ``workers`` at a time."""
         _warm_up()
         pending = list(tasks)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            while pending or len(self.running) > len(self.fillers):
+            while pending or self.running:
                 pending = self.start_ready(self.fail_orphans(pending))
-                if len(self.running) == len(self.fillers):  # none left, or only orphans
+                if not self.running:  # none left, or only orphans
                     break
-                if fill is not None and not pending and not self.fill_idle(fill):
-                    fill = None
                 for sentinel in wait(list(self.running)):
                     self.reap(sentinel)
         finally:
-            for _, process, _ in self.running.values():
+            for _, process, _, _ in self.running.values():
                 process.kill()
                 process.join()
         return self.failures
 
-    def start(self, task: Task) -> int:
+    def start(self, task: Task, job: Job) -> int:
+        p, slot = self.placement, self.free.pop(0)
         receive, send = self.context.Pipe(duplex=False)
+        setup = (p.threads, p.gpu_of(slot), p.deterministic)
         process = self.context.Process(target=_child,
-                                       args=(task.fn, self.threads, send, os.getpid()),
+                                       args=(job.fn, setup, send, os.getpid()),
                                        name=task.name, daemon=True)
         process.start()
         send.close()
-        self.running[process.sentinel] = (task, process, receive)
+        self.running[process.sentinel] = (task, process, receive, slot)
         return process.sentinel
 
     def start_ready(self, pending: list[Task]) -> list[Task]:
-        """Start the first tasks that wait on no other while a worker is free; the rest."""
+        """Start the first tasks that wait on no other while a worker is free; the rest. A
+        task found done at its turn (no job) frees its dependants at once."""
         while len(self.running) < self.workers:
             ready = next((t for t in pending if not self.waits(t)), None)
             if ready is None:
                 break
-            pending = [t for t in pending if t is not ready]
-            self.start(ready)
+            pending = self.fail_orphans([t for t in pending if t is not ready])
+            if (job := self.job(ready)) is not None:
+                self.start(ready, job)
         return pending
-
-    def fill_idle(self, fill: Callable[[], Task | None]) -> bool:
-        """Give each idle worker ``fill``'s next task while a task of the call runs; False
-        once ``fill`` has nothing more."""
-        while self.workers > len(self.running) > len(self.fillers):
-            extra = fill()
-            if extra is None:
-                return False
-            self.fillers.add(self.start(extra))
-        return True
 
     def reap(self, sentinel: int) -> None:
         """Collect the ended worker ``sentinel``: its success, or its failure's message."""
-        task, process, receive = self.running.pop(sentinel)
+        task, process, receive, slot = self.running.pop(sentinel)
+        self.free.append(slot)
+        self.free.sort()
         try:
             message = receive.recv() if receive.poll() else None
         except EOFError:  # the worker died before it could say anything
             message = None
         process.join()
         receive.close()
-        if sentinel in self.fillers:  # done or failed: its own stage sees to it
-            self.fillers.discard(sentinel)
-            return
         if process.exitcode == 0:
             self.succeed(task)
             return
@@ -275,16 +222,3 @@ class _Pool:
                    if code < 0 else f"exited with code {code}")
             message = Failure(f"its worker process {how}")
         self.failures[task.name] = message
-
-
-def raise_failures(what: str, failures: dict[str, Failure], total: int) -> None:
-    """The stage's one line for its failed tasks: a `UsageError` (exit 2) when the user's input
-    caused every one, else `Incomplete` (exit 1); the finished tasks' outputs are kept."""
-    if not failures:
-        return
-    listed = "; ".join(str(f) if str(f).startswith(name) else f"{name}: {f}"
-                       for name, f in failures.items())
-    if all(f.usage for f in failures.values()):
-        raise UsageError(listed if len(failures) == 1 else f"{what}: {listed}")
-    raise Incomplete(f"{what}: {len(failures)} of {total} runs failed ({listed}); the others "
-                     "are kept: run the stage again")

@@ -21,7 +21,8 @@ def load_results(methods: dict[str, Any]) -> dict[str, dict]:
     for key in methods:
         path = Path("evaluation", f"{key}.json")
         if not path.exists():
-            raise UsageError(f"input: {str(path)!r} does not exist; run run@{key} first")
+            raise UsageError(f"input: {str(path)!r} does not exist; run the run stage first "
+                             "(sparsebench run)")
         results[key] = json.loads(path.read_text())
     return results
 

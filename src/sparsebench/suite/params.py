@@ -156,14 +156,19 @@ class LevelsParams(Strict):
 
 class ExecutionParams(Strict):
     """How a stage runs its independent runs: ``threads`` torch threads per run (fixed here, so
-    results do not depend on the machine's core count) and ``workers`` runs side by side
-    (null: cores // threads on the CPU, one on CUDA). ``fill_idle``: a worker left idle by a
-    stage's last runs starts the next method's runs, which their own stage resumes
-    (`sparsebench.pipeline.sweep`); results are the same either way."""
+    results do not depend on the machine's core count), ``workers`` runs side by side (null:
+    cores // threads on the CPU, visible GPUs x ``runs_per_gpu`` on CUDA), on the ``backend``
+    ``local`` (a forked pool) or ``ray`` (the cluster at ``address``: ``auto``, ``local``,
+    ``host:port`` or ``ray://host:port``; its size decides the workers). ``deterministic``:
+    PyTorch's deterministic algorithms, so a GPU run's weights do not depend on which GPU
+    ran it or what ran beside it (`sparsebench.pipeline.executor`)."""
 
     threads: int = Field(1, ge=1)
     workers: int | None = Field(None, ge=1)
-    fill_idle: bool = True
+    runs_per_gpu: int = Field(1, ge=1)
+    backend: Literal["local", "ray"] = "local"
+    address: str = "auto"
+    deterministic: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (core.accelerate)
     channels_last: bool = False  # NHWC weights and batches (convolutional models only)
     compile: bool = False  # train through torch.compile(model)

@@ -1,0 +1,162 @@
+"""A stage's work as `Task`s, for an executor (`pipeline.executor`): the local worker pool
+(`pipeline.workers`, the default) or a Ray cluster (`pipeline.ray_pool`).
+
+A task's `Job` is made in the stage's process when the task's turn comes (its dependency,
+``after``, has succeeded there): so a run that reads its previous step's model is
+fingerprinted from that model, and a run found cached by then is not run at all. The job
+itself only writes its ``writes`` directories, reading its ``reads`` files: where the job runs
+on another machine, those travel with it and back. Fingerprints, the run cache, the outputs
+and the MLflow runs are the same whichever executor ran them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sparsebench.core.numerics import flush_subnormals
+from sparsebench.util.errors import Incomplete, UsageError
+
+#: set in a worker given one GPU of its own (CUDA_VISIBLE_DEVICES names it): ``cuda`` there
+#: is that GPU, as ``cuda:0``
+ASSIGNED_GPU = "SPARSEBENCH_ASSIGNED_GPU"
+#: what `execution.deterministic` asks cuBLAS for (PyTorch's reproducibility notes)
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@dataclass
+class Job:
+    """What a task does where it runs: ``fn`` writes each of ``writes`` (directories, whole),
+    reading the prepared data and ``reads`` (files or directories, relative to the workspace).
+    Picklable when it goes to Ray (it holds no open client, lock or tensor)."""
+    fn: Callable[[], None]
+    reads: tuple[Path, ...] = ()
+    writes: tuple[Path, ...] = ()
+
+
+@dataclass
+class Task:
+    """A named unit of work; ``fn`` writes its own outputs. ``after`` names an earlier task of
+    the same call whose outputs it reads: it starts once that one succeeded, and fails without
+    running when that one failed. ``start``, when given, makes the `Job` in the stage's
+    process at the task's turn (None: nothing left to do) in place of ``fn``."""
+    name: str
+    fn: Callable[[], None] | None = None
+    after: str | None = None
+    start: Callable[[], Job | None] | None = None
+    reads: tuple[Path, ...] = field(default_factory=tuple)
+    writes: tuple[Path, ...] = field(default_factory=tuple)
+
+    def job(self) -> Job | None:
+        if self.start is not None:
+            return self.start()
+        assert self.fn is not None, f"task {self.name!r} has neither fn nor start"
+        return Job(self.fn, tuple(self.reads), tuple(self.writes))
+
+
+@dataclass
+class Failure:
+    """Why a task failed, in one line; ``usage`` when the user's input caused it (a bad value,
+    a diverging learning rate), so that the stage exits with code 2."""
+    message: str
+    usage: bool = False
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a stage's tasks run: ``workers`` side by side with ``threads`` torch threads
+    each; ``gpus``: the visible GPUs (CUDA_VISIBLE_DEVICES entries) the workers share,
+    ``runs_per_gpu`` on each; ``in_process``: one after another in the stage's process
+    (torchrun); ``backend`` ``local`` (forked pool) or ``ray`` (at ``address``)."""
+    workers: int
+    threads: int
+    gpus: tuple[str, ...] = ()
+    runs_per_gpu: int = 1
+    deterministic: bool = False
+    in_process: bool = False
+    backend: str = "local"
+    address: str = "auto"
+
+    def gpu_of(self, slot: int) -> str | None:
+        """The GPU of worker slot ``slot``: ``runs_per_gpu`` consecutive slots share one, and
+        slots beyond ``len(gpus) * runs_per_gpu`` wrap around (warned by `check_workers`)."""
+        if not self.gpus:
+            return None
+        return self.gpus[(slot // self.runs_per_gpu) % len(self.gpus)]
+
+
+def use_gpu(gpu: str | None) -> None:
+    """In a worker, before CUDA starts: see only ``gpu`` (None: change nothing)."""
+    if gpu is None:
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    os.environ[ASSIGNED_GPU] = gpu
+
+
+def deterministic_algorithms(on: bool) -> None:
+    """``execution.deterministic``: PyTorch's deterministic algorithms (an op without one
+    raises), cuBLAS's fixed workspace and no cuDNN autotuning, so a run's weights do not
+    depend on the GPU that ran it or on what ran beside it."""
+    if not on:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def setup_process(threads: int, gpu: str | None = None, deterministic: bool = False) -> None:
+    """What every training process sets first, before CUDA starts in it: its GPU, its thread
+    count, flushed subnormals, deterministic algorithms when asked."""
+    use_gpu(gpu)
+    torch.set_num_threads(threads)
+    flush_subnormals(True)
+    deterministic_algorithms(deterministic)
+
+
+def here(device: torch.device) -> torch.device:
+    """The device a job trains on in this process: a worker that was given one GPU of its own
+    sees it as ``cuda:0``; otherwise ``device`` unchanged."""
+    if device.type == "cuda" and os.environ.get(ASSIGNED_GPU):
+        return torch.device("cuda", 0)
+    return device
+
+
+def check_order(tasks: list[Task]) -> None:
+    """A task's dependency must be an earlier task of the same call."""
+    seen: set[str] = set()
+    for task in tasks:
+        if task.after is not None and task.after not in seen:
+            raise ValueError(f"task {task.name!r} runs after {task.after!r}, which is not an "
+                             "earlier task of the same call")
+        seen.add(task.name)
+
+
+def one_line(exc: BaseException) -> str:
+    """A failure as one line; a failed write names its file (a full disk, a read-only one)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename!r}: " if exc.filename else ""
+        return f"output: {where}{exc.strerror}"
+    if isinstance(exc, UsageError):
+        return str(exc).strip().splitlines()[0]
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def raise_failures(what: str, failures: dict[str, Failure], total: int) -> None:
+    """The stage's one line for its failed tasks: a `UsageError` (exit 2) when the user's input
+    caused every one, else `Incomplete` (exit 1); the finished tasks' outputs are kept."""
+    if not failures:
+        return
+    listed = "; ".join(str(f) if str(f).startswith(name) else f"{name}: {f}"
+                       for name, f in failures.items())
+    if all(f.usage for f in failures.values()):
+        raise UsageError(listed if len(failures) == 1 else f"{what}: {listed}")
+    raise Incomplete(f"{what}: {len(failures)} of {total} runs failed ({listed}); the others "
+                     "are kept: run the stage again")
