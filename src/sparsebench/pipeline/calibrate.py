@@ -217,11 +217,13 @@ collapsed: it neither reaches nor brackets a level (`settle`)."""
 
 def saturated(history: list[Trial], level: float) -> bool:
     """Whether stronger regularisation stopped adding sparsity below ``level``: the two
-    strongest runs are both short of it and within 1% of each other (LinBreg from a 1% sparse
-    initialisation cannot pass about 100x, whatever its lambda)."""
+    strongest runs are both short of it, within 1% of each other, and at strengths at least
+    twice apart (LinBreg from a 1% sparse initialisation cannot pass about 100x, whatever its
+    lambda; two nearby strengths within 1% are the noise of one seed, not a ceiling)."""
     strongest = sorted(history, key=lambda t: t.value)[-2:]
     return (len(strongest) == 2 and all(t.compression < level for t in strongest)
-            and abs(strongest[1].compression / strongest[0].compression - 1) < 0.01)
+            and abs(strongest[1].compression / strongest[0].compression - 1) < 0.01
+            and strongest[1].value >= 2 * strongest[0].value)
 
 
 def settle(history: list[Trial], level: float, tolerance: float,
