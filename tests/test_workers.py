@@ -3,6 +3,7 @@ and the execution keys' bad values."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -214,3 +215,27 @@ def test_an_idle_worker_starts_the_next_method_whose_stage_resumes_it_unchanged(
     assert len(outputs[True]) == 4 and outputs[True] == outputs[False]
     assert histories[True] == histories[False]
     assert all(steps == sorted(set(steps)) and steps for steps in histories[True].values())
+
+
+def test_workers_of_two_threads_each_do_not_hang_after_the_stage_computed(tmp_path):
+    """The stage's process computes the arithmetic digest of 2 threads (a torch op on two
+    threads) before it forks: done there, OpenMP's pool would start in it and each forked
+    worker hang at its first two-thread op. Both stages finish, each worker on 2 threads."""
+    import subprocess
+    import sys
+
+    path = small_params(tmp_path, tracking={"enabled": False})
+    raw = yaml.safe_load(path.read_text())
+    raw["levels"]["compression"] = [8]
+    raw["data"]["limit"] = 2000
+    raw["methods"] = {"magnitude": raw["methods"]["magnitude"]}
+    raw["tune"]["spaces"] = {}
+    raw["execution"] = {"threads": 2, "workers": 1}
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "SPARSEBENCH_ROOT": str(tmp_path)}
+    for stage in (["prepare"], ["pretrain"], ["run", "--method", "magnitude"]):
+        done = subprocess.run([sys.executable, "-m", "sparsebench", *stage], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "runs/magnitude/c8/seed0/result.json").read_text())
+    assert result["environment"]["threads"] == 2

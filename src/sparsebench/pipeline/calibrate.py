@@ -44,7 +44,7 @@ from sparsebench.core.train import resolve_device
 from sparsebench.data import dataset_info, load_splits
 from sparsebench.methods import MethodParams, build_method, method_class, method_params
 from sparsebench.pipeline.cache import run_fingerprint
-from sparsebench.pipeline.workers import Task, run_tasks
+from sparsebench.pipeline.workers import Task, in_child, run_tasks
 from sparsebench.run import RESULT, RunSpec, cached, environment, execute, run, validation_figures
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import (
@@ -432,7 +432,7 @@ class _Round:
         self.device, self.workers, self.threads = device, workers, threads
         self.data = load_splits(DATA_FILE, ("train", "val", "test"))
         self.shape = tuple(dataset_info(DATA_FILE)["shape"])
-        self.env = environment(device, threads, workers)
+        self.env = in_child(environment, device, threads, workers)
         self.failure: Any = None
 
     def planned(self, seed: int, value: float, level: float) -> tuple[Planned, str]:

@@ -17,7 +17,7 @@ from sparsebench.pipeline.cache import StageWork, arithmetic, fingerprint
 from sparsebench.pipeline.devices import stage_device, workers_of
 from sparsebench.pipeline.hooks import chain_hooks, live_epochs, log_epoch
 from sparsebench.pipeline.tracker import StageTracker
-from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
+from sparsebench.pipeline.workers import Task, in_child, raise_failures, run_tasks
 from sparsebench.run import ModelSpec, diverged, environment, save_run_model
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE, augment_of, model_spec
@@ -39,7 +39,8 @@ def pretrain(params: Params) -> None:
     key = fingerprint(stage="pretrain", config=pretrain_config(params, threads),
                       inputs=[DATA_FILE])
     with StageWork(run_dir("pretrain"), key) as work:
-        seeds = _Seeds(params, work, tracker, device, environment(device, threads, workers))
+        seeds = _Seeds(params, work, tracker, device,
+                       in_child(environment, device, threads, workers))
         tasks = [Task(f"pretrain seed {s}", lambda s=s: seeds.train(s)) for s in params.seeds
                  if not work.done(f"seed{s}")]
         failures = run_tasks(tasks, workers=workers, threads=threads, in_process=in_process)

@@ -24,7 +24,7 @@ from sparsebench.pipeline.devices import stage_device, workers_of
 from sparsebench.pipeline.hooks import chain_hooks, live_epochs, log_epoch
 from sparsebench.pipeline.summary import write_method_metrics
 from sparsebench.pipeline.tracker import RunTracker, run_records
-from sparsebench.pipeline.workers import Task, raise_failures, run_tasks
+from sparsebench.pipeline.workers import Task, in_child, raise_failures, run_tasks
 from sparsebench.run import (
     RESULT,
     TRAJECTORY,
@@ -63,7 +63,7 @@ def sweep(params: Params, methods: dict[str, MethodParams], key: str) -> dict:
     device = stage_device(params)
     planned = method_runs(params, methods, key)
     workers, threads, in_process = workers_of(params)
-    env = environment(device, threads, workers)
+    env = in_child(environment, device, threads, workers)
     if distributed.active():
         env.update(distributed.describe())
     shape = tuple(dataset_info(DATA_FILE)["shape"])
