@@ -4,6 +4,7 @@ bad values."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -171,3 +172,27 @@ def test_more_workers_than_cores_are_warned_in_one_line_and_run(workspace, capsy
     err = capsys.readouterr().err
     assert (f"sparsebench: warning: execution.workers: {cores + 1} workers x 1 threads exceed "
             f"the {cores} cores here; the runs will share cores (same results, slower)") in err
+
+
+def test_workers_of_two_threads_each_do_not_hang_after_the_stage_computed(tmp_path):
+    """The stage's process computes the arithmetic digest of 2 threads (a torch op on two
+    threads) before it forks: done there, OpenMP's pool would start in it and each forked
+    worker hang at its first two-thread op. Both stages finish, each worker on 2 threads."""
+    import subprocess
+    import sys
+
+    path = small_params(tmp_path, tracking={"enabled": False})
+    raw = yaml.safe_load(path.read_text())
+    raw["levels"]["compression"] = [8]
+    raw["data"]["limit"] = 2000
+    raw["methods"] = {"magnitude": raw["methods"]["magnitude"]}
+    raw["tune"]["spaces"] = {}
+    raw["execution"] = {"threads": 2, "workers": 1}
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "SPARSEBENCH_ROOT": str(tmp_path)}
+    for stage in (["prepare"], ["pretrain"], ["run", "--method", "magnitude"]):
+        done = subprocess.run([sys.executable, "-m", "sparsebench", *stage], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "runs/magnitude/c8/seed0/result.json").read_text())
+    assert result["environment"]["threads"] == 2

@@ -15,6 +15,8 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
+
 from sparsebench import checkpoint
 from sparsebench.core import distributed
 from sparsebench.core.accelerate import configure
@@ -164,6 +166,7 @@ def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     os.environ.setdefault(NVML_CHECK, "1")  # this process never starts CUDA: its workers do
     if args.stage in TRAINING:  # before any tensor operation starts PyTorch's threads
+        torch.set_num_threads(1)  # this process forks workers: it never starts OpenMP's pool
         flush_subnormals()
     if args.stage in FILE_TOOLS:
         return run_file_tool(args)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from sparsebench.pipeline.hooks import chain_hooks, live_epochs, log_epoch
 from sparsebench.pipeline.summary import write_method_metrics
 from sparsebench.pipeline.tasks import Job, Placement, Task, here, raise_failures
 from sparsebench.pipeline.tracker import RunTracker, run_records
+from sparsebench.pipeline.workers import in_child
 from sparsebench.run import (
     RESULT,
     TRAJECTORY,
@@ -147,8 +148,14 @@ def splits() -> dict:
 
 
 @lru_cache(maxsize=4)
-def _environment(device: torch.device, threads: int, workers: int) -> dict[str, Any]:
-    return environment(device, threads, workers)
+def _environment(device: torch.device, threads: int, workers: int,
+                 here: bool = False) -> dict[str, Any]:
+    """The environment record of a run (`run.environment`), computed once per process: in a
+    worker (``here``) directly, in the stage's process in a child (`workers.in_child`)."""
+    env = (environment if here else partial(in_child, environment))(device, threads, workers)
+    if distributed.active():
+        env.update(distributed.describe())
+    return env
 
 
 def _cached_runs(params: Params, planned: list[Planned]
@@ -285,7 +292,7 @@ def _run_task(params: Params, p: Planned, fp: str | None, device: torch.device,
 
         def fn() -> None:
             where = here(device)
-            env = _environment(where, threads, workers)  # this worker's machine
+            env = _environment(where, threads, workers, here=True)  # this worker's machine
             live = None
             work = p.out.with_name(f".{p.out.name}.work")  # the run's resume state
             if info is not None:
