@@ -75,7 +75,10 @@ def start_cluster(log: Path) -> tuple[str, list[subprocess.Popen]]:
     port = _free_port()
     address = f"127.0.0.1:{port}"
     # Ray's sockets live under its temp dir, and a Unix socket path holds 107 bytes at most
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TMPDIR": "/tmp"}
+    # and Ray runs its workers at nice 15 unless told (RAY_worker_niceness): the local pool's
+    # run at the stage's own priority, so the comparison gives Ray's the same
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TMPDIR": "/tmp",
+           "RAY_worker_niceness": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     common = ["--num-cpus", "1", "--block", "--disable-usage-stats"]
     processes = []
@@ -108,6 +111,40 @@ def stop_cluster(processes: list[subprocess.Popen]) -> None:
             process.wait(timeout=30)
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def cpu_by_process(processes: list[subprocess.Popen]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process under the cluster's `ray start`
+    processes, summed by kind: the runs' workers, and Ray's own (raylet, GCS, agents, ...)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        stats[int(entry.name)] = (cmd, (int(fields[11]) + int(fields[12])) / tick)
+    totals: dict[str, float] = {}
+    todo = [p.pid for p in processes]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        if pid in stats:
+            cmd, seconds = stats[pid]
+            kind = ("runs (ray workers)" if cmd.startswith("ray::") and "Agent" not in cmd
+                    else "Ray's own processes")
+            totals[kind] = totals.get(kind, 0.0) + seconds
+    return totals
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def sweep_in(path: Path) -> float:
@@ -145,6 +182,7 @@ def main() -> None:
     import ray
 
     from sparsebench.pipeline import ray_pool
+    from sparsebench.pipeline.tasks import Placement
 
     with tempfile.TemporaryDirectory(prefix="sweep-scaling-") as tmp:
         tmp = Path(tmp)
@@ -154,7 +192,9 @@ def main() -> None:
         remote = tmp / "ray"
         shutil.copytree(local, remote)
         params = yaml.safe_load((remote / "params.yaml").read_text())
+        driver = _own_cpu()
         local_wall = sweep_in(local)
+        local_driver = _own_cpu() - driver
         started = time.perf_counter()
         address, processes = start_cluster(tmp / "ray.log")
         cluster_up = time.perf_counter() - started
@@ -164,23 +204,34 @@ def main() -> None:
             started = time.perf_counter()
             cluster = ray_pool.connect(address)
             connect = time.perf_counter() - started
+            started = time.perf_counter()  # the workers started, their imports done
+            ray_pool.warm_up(Placement(ray_pool.slots(cluster, Placement(1, 1)), 1,
+                                       backend="ray", address=address))
+            warm = time.perf_counter() - started
+            before, driver = cpu_by_process(processes), _own_cpu()
             ray_wall = sweep_in(remote)
+            used = {k: v - before.get(k, 0.0) for k, v in cpu_by_process(processes).items()}
+            used["the driver (this process)"] = _own_cpu() - driver
         finally:
             ray.shutdown()
             stop_cluster(processes)
         same = models(local) == models(remote) and bool(models(local))
     runs, slots = 2 * 2 * len(METHODS), int(cluster["resources"].get("CPU", 1))
-    startup = cluster_up + connect
+    startup = cluster_up + connect + warm
     print(f"sweep_scaling: {runs} runs ({', '.join(METHODS)} at 8x and 32x, seeds 0 and 1"
           f"{', toy data' if args.toy else ''}); local pool 2 workers, Ray 2 nodes x 1 CPU")
     print(f"  local pool wall        {local_wall:8.1f} s")
     print(f"  Ray wall               {ray_wall:8.1f} s")
     print(f"  Ray start-up           {startup:8.1f} s (cluster {cluster_up:.1f} s, "
-          f"driver connect {connect:.1f} s)")
+          f"driver connect {connect:.1f} s, workers' start and imports {warm:.1f} s)")
     print(f"  ratio Ray / local      {ray_wall / local_wall:8.3f} without start-up, "
           f"{(ray_wall + startup) / local_wall:.3f} with it")
     print(f"  Ray overhead per run   {1000 * (ray_wall - local_wall) * slots / runs:8.0f} ms")
     print(f"  model files identical  {same}")
+    print(f"  CPU during the local sweep, the stage (this process): {local_driver:.1f} s")
+    for kind, seconds in sorted(used.items()):
+        print(f"  CPU during the Ray sweep, {kind}: {seconds:.1f} s "
+              f"({seconds / (slots * ray_wall):.1%} of {slots} CPUs x the wall)")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ class Cluster:
         self.root, self.port = root, _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        # no token authentication (a token file under ~/.ray would turn it on for the head)
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         self.env.pop("RAY_ADDRESS", None)
         self.nodes, self.gpus, self.cpus = nodes, gpus, cpus
 
@@ -118,14 +119,26 @@ class Cluster:
                 os.killpg(process.pid, signal.SIGKILL)  # what it left, by its group's id
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    """One two-node cluster for the module's tests (the one that kills a node comes last)."""
     import ray
 
     c = Cluster(tmp_path_factory.mktemp("ray")).start()
     yield c
     ray.shutdown()
     c.stop()
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> Path:
+    """The shrunk suite trained by the local pool: the reference of the Ray sweeps."""
+    root = tmp_path_factory.mktemp("local") / "ws"
+    _suite(root, {"workers": 2})
+    for stage in ("prepare", "run"):
+        done = _sh([SPARSEBENCH, stage], root)
+        assert done.returncode == 0, done.stderr
+    return root
 
 
 def _suite(root: Path, execution: dict, uri: str | None = None) -> Path:
@@ -138,6 +151,7 @@ def _suite(root: Path, execution: dict, uri: str | None = None) -> Path:
     raw["data"]["limit"] = 400
     raw["methods"] = {key: raw["methods"][key] for key in METHODS}
     raw["tune"]["spaces"] = {}
+    raw["retrain"]["epochs"] = 3  # long enough for a node to be killed in
     raw["execution"] = {"threads": 1, **execution}
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -162,14 +176,6 @@ def _result(path: Path) -> dict:
     r["figures"] = {k: v for k, v in r["figures"].items() if not k.startswith(TIMED)}
     r["environment"] = {k: v for k, v in r["environment"].items() if k not in WORKER_FIELDS}
     return r
-
-
-def _local_reference(root: Path) -> Path:
-    _suite(root, {"workers": 2})
-    for stage in ("prepare", "run"):
-        done = _sh([SPARSEBENCH, stage], root)
-        assert done.returncode == 0, done.stderr
-    return root
 
 
 def _same_as_local(local: Path, ray_root: Path) -> None:
@@ -204,8 +210,7 @@ def _logged_once(uri: str) -> None:
 
 
 def test_the_sweep_on_two_ray_nodes_gives_the_local_pools_files_each_run_once_in_mlflow(
-        tmp_path, cluster, mlflow_server):  # noqa: F811
-    local = _local_reference(tmp_path / "local")
+        tmp_path, cluster, local, mlflow_server):  # noqa: F811
     root = tmp_path / "ray"
     _suite(root, {"backend": "ray", "address": cluster.address}, mlflow_server.uri)
     for stage in ("prepare", "run"):
@@ -219,22 +224,28 @@ def test_the_sweep_on_two_ray_nodes_gives_the_local_pools_files_each_run_once_in
     assert len(_seed_runs(mlflow_server.uri)) == len(METHODS) * 2 * 2
 
 
+def test_an_sqlite_store_with_a_multi_node_cluster_is_refused_before_training(
+        tmp_path, cluster):
+    root = tmp_path / "ws"
+    _suite(root, {"backend": "ray", "address": cluster.address}, "sqlite:///mlruns/mlflow.db")
+    assert _sh([SPARSEBENCH, "prepare"], root).returncode == 0
+    done = _sh([SPARSEBENCH, "run"], root)
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("sparsebench: error: tracking.uri: 'sqlite:///mlruns/mlflow.db' is a "
+                           "file on this machine, which the other nodes of the Ray cluster "
+                           "(2 nodes) cannot reach"), line
+    assert "mlflow server" in line and "tracking.enabled: false" in line
+    assert not (root / "runs").exists()  # nothing trained
+
+
 def test_a_node_killed_mid_sweep_loses_nothing_and_logs_nothing_twice(
-        tmp_path, cluster, mlflow_server):  # noqa: F811
+        tmp_path, cluster, local, mlflow_server):  # noqa: F811
     """SIGKILL to the second node's raylet once a run started there: Ray runs that node's
     tasks again on the head; every run's files arrive, each run is in MLflow once."""
-    local = _local_reference(tmp_path / "local")
     root = tmp_path / "ray"
-    path = _suite(root, {"backend": "ray", "address": cluster.address}, mlflow_server.uri)
-    raw = yaml.safe_load(path.read_text())
-    raw["retrain"]["epochs"] = 3  # long enough to be killed in
-    path.write_text(yaml.safe_dump(raw))
+    _suite(root, {"backend": "ray", "address": cluster.address}, mlflow_server.uri)
     assert _sh([SPARSEBENCH, "prepare"], root).returncode == 0
-    local_path = local / "params.yaml"  # the reference with the same retrain
-    ref = yaml.safe_load(local_path.read_text())
-    ref["retrain"]["epochs"] = 3
-    local_path.write_text(yaml.safe_dump(ref))
-    assert _sh([SPARSEBENCH, "run"], local).returncode == 0
     raylet = cluster.raylet(1)
     env = {**os.environ, "SPARSEBENCH_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -253,21 +264,6 @@ def test_a_node_killed_mid_sweep_loses_nothing_and_logs_nothing_twice(
     assert killed, "no run started on the second node"
     _same_as_local(local, root)
     _logged_once(mlflow_server.uri)
-
-
-def test_an_sqlite_store_with_a_multi_node_cluster_is_refused_before_training(
-        tmp_path, cluster):
-    root = tmp_path / "ws"
-    _suite(root, {"backend": "ray", "address": cluster.address}, "sqlite:///mlruns/mlflow.db")
-    assert _sh([SPARSEBENCH, "prepare"], root).returncode == 0
-    done = _sh([SPARSEBENCH, "run"], root)
-    assert done.returncode == 2
-    line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("sparsebench: error: tracking.uri: 'sqlite:///mlruns/mlflow.db' is a "
-                           "file on this machine, which the other nodes of the Ray cluster "
-                           "(2 nodes) cannot reach"), line
-    assert "mlflow server" in line and "tracking.enabled: false" in line
-    assert not (root / "runs").exists()  # nothing trained
 
 
 def test_each_ray_task_sees_only_its_gpu(tmp_path_factory):

@@ -196,3 +196,14 @@ def test_workers_of_two_threads_each_do_not_hang_after_the_stage_computed(tmp_pa
         assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "runs/magnitude/c8/seed0/result.json").read_text())
     assert result["environment"]["threads"] == 2
+
+
+def test_more_workers_than_gpus_times_runs_per_gpu_are_warned():
+    from sparsebench.pipeline.workers import check_workers, default_workers
+
+    assert default_workers(1, gpus=4, runs_per_gpu=2) == 8  # workers: null on 4 GPUs
+    assert check_workers(8, 1, gpus=4, runs_per_gpu=2) is None
+    assert check_workers(9, 1, gpus=4, runs_per_gpu=2) == (
+        "execution.workers: 9 workers exceed the 4 GPUs x runs_per_gpu 2 here; 3 runs will "
+        "share a GPU")
+    assert check_workers(8, 4, gpus=8) is None  # on GPUs, 32 threads on 2 cores: not warned

@@ -52,8 +52,11 @@ def connect(address: str) -> dict[str, Any]:
         _reachable(address)
         kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": True}
         try:
-            if address == "local":
-                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **kwargs)
+            if address == "local":  # a new cluster, whatever ray_current_cluster says
+                # its workers at this process's priority, as the local pool's (Ray: nice 15)
+                os.environ.setdefault("RAY_worker_niceness", "0")
+                ray.init(address="local", num_cpus=os.cpu_count() or 1,
+                         include_dashboard=False, **kwargs)
             else:
                 ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -106,16 +109,50 @@ def slots(cluster: dict[str, Any], placement: Placement) -> int:
     return max(1, int(resources.get("CPU", 1) // placement.threads))
 
 
+_WARM: set[tuple[int, float]] = set()
+
+
+def _options(placement: Placement) -> dict[str, Any]:
+    """What each run's Ray task asks for: its threads' CPUs, and a GPU's share on CUDA."""
+    return {"num_cpus": placement.threads,
+            "num_gpus": (1 / placement.runs_per_gpu) if placement.gpus else 0}
+
+
+def warm_up(placement: Placement) -> None:
+    """Start the cluster's workers for runs of this shape and import in each what every run
+    needs (torch, the library, TorchDynamo: seconds a worker), once per process: a start-up
+    cost, as the local pool's imports happen before it forks."""
+    import ray  # lazy: an optional engine
+
+    options = _options(placement)
+    shape = (options["num_cpus"], options["num_gpus"])
+    if shape in _WARM:
+        return
+    connect(placement.address)
+    warm = ray.remote(max_retries=RETRIES)(_warm).options(**options)
+    ray.get([warm.remote() for _ in range(placement.workers)])
+    _WARM.add(shape)
+
+
+def _warm() -> None:
+    import time
+
+    import torch._dynamo  # noqa: F401  the first optimizer's import, seconds
+
+    import sparsebench.run  # noqa: F401
+
+    time.sleep(0.5)  # held a moment, so that each lands on a worker of its own
+
+
 def run_on_ray(tasks: list[Task], placement: Placement,
                on_done: Callable[[Task], None] | None = None) -> dict[str, Failure]:
     """Run every task as a Ray task; ``on_done`` is called here after each task that succeeded
     (its files in place). Returns name -> its failure."""
     import ray  # lazy: an optional engine
 
-    connect(placement.address)
+    warm_up(placement)
     remote = ray.remote(max_retries=RETRIES, retry_exceptions=False)(_run_job).options(
-        num_cpus=placement.threads,
-        num_gpus=(1 / placement.runs_per_gpu) if placement.gpus else 0)
+        **_options(placement))
     shipped = _Shipped()
     workspace = hashlib.sha256(f"{socket.gethostname()}:{repo_root()}".encode()).hexdigest()[:16]
     failures: dict[str, Failure] = {}
