@@ -131,7 +131,7 @@ RULES = [
 
 def test_the_default_params_are_valid():
     params, methods = load_params(ROOT / "params.yaml")
-    assert len(methods) == 11 and params.seeds == [0, 1, 2]
+    assert len(methods) == 11 and params.seeds == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(("bad", "message", "boundary"), [r[1:] for r in RULES],

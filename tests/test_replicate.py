@@ -149,9 +149,12 @@ def test_the_command_counts_uncorrected_claims_on_request(tmp_path, capsys):
 
 @pytest.mark.skipif(not REPLICATION.exists(), reason="no ../shared/replication here")
 def test_the_committed_report_against_another_machines():
+    """The 3-seed report of the protocol before per-seed calibration (committed then, kept in
+    benchmarks/replication/) against a fresh clone's of it on another CPU."""
     from sparsebench.report.tables import read_curves_csv
 
-    ours = read_curves_csv((ROOT / "reports" / "curves.csv").read_text())
+    ours = read_curves_csv((ROOT / "benchmarks" / "replication" / "seeds-0-2.curves.csv")
+                           .read_text())
     theirs = read_curves_csv(REPLICATION.read_text())
     counts = ("pairs", "claims_a", "held", "reversed", "lost", "new")
     uncorrected = compare(ours, theirs, corrected=False)
