@@ -309,6 +309,29 @@ def test_no_cluster_at_the_address_is_one_line_before_any_training(workspace, ca
     assert not (path.parent / "runs").exists()
 
 
+def test_a_ray_client_address_without_ray_client_is_one_line(workspace, capsys, monkeypatch):
+    """``ray://`` needs the ``ray[client]`` extra; without it, one line saying so (a port that
+    listens stands for the head's client server)."""
+    import importlib.util
+
+    if importlib.util.find_spec("grpc") is not None:
+        pytest.skip("Ray Client is installed here")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"ray://127.0.0.1:{server.getsockname()[1]}"
+        path = _suite(workspace / "ws", {"backend": "ray", "address": address})
+        monkeypatch.chdir(path.parent)
+        monkeypatch.setenv("SPARSEBENCH_ROOT", str(path.parent))
+        assert main(["prepare", "--params", str(path)]) == 0
+        capsys.readouterr()
+        assert main(["run", "--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"execution.address: '{address}' is a Ray Client address" in err
+    assert "pip install 'ray[client]'" in err
+
+
 def test_ray_under_torchrun_is_refused_on_every_rank(workspace):
     path = _suite(workspace / "ws", {"backend": "ray", "address": "local"})
     env = {**os.environ, "SPARSEBENCH_ROOT": str(path.parent)}

@@ -61,6 +61,11 @@ def connect(address: str) -> dict[str, Any]:
                 ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if "ray[client]" in first:
+                raise UsageError(f"execution.address: {address!r} is a Ray Client address, "
+                                 "which needs Ray Client here: pip install 'ray[client]' (or "
+                                 "use the head's host:port from a node of the cluster)"
+                                 ) from None
             raise UsageError(f"execution.address: {address!r}: no Ray cluster answers there "
                              f"({first[:160]}); {START}") from None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
