@@ -292,21 +292,28 @@ def test_each_ray_task_sees_only_its_gpu(tmp_path_factory):
         c.stop()
 
 
-def test_no_cluster_at_the_address_is_one_line_before_any_training(workspace, capsys,
-                                                                  monkeypatch):
-    port = _free_port()
-    path = _suite(workspace / "ws", {"backend": "ray", "address": f"127.0.0.1:{port}"})
+def _refused(address: str, root: Path, capsys, monkeypatch) -> str:
+    """The run stage's stderr for a suite at Ray ``address``, after it exited 2 and trained
+    nothing; one line."""
+    path = _suite(root, {"backend": "ray", "address": address})
     monkeypatch.chdir(path.parent)
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(path.parent))
     assert main(["prepare", "--params", str(path)]) == 0
     capsys.readouterr()
     assert main(["run", "--params", str(path)]) == 2
+    assert not (path.parent / "runs").exists()
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
+    return err
+
+
+def test_no_cluster_at_the_address_is_one_line_before_any_training(workspace, capsys,
+                                                                  monkeypatch):
+    port = _free_port()
+    err = _refused(f"127.0.0.1:{port}", workspace / "ws", capsys, monkeypatch)
     assert err.startswith(f"sparsebench: error: execution.address: '127.0.0.1:{port}': no Ray "
                           "cluster answers there"), err
     assert "ray start --head" in err
-    assert not (path.parent / "runs").exists()
 
 
 def test_a_ray_client_address_without_ray_client_is_one_line(workspace, capsys, monkeypatch):
@@ -320,14 +327,7 @@ def test_a_ray_client_address_without_ray_client_is_one_line(workspace, capsys, 
         server.bind(("127.0.0.1", 0))
         server.listen()
         address = f"ray://127.0.0.1:{server.getsockname()[1]}"
-        path = _suite(workspace / "ws", {"backend": "ray", "address": address})
-        monkeypatch.chdir(path.parent)
-        monkeypatch.setenv("SPARSEBENCH_ROOT", str(path.parent))
-        assert main(["prepare", "--params", str(path)]) == 0
-        capsys.readouterr()
-        assert main(["run", "--params", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
+        err = _refused(address, workspace / "ws", capsys, monkeypatch)
     assert f"execution.address: '{address}' is a Ray Client address" in err
     assert "pip install 'ray[client]'" in err
 
