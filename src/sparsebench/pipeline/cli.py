@@ -178,9 +178,10 @@ def run(argv: list[str]) -> None:
                          "models side by side in its own worker pool); allowed under "
                          "torchrun: pretrain, run")
     params, methods = load_params(args.params, tuned=args.stage != "tune")
-    for key in ([args.method] if isinstance(args.method, str) else args.method or []) \
-            if args.stage in PER_METHOD else []:
-        check_method(key, methods)
+    if args.stage in PER_METHOD:  # run's --method: repeated or absent (every method)
+        named = args.method if isinstance(args.method, list) else [args.method]
+        for key in filter(None, named):
+            check_method(key, methods)
     if args.stage in TRAINING and distributed.launched() and params.execution.backend == "ray":
         raise UsageError("execution.backend: 'ray' cannot run under torchrun (torchrun puts "
                          "every GPU on one run, Ray spreads the runs over the cluster); "

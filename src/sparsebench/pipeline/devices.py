@@ -59,9 +59,7 @@ def visible_gpus(device: torch.device) -> tuple[str, ...]:
         return ()
     listed = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
     ids = listed or [str(i) for i in range(torch.cuda.device_count())]
-    if device.index is not None:
-        return (ids[device.index],) if device.index < len(ids) else (str(device.index),)
-    return tuple(ids)
+    return (ids[device.index],) if device.index is not None else tuple(ids)
 
 
 def stage_device(params: Params) -> torch.device:

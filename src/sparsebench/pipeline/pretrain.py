@@ -5,20 +5,18 @@ by side; resumable (`pipeline.cache.StageWork`); each seed an MLflow run of its 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparsebench.core import distributed
 from sparsebench.core.checkpoints import Resume
 from sparsebench.core.train import fit, seed_everything
-from sparsebench.data import load_splits
 from sparsebench.pipeline import profile
 from sparsebench.pipeline.cache import StageWork, arithmetic, fingerprint
 from sparsebench.pipeline.devices import placement_of, stage_device
 from sparsebench.pipeline.executor import run_tasks
 from sparsebench.pipeline.hooks import chain_hooks, live_epochs, log_epoch
-from sparsebench.pipeline.tasks import Task, here, raise_failures
+from sparsebench.pipeline.tasks import Task, here, raise_failures, splits
 from sparsebench.pipeline.tracker import StageTracker
 from sparsebench.pipeline.workers import in_child
 from sparsebench.run import ModelSpec, diverged, environment, save_run_model
@@ -55,7 +53,7 @@ def pretrain(params: Params) -> None:
                       writes=(work.dir / f"seed{s}",))
                  for s in params.seeds if not work.done(f"seed{s}")]
         if tasks and placement.backend == "local":
-            seeds.data()  # loaded once here; the forked workers inherit it
+            splits("train", "val")  # loaded once here; the forked workers inherit it
         failures = run_tasks(tasks, placement)
         if tracker is not None:  # inside: a failure keeps the work directory for the rerun
             with profile.timed("tracking"):
@@ -80,11 +78,6 @@ def pretrain_config(params: Params, threads: int) -> dict[str, Any]:
     return {**shared, "threads": threads, **arithmetic(params)}
 
 
-@lru_cache(maxsize=1)
-def _splits(path: str, stamp: tuple[int, int]) -> dict:
-    return load_splits(Path(path), ("train", "val"))
-
-
 class _Seeds:
     """The pretrain of each seed, in the worker that trains it (here, forked, or on a Ray
     node: it holds nothing that cannot travel), into the stage's work directory; its MLflow
@@ -96,11 +89,6 @@ class _Seeds:
         self.phase = params.pretrain.to_phase("pretrain")
         self.spec: ModelSpec = model_spec(params)
         self.augment = augment_of(params, DATA_FILE)
-
-    def data(self) -> dict:
-        """The train and validation splits, loaded once per process."""
-        stat = DATA_FILE.stat()
-        return _splits(str(DATA_FILE.resolve()), (stat.st_mtime_ns, stat.st_size))
 
     def info(self, tracker: StageTracker, seed: int) -> RunInfo:
         tags = {"method": "pretrain", "family": "dense", "level": "None", "seed": str(seed),
@@ -119,7 +107,7 @@ class _Seeds:
         live = (LiveRun(info, self.work.dir / f"seed{seed}.{RUN_STATE}", f"pretrain seed {seed}")
                 if info is not None else None)
         optimizer = {"pretrain.optimizer": self.params.pretrain.optimizer}
-        data = self.data()
+        data = splits("train", "val")
         with live_epochs(live, self.work.dir) as on_epoch, diverged(
                 f"pretrain seed {seed}", optimizer):
             hook = chain_hooks(log_epoch(f"seed {seed}"), on_epoch)

@@ -27,11 +27,13 @@ from sparsebench.pipeline.tasks import (
     ASSIGNED_GPU,
     Failure,
     Job,
+    Ledger,
     Placement,
     Task,
     one_line,
     setup_process,
 )
+from sparsebench.suite.plan import DATA_FILE
 from sparsebench.util.errors import UsageError
 from sparsebench.util.paths import atomic_dir, repo_root
 
@@ -160,51 +162,29 @@ def run_on_ray(tasks: list[Task], placement: Placement,
         **_options(placement))
     shipped = _Shipped()
     workspace = hashlib.sha256(f"{socket.gethostname()}:{repo_root()}".encode()).hexdigest()[:16]
-    failures: dict[str, Failure] = {}
-    succeeded: set[str] = set()
+    ledger = Ledger(on_done)
     running: dict[Any, Task] = {}
     pending = list(tasks)
-
-    def succeed(task: Task) -> None:
-        succeeded.add(task.name)
-        if on_done is not None:
-            on_done(task)
-
     while pending or running:
-        progressed = True
-        while progressed:  # a task found done at its turn frees its dependants at once
-            progressed = False
-            for task in list(pending):
-                if task.after is not None and task.after in failures:
-                    failures[task.name] = Failure(f"{task.name}: not run, {task.after} failed")
-                elif task.after is not None and task.after not in succeeded:
-                    continue
-                else:
-                    try:
-                        job = task.job()
-                    except (UsageError, FloatingPointError, OSError, ValueError) as exc:
-                        failures[task.name] = Failure(one_line(exc), isinstance(exc, UsageError))
-                    else:
-                        if job is None:
-                            succeed(task)
-                        else:
-                            ref = remote.remote(job, shipped.files(job), workspace,
-                                                placement.threads, placement.deterministic)
-                            running[ref] = task
-                progressed = True
-                pending.remove(task)
-        if not running:
+        pending = ledger.fail_orphans(pending)
+        ready = next((t for t in pending if not ledger.waits(t)), None)
+        if ready is not None:  # every ready task goes at once: Ray queues it for a worker
+            pending.remove(ready)
+            if (job := ledger.job(ready)) is not None:
+                running[remote.remote(job, shipped.files(job), workspace, placement.threads,
+                                      placement.deterministic)] = ready
+            continue
+        if not running:  # none left, or only orphans
             break
-        done, _ = ray.wait(list(running), num_returns=1)
-        for ref in done:
-            task = running.pop(ref)
-            try:
-                _place(ray.get(ref))
-            except Exception as exc:
-                failures[task.name] = _failure(exc)
-                continue
-            succeed(task)
-    return failures
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        task = running.pop(ref)
+        try:
+            _place(ray.get(ref))
+        except Exception as exc:
+            ledger.failures[task.name] = _failure(exc)
+            continue
+        ledger.succeed(task)
+    return ledger.failures
 
 
 def _failure(exc: BaseException) -> Failure:
@@ -239,8 +219,6 @@ class _Shipped:
         self.known: dict[tuple[str, int, int], tuple[str, list]] = {}
 
     def files(self, job: Job) -> dict[str, tuple[str, list]]:
-        from sparsebench.suite.plan import DATA_FILE
-
         found: dict[str, tuple[str, list]] = {}
         for path in (DATA_FILE, *job.reads):
             path = Path(path)

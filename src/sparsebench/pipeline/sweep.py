@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparsebench.core import distributed
-from sparsebench.data import dataset_info, load_splits
+from sparsebench.data import dataset_info
 from sparsebench.methods import MethodParams, method_class
 from sparsebench.pipeline import profile
 from sparsebench.pipeline.cache import run_fingerprint, shared_fingerprint
@@ -27,9 +27,8 @@ from sparsebench.pipeline.devices import placement_of, stage_device
 from sparsebench.pipeline.executor import run_tasks
 from sparsebench.pipeline.hooks import chain_hooks, live_epochs, log_epoch
 from sparsebench.pipeline.summary import write_method_metrics
-from sparsebench.pipeline.tasks import Job, Placement, Task, here, raise_failures
+from sparsebench.pipeline.tasks import Job, Placement, Task, here, raise_failures, splits
 from sparsebench.pipeline.tracker import RunTracker, run_records
-from sparsebench.pipeline.workers import in_child
 from sparsebench.run import (
     RESULT,
     TRAJECTORY,
@@ -52,6 +51,8 @@ if TYPE_CHECKING:
 
 #: what ``runs/`` holds beside the methods' directories
 PRETRAIN = "pretrain"
+#: what a run reads of the prepared data (`tasks.splits`)
+SPLITS = ("train", "val", "test")
 
 
 def method_runs(params: Params, methods: dict[str, MethodParams], key: str) -> list[Planned]:
@@ -100,7 +101,7 @@ def sweep(params: Params, methods: dict[str, MethodParams],
         names.update({p.name: (key, p) for p, _ in todo})
     print(f"run: {trained} runs to train on {_where(placement)}", flush=True)
     if tasks and placement.backend == "local":
-        splits()  # loaded once here; the forked workers inherit it
+        splits(*SPLITS)  # loaded once here; the forked workers inherit it
     failures = run_tasks(tasks, placement, on_done=_on_done(results, names))
     summaries, tracking_failed = {}, None
     for key in keys:
@@ -135,24 +136,10 @@ def _where(placement: Placement) -> str:
     return f"{placement.workers} workers x {placement.threads} threads{gpus}"
 
 
-@lru_cache(maxsize=1)
-def _splits(path: str, stamp: tuple[int, int]) -> dict:
-    return load_splits(Path(path), ("train", "val", "test"))
-
-
-def splits() -> dict:
-    """The prepared splits, loaded once per process (the local pool's workers inherit the
-    stage's; a Ray worker loads its node's copy once, and again when it changes)."""
-    stat = DATA_FILE.stat()
-    return _splits(str(DATA_FILE.resolve()), (stat.st_mtime_ns, stat.st_size))
-
-
 @lru_cache(maxsize=4)
-def _environment(device: torch.device, threads: int, workers: int,
-                 here: bool = False) -> dict[str, Any]:
-    """The environment record of a run (`run.environment`), computed once per process: in a
-    worker (``here``) directly, in the stage's process in a child (`workers.in_child`)."""
-    env = (environment if here else partial(in_child, environment))(device, threads, workers)
+def _environment(device: torch.device, threads: int, workers: int) -> dict[str, Any]:
+    """The environment record of this worker's runs (`run.environment`), once per process."""
+    env = environment(device, threads, workers)
     if distributed.active():
         env.update(distributed.describe())
     return env
@@ -192,7 +179,7 @@ def _tasks(params: Params, prunes: dict[str, tuple[Planned, str]],
            first_seed: int) -> list[Task]:
     """The shared prune trajectories first, then every run to train, each after the task it
     starts from (its previous series step, or its seed's trajectory)."""
-    tasks = [_prune_task(name, q, tfp, device, placement) for name, (q, tfp) in prunes.items()]
+    tasks = [_prune_task(name, q, tfp, device) for name, (q, tfp) in prunes.items()]
     after = {q.spec.shared_prune: name for name, (q, _) in prunes.items()}
     tasks += [_run_task(params, p, fp, device, shape, placement, tracker, first_seed,
                         after=p.after.name if fp is None else after.get(p.spec.shared_prune))
@@ -259,13 +246,12 @@ def _shared_prunes(params: Params, runs: list[tuple[Planned, str]]
     return found
 
 
-def _prune_task(name: str, p: Planned, fp: str, device: torch.device,
-                placement: Placement) -> Task:
+def _prune_task(name: str, p: Planned, fp: str, device: torch.device) -> Task:
     """The job ``name`` (`_shared_prunes`): the prune trajectory that ``p``'s seed shares
     across levels."""
 
     def fn() -> None:
-        shared_prune(p.spec, splits(), here(device), p.spec.shared_prune, fingerprint=fp,
+        shared_prune(p.spec, splits(*SPLITS), here(device), p.spec.shared_prune, fingerprint=fp,
                      on_epoch=log_epoch(name))
     return Task(name, fn, reads=tuple(pretrained_file(p.spec)), writes=(p.spec.shared_prune,))
 
@@ -284,22 +270,22 @@ def _run_task(params: Params, p: Planned, fp: str | None, device: torch.device,
         known = fp or run_fingerprint(params, p)
         if fp is None and cached(p.out, known) is not None:
             return None
-        env = _environment(device, placement.threads, placement.workers)
-        info = tracker.run_info(p, known, env) if tracker is not None else None
+        # its environment is the worker's machine's: the worker fills it in
+        info = tracker.run_info(p, known, {}) if tracker is not None else None
         if info is not None and not tracker.wants(info):
             info = None  # logged whole already
         threads, workers = placement.threads, placement.workers
 
         def fn() -> None:
             where = here(device)
-            env = _environment(where, threads, workers, here=True)  # this worker's machine
+            env = _environment(where, threads, workers)
             live = None
             work = p.out.with_name(f".{p.out.name}.work")  # the run's resume state
             if info is not None:
                 info.params.update(flatten("env", env))
                 live = LiveRun(info, work / RUN_STATE, p.name)
             with live_epochs(live, work) as on_epoch:
-                execute(p.spec, splits(), where, p.out, fingerprint=known, budget=p.budget,
+                execute(p.spec, splits(*SPLITS), where, p.out, fingerprint=known, budget=p.budget,
                         shape=shape, env=env, on_epoch=chain_hooks(log_epoch(p.name), on_epoch),
                         latency=latency)
                 if live is not None:

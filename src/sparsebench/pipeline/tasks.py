@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from sparsebench.core.numerics import flush_subnormals
+from sparsebench.data import load_splits
+from sparsebench.suite.plan import DATA_FILE
 from sparsebench.util.errors import Incomplete, UsageError
 
 #: set in a worker given one GPU of its own (CUDA_VISIBLE_DEVICES names it): ``cuda`` there
@@ -48,8 +51,8 @@ class Task:
     fn: Callable[[], None] | None = None
     after: str | None = None
     start: Callable[[], Job | None] | None = None
-    reads: tuple[Path, ...] = field(default_factory=tuple)
-    writes: tuple[Path, ...] = field(default_factory=tuple)
+    reads: tuple[Path, ...] = ()
+    writes: tuple[Path, ...] = ()
 
     def job(self) -> Job | None:
         if self.start is not None:
@@ -90,6 +93,63 @@ class Placement:
         if not self.gpus:
             return None
         return self.gpus[(slot // self.runs_per_gpu) % len(self.gpus)]
+
+
+class Ledger:
+    """What an executor knows of one call's tasks: which succeeded (``on_done`` called here for
+    each), which failed and why, and whether a task may start."""
+
+    def __init__(self, on_done: Callable[[Task], None] | None):
+        self.on_done = on_done
+        self.failures: dict[str, Failure] = {}
+        self.succeeded: set[str] = set()
+
+    def waits(self, task: Task) -> bool:
+        """True while ``task``'s dependency has not succeeded."""
+        return task.after is not None and task.after not in self.succeeded
+
+    def fail_orphans(self, waiting: list[Task]) -> list[Task]:
+        """``waiting`` without the tasks whose dependency failed, each failed in turn; in list
+        order (a task after its dependency), so a whole chain goes in one call."""
+        kept = []
+        for task in waiting:
+            if task.after is not None and task.after in self.failures:
+                self.failures[task.name] = Failure(f"{task.name}: not run, {task.after} failed")
+            else:
+                kept.append(task)
+        return kept
+
+    def succeed(self, task: Task) -> None:
+        self.succeeded.add(task.name)
+        if self.on_done is not None:
+            self.on_done(task)
+
+    def fail(self, task: Task, exc: BaseException) -> None:
+        self.failures[task.name] = Failure(one_line(exc), isinstance(exc, UsageError))
+
+    def job(self, task: Task) -> Job | None:
+        """``task``'s job, made here at its turn (None: nothing to run, it succeeded); a
+        failure to make it fails the task."""
+        try:
+            job = task.job()
+        except (UsageError, FloatingPointError, OSError, ValueError) as exc:
+            self.fail(task, exc)
+            return None
+        if job is None:
+            self.succeed(task)
+        return job
+
+
+def splits(*names: str) -> dict:
+    """The prepared splits ``names``, loaded once per process: the local pool's workers
+    inherit the stage's; a Ray worker loads its node's copy once, and again when it changes."""
+    stat = DATA_FILE.stat()
+    return _splits(str(DATA_FILE.resolve()), (stat.st_mtime_ns, stat.st_size), names)
+
+
+@lru_cache(maxsize=2)
+def _splits(path: str, stamp: tuple[int, int], names: tuple[str, ...]) -> dict:
+    return load_splits(Path(path), names)
 
 
 def use_gpu(gpu: str | None) -> None:

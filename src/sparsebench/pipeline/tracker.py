@@ -19,7 +19,6 @@ from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE, Planned
 from sparsebench.tracking.runs import (
     FINISHED,
-    LiveRun,
     Records,
     RunInfo,
     client_for,
@@ -81,11 +80,6 @@ class StageTracker:
         """Whether ``info``'s run is still to be logged (not FINISHED on the server)."""
         found = self.runs.get(info.fingerprint)
         return found is None or found.info.status != FINISHED
-
-    def live(self, info, state: Path, label: str):
-        """The run's `LiveRun` (started in the worker; its id kept in ``state``), or None
-        when the run is logged whole already."""
-        return LiveRun(info, state, label) if self.wants(info) else None
 
     def sync(self, finished: list[tuple[Any, Any, str]]) -> int:
         """Complete each finished (info, records, label) the server lacks; how many were."""

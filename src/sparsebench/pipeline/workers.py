@@ -26,7 +26,15 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any, TypeVar
 
-from sparsebench.pipeline.tasks import Failure, Job, Placement, Task, one_line, setup_process
+from sparsebench.pipeline.tasks import (
+    Failure,
+    Job,
+    Ledger,
+    Placement,
+    Task,
+    one_line,
+    setup_process,
+)
 from sparsebench.util.errors import UsageError
 
 T = TypeVar("T")
@@ -133,61 +141,26 @@ def run_local(tasks: list[Task], placement: Placement,
     return pool.run_forked(tasks)
 
 
-class _Pool:
-    """The state of one `run_tasks` call: what succeeded, what failed, what runs where."""
+class _Pool(Ledger):
+    """One `run_local` call: its `Ledger`, and what runs in which worker slot."""
 
     def __init__(self, placement: Placement, on_done: Callable[[Task], None] | None):
-        self.placement, self.on_done = placement, on_done
-        self.workers = placement.workers
-        self.failures: dict[str, Failure] = {}
-        self.succeeded: set[str] = set()
+        super().__init__(on_done)
+        self.placement, self.workers = placement, placement.workers
         self.running: dict[int, tuple[Task, mp.Process, object, int]] = {}
         self.free = list(range(placement.workers))  # worker slots: slot i has `gpu_of(i)`
         self.context = mp.get_context("fork")
 
-    def waits(self, task: Task) -> bool:
-        """True while ``task``'s dependency has not succeeded."""
-        return task.after is not None and task.after not in self.succeeded
-
-    def fail_orphans(self, waiting: list[Task]) -> list[Task]:
-        """``waiting`` without the tasks whose dependency failed, each failed in turn; in list
-        order (a task after its dependency), so a whole chain goes in one call."""
-        kept = []
-        for task in waiting:
-            if task.after is not None and task.after in self.failures:
-                self.failures[task.name] = Failure(f"{task.name}: not run, {task.after} failed")
-            else:
-                kept.append(task)
-        return kept
-
-    def succeed(self, task: Task) -> None:
-        self.succeeded.add(task.name)
-        if self.on_done is not None:
-            self.on_done(task)
-
-    def job(self, task: Task) -> Job | None:
-        """``task``'s job, made here at its turn (None: nothing to run, it succeeded); a
-        failure to make it fails the task."""
-        try:
-            job = task.job()
-        except (UsageError, FloatingPointError, OSError, ValueError) as exc:
-            self.failures[task.name] = Failure(one_line(exc), isinstance(exc, UsageError))
-            return None
-        if job is None:
-            self.succeed(task)
-        return job
-
     def run_here(self, tasks: list[Task]) -> dict[str, Failure]:
         """One task after another in this process (torchrun, or a single task)."""
-        p = self.placement
-        setup_process(p.threads, p.gpu_of(0) if not p.in_process else None, p.deterministic)
+        setup_process(self.placement.threads, None, self.placement.deterministic)
         for task in tasks:  # listed after its dependency: that one has ended
             if not self.fail_orphans([task]) or (job := self.job(task)) is None:
                 continue
             try:
                 job.fn()
             except (UsageError, FloatingPointError) as exc:
-                self.failures[task.name] = Failure(one_line(exc), isinstance(exc, UsageError))
+                self.fail(task, exc)
                 continue
             self.succeed(task)
         return self.failures
