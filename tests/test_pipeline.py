@@ -175,7 +175,7 @@ def _cli(*args, cwd):
     ({"methods": {"lottery": {}}},
      "methods.lottery: unknown name 'lottery'; allowed: adabreg, admm, admm_l1, dense"),
     ({"model": {"name": "vgg"}}, "model.name: unknown name 'vgg'; allowed: "),
-    ({"data": {"dataset": "imagenet"}}, "data.dataset: unknown name 'imagenet'; allowed: "),
+    ({"data": {"dataset": "cifar100"}}, "data.dataset: unknown name 'cifar100'; allowed: "),
     ({"methods": {"gmp": {"target_sparsity": 1.0}}},
      "methods.gmp.target_sparsity: 1.0 is not allowed; input should be less than 1"),
     ({"methods": {"magnitude": {"target_sparsity": -0.1}}},

@@ -33,6 +33,7 @@ from torch import nn
 from sparsebench.checkpoint import information_bound, load_model, save, save_model
 from sparsebench.core import distributed
 from sparsebench.core.checkpoints import EpochCheckpoint
+from sparsebench.core.external import load_weights, model_files
 from sparsebench.core.latency import compare_latency
 from sparsebench.core.metrics import evaluate_model_metrics, sparsity_summary
 from sparsebench.core.models import build_model
@@ -41,6 +42,7 @@ from sparsebench.core.schema import PhaseParams
 from sparsebench.core.sparsity import apply_masks, get_masks, load_masks, make_permanent, save_masks
 from sparsebench.core.train import evaluate, seed_everything
 from sparsebench.data.augment import Augment
+from sparsebench.data.stream import Split, size_of
 from sparsebench.methods import Context, MethodParams, build_method
 from sparsebench.methods.retrain import masked_retrain
 from sparsebench.util.errors import Diverged, UsageError
@@ -55,16 +57,37 @@ TRAJECTORY = "trajectory.json"  # a shared prune phase's record (`shared_prune`)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The suite's architecture, shaped for its data."""
+    """The suite's architecture, shaped for its data (``model`` in params.yaml,
+    `sparsebench.suite.params.ModelParams`): ``exclude`` names the layers kept dense,
+    ``weights`` a local file of weights that replace the initialisation."""
     name: str
     args: dict[str, Any]
     in_channels: int
     image_size: int
     num_classes: int
+    exclude: tuple[str, ...] = ()
+    weights: str | None = None
 
     def build(self) -> nn.Module:
-        return build_model(self.name, in_channels=self.in_channels, image_size=self.image_size,
-                           num_classes=self.num_classes, **self.args)
+        model = build_model(self.name, exclude=self.exclude, in_channels=self.in_channels,
+                            image_size=self.image_size, num_classes=self.num_classes,
+                            **self.args)
+        if self.weights is not None:
+            load_weights(model, self.weights, self.name)
+        return model
+
+    def config(self) -> dict[str, Any]:
+        """What a run is keyed by (the weights' bytes and the builder's source are input
+        files, `files`); ``exclude`` and ``weights`` only when set, as keyed before them."""
+        return {"name": self.name, "args": self.args, "in_channels": self.in_channels,
+                "image_size": self.image_size, "num_classes": self.num_classes,
+                **({"exclude": list(self.exclude)} if self.exclude else {}),
+                **({"weights": self.weights} if self.weights is not None else {})}
+
+    def files(self) -> list[Path]:
+        """The input files of the model: its builder's source and its weights
+        (`core.external.model_files`)."""
+        return model_files(self.name, self.weights)
 
 
 @dataclass
@@ -102,10 +125,7 @@ class RunSpec:
         return {"key": self.key, "method": self.method.model_dump(mode="json"),
                 "level": self.level, "seed": self.seed, "point": self.point,
                 "retrain": self.retrain.model_dump(mode="json"),
-                "model": {"name": self.model.name, "args": self.model.args,
-                          "in_channels": self.model.in_channels,
-                          "image_size": self.model.image_size,
-                          "num_classes": self.model.num_classes},
+                "model": self.model.config(),
                 **({} if self.augment is None else {"augment": asdict(self.augment)})}
 
 
@@ -129,7 +149,7 @@ def load_run_model(path: Path, device: torch.device, *, masked: bool = True) -> 
     if not (path / MODEL).exists():
         raise UsageError(f"input: {str(path / MODEL)!r} does not exist; run the stage before "
                          "this one first (dvc repro)")
-    model, _ = load_model(path / MODEL, device)
+    model, _ = load_model(path / MODEL, device, trust_code=True)  # the pipeline's own file
     if masked and (path / MASKS).exists():
         apply_masks(model, load_masks(path / MASKS))
     return model
@@ -169,7 +189,7 @@ def _phase_hook(phase: str, on_epoch: Callable[[str, dict], None] | None):
     return None if on_epoch is None else (lambda row: on_epoch(phase, row))
 
 
-def run(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+def run(spec: RunSpec, data: dict[str, Split],
         device: torch.device, *, work: Path | None = None,
         on_epoch: Callable[[str, dict], None] | None = None) -> Outcome:
     """Prune and retrain one (method, level, seed) on the training split.
@@ -260,7 +280,7 @@ def _keep_pruned(pruned: Path, model: nn.Module, outcome: Outcome,
     return load_run_model(pruned, device)
 
 
-def shared_prune(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+def shared_prune(spec: RunSpec, data: dict[str, Split],
                  device: torch.device, out: Path, *, fingerprint: str,
                  on_epoch: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
     """Train the prune trajectory of ``spec``'s method and seed once, for all its levels.
@@ -285,7 +305,7 @@ def shared_prune(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor
         curves = method.trajectory(model, ctx)
     wall = time.perf_counter() - start
     record = {"key": spec.key, "seed": spec.seed, "epochs": method.prune_epochs(
-        len(data["train"][1])), "seconds": {"train": sum(r.get("seconds", 0.0) for r in curves),
+        size_of(data["train"])), "seconds": {"train": sum(r.get("seconds", 0.0) for r in curves),
                                             "prune": wall}, "fingerprint": fingerprint}
 
     def keep() -> dict[str, Any]:
@@ -306,11 +326,11 @@ def _checkpoint(work: Path | None, phase: str) -> EpochCheckpoint | None:
     return EpochCheckpoint(work / f"{phase}.resume.pt")
 
 
-def validation_figures(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor],
+def validation_figures(model: nn.Module, val: Split,
                        device: torch.device) -> dict[str, float]:
     """Validation accuracy and loss, sparsity and compression of a run's model (the tuner's and
     the calibration's figures)."""
-    loss, acc = evaluate(model, *val, device=device)
+    loss, acc = evaluate(model, val, device=device)
     summary = sparsity_summary(model)
     return {"val_accuracy": acc, "val_loss": loss, "sparsity": summary["sparsity"],
             "compression": summary["compression"]}
@@ -347,7 +367,7 @@ def _cpu_id() -> str:
                     ("cpu family", "model", "stepping") if _cpuinfo(key) is not None)
 
 
-def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+def execute(spec: RunSpec, data: dict[str, Split],
             device: torch.device, out: Path, *, fingerprint: str, budget: dict[str, int],
             shape: tuple[int, ...], env: dict[str, Any],
             on_epoch: Callable[[str, dict], None] | None = None,
@@ -366,7 +386,7 @@ def execute(spec: RunSpec, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
 
     def finish() -> dict[str, Any]:  # rank 0 alone under torchrun
         evaluating = time.perf_counter()
-        test_loss, test_acc = evaluate(model, *data["test"], device=device)
+        test_loss, test_acc = evaluate(model, data["test"], device=device)
         figures = evaluate_model_metrics(model, shape)
         layers = figures.pop("layers")
         val = validation_figures(model, data["val"], device)

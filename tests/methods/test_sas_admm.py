@@ -190,11 +190,12 @@ def test_sampling_with_replacement_draws_independent_minibatches(tiny_data):
                   generator=torch.Generator().manual_seed(0), seed=0)
     n = len(tiny_data["train"][1])  # 256 samples, batches of 64: 4 a pass
     without = _Minibatches(ctx, 64, torch.device("cpu"), replacement=False)
-    seen = torch.cat([next(without)[1] for _ in range(4)])
+    seen = torch.cat([y for _, y, _ in without.iteration(4)])
     assert sorted(seen.tolist()) == sorted(tiny_data["train"][1].tolist())  # a permutation
     ctx.generator.manual_seed(0)
     expected = torch.randint(n, (64,), generator=torch.Generator().manual_seed(0))
-    x, y = next(_Minibatches(ctx, 64, torch.device("cpu"), replacement=True))
+    x, y, n = next(_Minibatches(ctx, 64, torch.device("cpu"), replacement=True).iteration(1))
+    assert n == 64
     assert torch.equal(y, tiny_data["train"][1][expected])
     assert torch.equal(x, tiny_data["train"][0][expected])
 

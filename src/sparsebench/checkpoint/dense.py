@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from sparsebench.core.models import build_model
+from sparsebench.core.models import from_arch
 from sparsebench.util.canonical import safetensors_bytes
 from sparsebench.util.errors import UsageError
 from sparsebench.util.paths import atomic_write
@@ -36,8 +36,12 @@ def save_model(model: nn.Module, path: str | Path, meta: dict[str, Any] | None =
     atomic_write(Path(path), safetensors_bytes(state, metadata))
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model written by `save_model`; return it with the saved ``meta``."""
+def load_model(path: str | Path, device: torch.device | str = "cpu", *,
+               trust_code: bool = False) -> tuple[nn.Module, dict]:
+    """Rebuild the model written by `save_model`; return it with the saved ``meta``.
+
+    ``trust_code``: rebuild a user's model (``<module>:<callable>``), which runs its code
+    (`sparsebench.core.models.from_arch`); for files you trust, as the pipeline's own."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -47,6 +51,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     except (SafetensorError, OSError) as exc:
         raise UsageError(f"model file: {str(path)!r} cannot be read ({exc})") from None
     arch = json.loads(metadata["arch"])
-    model = build_model(arch["name"], **arch["args"])
+    try:
+        model = from_arch(arch, trust_code=trust_code)
+    except UsageError as exc:
+        raise UsageError(f"model file: {str(path)!r}: {exc}") from None
     model.load_state_dict(state)
     return model.to(device), json.loads(metadata["meta"])

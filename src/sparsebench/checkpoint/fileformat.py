@@ -16,7 +16,8 @@ tensor of the same name, recorded in ``codecs``. String metadata, each value JSO
 ``format``:
 
 * ``format``: ``sparsebench-ckpt/1``.
-* ``arch``: ``{"name": ..., "args": {...}}``, from which `load` rebuilds the model.
+* ``arch``: ``{"name": ..., "args": {...}}`` and, when layers are kept dense, ``"exclude":
+  [...]`` (`sparsebench.core.models.from_arch`), from which `load` rebuilds the model.
 * ``tensors``: for each encoded (prunable) tensor,
   ``name: [shape, dtype, encoding, nonzeros, sparsity]`` (sparsity rounded to 4 places).
 * ``rest``: the other tensors (biases, batch norm, buffers), stored dense as they are:
@@ -45,8 +46,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench.core.models import MODELS, build_model
-from sparsebench.util.errors import UsageError, unknown_name
+from sparsebench.core.external import is_code, is_torchvision
+from sparsebench.core.models import MODELS, from_arch, unknown_model
+from sparsebench.util.errors import UsageError
 
 FORMAT = "sparsebench-ckpt/1"
 
@@ -96,22 +98,28 @@ def payload_sha256(blobs: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def arch_layout(arch: dict[str, Any], where: str) -> tuple[nn.Module, Layout]:
+def arch_layout(arch: dict[str, Any], where: str, *,
+                trust_code: bool = False) -> tuple[nn.Module, Layout]:
     """Build ``arch``: the model and its layout (state_dict names and shapes, in order).
 
     The model is built on the CPU: the registry's models cost milliseconds to initialise, while
-    the meta device would import ``torch._dynamo`` (seconds) for ``kaiming_normal_``.
+    the meta device would import ``torch._dynamo`` (seconds) for ``kaiming_normal_``. A user's
+    builder (``<module>:<callable>``) is code: it is run with ``trust_code`` only.
 
     Raises:
         UsageError: For an unknown name or bad arguments; the message starts with ``where``.
     """
     name, args = arch.get("name"), arch.get("args")
-    if not isinstance(name, str) or name not in MODELS:
-        raise unknown_name(f"{where}arch.name", name, MODELS)
+    known = isinstance(name, str) and (name in MODELS or is_torchvision(name) or is_code(name))
+    if not known:
+        raise unknown_model(f"{where}arch.name", name)
     if not isinstance(args, dict):
         raise UsageError(f"{where}arch.args: {args!r} is not a mapping; allowed: an object")
+    if not isinstance(arch.get("exclude", []), list):
+        raise UsageError(f"{where}arch.exclude: {arch['exclude']!r} is not a list; allowed: "
+                         "layer names")
     try:
-        model = build_model(name, **args)
+        model = from_arch(arch, trust_code=trust_code)
     except UsageError as exc:
         raise UsageError(f"{where}{exc}") from None
     except (RuntimeError, MemoryError) as exc:  # arguments too large to allocate

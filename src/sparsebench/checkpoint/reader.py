@@ -287,12 +287,14 @@ def decode_state(
     return state, rows
 
 
-def _read(path: str | Path) -> tuple[nn.Module, dict[str, torch.Tensor], list[dict[str, Any]],
-                                     list[dict[str, Any]]]:
+def _read(path: str | Path, trust_code: bool = False
+          ) -> tuple[nn.Module, dict[str, torch.Tensor], list[dict[str, Any]],
+                     list[dict[str, Any]]]:
     where = f"checkpoint {str(path)!r}"
     metadata, blobs = read_file(path)
     codecs = _check_blobs(blobs, metadata, where)
-    model, layout = arch_layout(_json(metadata, "arch", dict, where), f"{where}: ")
+    model, layout = arch_layout(_json(metadata, "arch", dict, where), f"{where}: ",
+                                trust_code=trust_code)
     state, rows = decode_state(metadata, blobs, layout, where, codecs)
     payloads = [
         {"name": name, "codec": codecs.get(name, ("raw",))[0],
@@ -312,16 +314,19 @@ def verify(path: str | Path) -> None:
     _read(path)
 
 
-def load(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+def load(path: str | Path, device: torch.device | str = "cpu", *,
+         trust_code: bool = False) -> nn.Module:
     """Rebuild the model written by `save`, exactly: same tensors, dtypes and outputs.
 
     Nothing in the file is executed: it is safetensors (never unpickled), the architecture is
-    looked up by name in the model registry, and the whole file is verified (see `verify`)
-    before any of it reaches the model.
+    looked up by name in the model registry (or torchvision's), and the whole file is verified
+    (see `verify`) before any of it reaches the model. A user's architecture
+    (``<module>:<callable>``) runs that module's code: it is refused unless ``trust_code``.
 
     Args:
         path: A file written by `save`.
         device: Where to put the model.
+        trust_code: Rebuild a user's architecture (a file you trust, as the pipeline's own).
 
     Returns:
         The model, carrying ``model.arch``.
@@ -329,7 +334,7 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     Raises:
         UsageError: One line, for a missing, truncated, damaged, edited or foreign file.
     """
-    model, state, _, _ = _read(path)
+    model, state, _, _ = _read(path, trust_code)
     model.load_state_dict(state, assign=True)  # takes the stored tensors and their dtypes
     return model.to(device)
 

@@ -48,7 +48,7 @@ def _model_state(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tens
     arch = getattr(model, "arch", None)
     if not isinstance(arch, dict):
         raise UsageError("model: it has no .arch; allowed: a model built by build_model")
-    _, layout = arch_layout(arch, "model.")
+    _, layout = arch_layout(arch, "model.", trust_code=True)  # the model in hand: built already
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     for name in [*layout, *sorted(state.keys() - layout.keys())]:
         shape = tuple(state[name].shape) if name in state else None

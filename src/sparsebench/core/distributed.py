@@ -269,3 +269,9 @@ def all_max(value: torch.Tensor) -> torch.Tensor:
 def describe() -> dict[str, Any]:
     """What a result records of the run's parallelism."""
     return {"world_size": world(), "backend": dist.get_backend() if active() else None}
+
+
+def share(batch: int) -> tuple[int, int]:
+    """This rank's (start, length) in a global batch of ``batch`` samples (`shard`'s rule)."""
+    sizes = shares(batch, world())
+    return sum(sizes[: rank()]), sizes[rank()]

@@ -5,8 +5,10 @@ The metrics follow ShrinkBench (Blalock, Gonzalez Ortiz, Frankle and Guttag, 202
 section 0 of the project's ALGORITHMS.md:
 
 * **Prunable parameters** are the ``weight`` of every :class:`torch.nn.Linear` and
-  :class:`torch.nn.Conv1d` / ``Conv2d`` / ``Conv3d`` module. Biases and normalisation
-  parameters are not prunable and are not part of the prunable figures.
+  :class:`torch.nn.Conv1d` / ``Conv2d`` / ``Conv3d`` module, except the layers the model keeps
+  dense (``model.exclude``, carried as ``model.arch["exclude"]``: a paper's dense first conv or
+  classifier). Biases, normalisation parameters and excluded layers are not prunable and are
+  not part of the prunable figures; they count in ``compression_all`` as they are.
 * **Sparsity** is ``zeros / numel`` over the prunable weights and **density** is
   ``1 - sparsity``. (The Bregman authors' code calls density "sparsity"; here both are
   named for what they are.)
@@ -15,9 +17,9 @@ section 0 of the project's ALGORITHMS.md:
   all parameters, where non-prunable parameters count as they are (their zeros count as
   zeros).
 * **FLOPs** are the dense multiply-adds of one forward pass (batch of 1) of the Linear and
-  Conv layers; **nonzero FLOPs** count only the multiply-adds whose weight is nonzero, and
-  the **theoretical speedup** is ``flops / flops_nonzero`` (ShrinkBench's ``flops_nz`` and
-  ``flop_speedup``).
+  Conv layers (excluded ones too: they run); **nonzero FLOPs** count only the multiply-adds
+  whose weight is nonzero, and the **theoretical speedup** is ``flops / flops_nonzero``
+  (ShrinkBench's ``flops_nz`` and ``flop_speedup``).
 
 Models pruned with :mod:`torch.nn.utils.prune` are supported: the effective weight is
 ``weight_mask * weight_orig``, computed when read (the ``module.weight`` attribute is only what
@@ -44,7 +46,9 @@ __all__ = [
     "PRUNABLE_TYPES",
     "count_flops",
     "evaluate_model_metrics",
+    "is_excluded",
     "layer_sparsity",
+    "linear_conv_modules",
     "prunable_modules",
     "sparsity_summary",
 ]
@@ -108,6 +112,16 @@ def _sparsity_fields(numel: int, nonzeros: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- public API
 
 
+def is_excluded(name: str, exclude: list[str] | tuple[str, ...]) -> bool:
+    """Whether the layer ``name`` is one of ``exclude`` or inside one of them."""
+    return any(name == e or name.startswith(f"{e}.") for e in exclude)
+
+
+def linear_conv_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every ``nn.Linear`` / ``nn.Conv*`` module, the excluded ones included."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+
+
 def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """List the modules whose ``weight`` is prunable.
 
@@ -116,10 +130,13 @@ def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
     Returns:
         ``(name, module)`` pairs for every ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` /
-        ``nn.Conv3d`` module, in ``model.named_modules()`` order. Names are the dotted
-        names of ``named_modules()`` (the empty string if ``model`` itself is prunable).
+        ``nn.Conv3d`` module, in ``model.named_modules()`` order, but those the model keeps
+        dense (``model.arch["exclude"]``: layer names, or modules holding them). Names are the
+        dotted names of ``named_modules()`` (the empty string if ``model`` itself is prunable).
     """
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    arch = getattr(model, "arch", None)
+    exclude = arch.get("exclude") or () if isinstance(arch, dict) else ()
+    return [(name, m) for name, m in linear_conv_modules(model) if not is_excluded(name, exclude)]
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, dict[str, float]]:
@@ -243,15 +260,15 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
     Returns:
         ``{"flops", "flops_nonzero", "flop_speedup", "layers"}`` where
         ``flop_speedup = flops / flops_nonzero`` (``inf`` if there are FLOPs but no
-        nonzero ones, 1.0 if there are no FLOPs) and ``layers`` maps each prunable layer
+        nonzero ones, 1.0 if there are no FLOPs) and ``layers`` maps each Linear/Conv layer
         name to ``{"flops", "flops_nonzero"}`` (ints).
     """
     layers: dict[str, dict[str, int]] = {
-        name: {"flops": 0, "flops_nonzero": 0} for name, _ in prunable_modules(model)
+        name: {"flops": 0, "flops_nonzero": 0} for name, _ in linear_conv_modules(model)
     }
     modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_hook(_flop_hook(layers[name]))
-               for name, m in prunable_modules(model)]
+               for name, m in linear_conv_modules(model)]
     try:
         model.eval()
         with torch.no_grad():

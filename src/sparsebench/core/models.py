@@ -24,7 +24,9 @@ Models and their sources:
   https://github.com/TimRoith/BregmanLearning.
 
 Build a model by name with `build_model`; the returned module carries
-``model.arch = {"name": ..., "args": {...}}`` from which `build_model` rebuilds it.
+``model.arch = {"name": ..., "args": {...}}`` (and ``"exclude"`` when layers are kept dense)
+from which `from_arch` rebuilds it. Beside the zoo, ``torchvision:<name>`` builds a torchvision
+classification model and ``<module>:<callable>`` a user's own (`sparsebench.core.external`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsebench.core import external
+from sparsebench.core.metrics import is_excluded, linear_conv_modules, prunable_modules
 from sparsebench.util.errors import UsageError, unknown_name
 
 __all__ = [
@@ -50,6 +54,7 @@ __all__ = [
     "ShortcutA",
     "build_model",
     "convnet",
+    "from_arch",
     "lenet5",
     "mlp",
     "resnet",
@@ -484,27 +489,124 @@ def _check_kwargs(builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> 
             )
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model by name.
+def unknown_model(key: str, name: object) -> UsageError:
+    """The error for a ``model.name`` of none of the three forms."""
+    error = unknown_name(key, name, MODELS)
+    return UsageError(f"{error}, torchvision:<name> or <module>:<callable>")
 
-    The returned module carries ``model.arch = {"name": name, "args": dict(kwargs)}``, so
-    ``build_model(**{"name": m.arch["name"], **m.arch["args"]})`` rebuilds the same
-    architecture.
+
+def _builder(name: str, kwargs: dict[str, Any]) -> Callable[..., nn.Module]:
+    if not isinstance(name, str):
+        raise unknown_model("model.name", name)
+    if external.is_torchvision(name):
+        return external.torchvision_builder(name)
+    if external.is_code(name):
+        return external.code_builder(name)
+    if name not in MODELS:
+        raise unknown_model("model.name", name)
+    _check_kwargs(MODELS[name], kwargs)
+    return MODELS[name]
+
+
+def build_model(name: str, *, exclude: Sequence[str] = (), **kwargs: Any) -> nn.Module:
+    """Build a model by name: a zoo name, ``torchvision:<name>`` or ``<module>:<callable>``
+    (`sparsebench.core.external`).
+
+    The returned module carries ``model.arch = {"name": name, "args": dict(kwargs)}`` (with
+    ``"exclude"`` when given), so `from_arch` rebuilds the same architecture.
 
     Args:
-        name: A key of `MODELS`.
+        name: A key of `MODELS`, ``torchvision:<name>`` or ``<module>:<callable>``.
+        exclude: Layers (or modules holding them) kept dense: not prunable
+            (`sparsebench.core.metrics.prunable_modules`).
         **kwargs: Arguments of the model's builder (``model.args`` in a config).
 
     Returns:
         The freshly initialised model.
 
     Raises:
-        UsageError: For an unknown name, an unknown argument or an invalid argument value.
+        UsageError: For an unknown name, an unknown argument or an invalid argument value, an
+            ``exclude`` name that is no layer, or a prunable layer whose weight bypasses its
+            module's forward (`check_masks_apply`).
     """
-    if not isinstance(name, str) or name not in MODELS:
-        raise unknown_name("model.name", name, MODELS)
-    builder = MODELS[name]
-    _check_kwargs(builder, kwargs)
-    model = builder(**kwargs)
-    model.arch = {"name": name, "args": dict(kwargs)}
+    model = _builder(name, kwargs)(**kwargs)
+    _check_exclude(model, name, exclude)
+    model.arch = {"name": name, "args": dict(kwargs),
+                  **({"exclude": list(exclude)} if exclude else {})}
+    check_masks_apply(model, name)
     return model
+
+
+def from_arch(arch: dict[str, Any], *, trust_code: bool = False) -> nn.Module:
+    """Rebuild the model a ``model.arch`` describes (a model file's metadata).
+
+    Args:
+        arch: ``{"name", "args"}`` and optionally ``"exclude"``.
+        trust_code: Build a user's builder (``<module>:<callable>``), which imports and runs
+            its code; only for files you trust (sparsebench's own run files).
+
+    Raises:
+        UsageError: As `build_model`, or for a user's builder without ``trust_code``.
+    """
+    name = arch["name"]
+    if isinstance(name, str) and external.is_code(name) and not trust_code:
+        raise UsageError(f"arch.name: {name!r} would import and run code of module "
+                         f"{name.rpartition(':')[0]}; allowed: a zoo or torchvision:<name> "
+                         "model, or trust_code=True for a file you trust")
+    return build_model(name, exclude=arch.get("exclude") or (), **arch["args"])
+
+
+def _check_exclude(model: nn.Module, name: str, exclude: Sequence[str]) -> None:
+    """Every ``exclude`` entry names a Linear/Conv layer or a module holding some, and one
+    prunable layer at least is left."""
+    if isinstance(exclude, str):
+        raise UsageError(f"model.exclude: {exclude!r} is not a list; allowed: a list of layer "
+                         "names")
+    layers = [n for n, _ in linear_conv_modules(model)]
+    for entry in exclude:
+        if not isinstance(entry, str) or not any(is_excluded(n, [entry]) for n in layers):
+            close = difflib.get_close_matches(str(entry), layers, n=3)
+            listed = ", ".join([*close, *(n for n in layers if n not in close)])
+            raise UsageError(f"model.exclude: {entry!r} is not a prunable layer of {name}; "
+                             f"allowed: {listed} (or a module holding some of them)")
+    if layers and all(is_excluded(n, exclude) for n in layers):
+        raise UsageError(f"model.exclude: {list(exclude)} leaves {name} no prunable layer; "
+                         "allowed: a subset of its Linear/Conv layers")
+
+
+#: module types whose forward reads the weight of Linear children directly (torch's
+#: ``F.multi_head_attention_forward``, torchvision's ``shifted_window_attention``), so the
+#: forward pre-hook that applies a child's mask (`sparsebench.core.sparsity.apply_masks`)
+#: never runs: (the package, class name) -> the children read
+BYPASSING: dict[tuple[str, str], tuple[str, ...]] = {
+    ("torch", "MultiheadAttention"): ("out_proj",),
+    ("torchvision", "ShiftedWindowAttention"): ("qkv", "proj"),
+    ("torchvision", "ShiftedWindowAttention3d"): ("qkv", "proj"),
+}
+
+
+def _bypassed(module: nn.Module) -> tuple[str, ...]:
+    for cls in type(module).__mro__:
+        children = BYPASSING.get((cls.__module__.split(".")[0], cls.__name__))
+        if children is not None:
+            return children
+    return ()
+
+
+def check_masks_apply(model: nn.Module, name: str) -> None:
+    """Refuse a model with a prunable layer whose weight its parent reads directly instead of
+    calling the layer (`BYPASSING`): its mask would never apply. Such a parent's own weights
+    (``nn.MultiheadAttention.in_proj_weight``) are no module's and stay dense anyway.
+
+    Raises:
+        UsageError: naming the first such parent, unless ``model.exclude`` holds it.
+    """
+    prunable = {n for n, _ in prunable_modules(model)}
+    for layer, module in model.named_modules():
+        read = [f"{layer}.{c}" if layer else c for c in _bypassed(module)]
+        if any(r in prunable for r in read):
+            raise UsageError(
+                f"model.name: {name} has layer {layer!r} ({type(module).__name__}) whose weights "
+                f"bypass their module's forward (it reads {'.weight, '.join(read)}.weight "
+                f"directly, so a mask there would never apply); allowed: exclude it "
+                f"(model.exclude: [{layer}] keeps it dense), or a model without such layers")

@@ -1,7 +1,8 @@
 """The one training and evaluation loop every stage and method uses.
 
 Seeded and deterministic on the CPU (same seed, same numbers), ``device: auto`` picks CUDA when
-present. Batches are slices of in-memory tensors (`sparsebench.data.Batches`). Curves are
+present. A split is a pair of in-memory tensors, sliced into batches (`sparsebench.data.Batches`),
+or an image folder's files streamed by a `DataLoader` (`sparsebench.data.stream`). Curves are
 returned per epoch (train loss, val accuracy, sparsity, ...) and optionally handed to a
 callback; this module knows nothing of MLflow.
 """
@@ -13,7 +14,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from sparsebench.core.metrics import sparsity_summary
 from sparsebench.core.schema import OptimizerParams, Phase
 from sparsebench.data import Batches
 from sparsebench.data.augment import Augment
+from sparsebench.data.stream import Batch, ImageSplit, Split, size_of
 from sparsebench.util.errors import UsageError
 
 
@@ -87,24 +89,56 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: cfg.gamma ** (t // every))
 
 
+def batches_of(split: Split, batch_size: int, *, device: torch.device,
+               generator: torch.Generator | None = None, shuffle: bool = False,
+               augment: Augment | None = None) -> Iterator[Batch]:
+    """One pass over ``split``: (images, labels, global batch size), on ``device``; under
+    torchrun this rank's share of each global batch. In-memory tensors are moved to ``device``
+    once and sliced (`Batches`), and ``augment`` applied to each global batch (drawing from
+    ``generator``); an `ImageSplit` decodes each rank's share alone (its own augmentation)."""
+    share = distributed.share if distributed.active() else None
+    if isinstance(split, ImageSplit):
+        yield from split.epoch(batch_size, generator, shuffle=shuffle, device=device,
+                               shares=share)
+        return
+    x, y = split[0].to(device), split[1].to(device)
+    for xb, yb in Batches(x, y, batch_size, shuffle=shuffle, generator=generator):
+        if augment is not None:
+            xb = augment(xb, generator)
+        if share is not None:
+            start, length = share(len(yb))
+            yield xb[start : start + length], yb[start : start + length], len(yb)
+        else:
+            yield xb, yb, len(yb)
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024,
-    device: torch.device | None = None,
+    model: nn.Module, x: torch.Tensor | Split, y: torch.Tensor | None = None, *,
+    batch_size: int = 1024, device: torch.device | None = None,
 ) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on (x, y)."""
+    """Mean cross-entropy loss and accuracy of ``model`` on (x, y), or on the split ``x``
+    (a pair of tensors or an `ImageSplit`) when ``y`` is None."""
     device = device or next(model.parameters()).device
+    split = x if y is None else (x, y)
+    if isinstance(split, ImageSplit):
+        batch_size = min(batch_size, 256)  # decoded images are large
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for xb, yb in Batches(x, y, batch_size, shuffle=False):
+    if isinstance(split, ImageSplit):
+        pairs = ((xb, yb) for xb, yb, _ in split.epoch(batch_size, None, shuffle=False,
+                                                       device=device))
+    else:
+        pairs = Batches(split[0], split[1], batch_size, shuffle=False)
+    for xb, yb in pairs:
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         logits = model(xb)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
     model.train(was_training)
-    n = max(1, len(y))
+    n = max(1, size_of(split))
     return loss_sum.item() / n, correct.item() / n
 
 
@@ -113,8 +147,8 @@ StepHook = Callable[[int], None]  # called after every optimizer step with the g
 
 def fit(
     model: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
+    train: Split,
+    val: Split,
     phase: Phase,
     *,
     generator: torch.Generator,
@@ -131,8 +165,9 @@ def fit(
 
     Args:
         model: the network, already on ``device``.
-        train: (images, labels) of the training split, float and normalised (any device).
-        val: (images, labels) of the validation split.
+        train: the training split: (images, labels), float and normalised (any device), or
+            an `ImageSplit`.
+        val: the validation split.
         phase: epochs, batch size, optimizer and schedule.
         generator: the seeded CPU generator that orders the batches.
         device: where to train.
@@ -153,12 +188,13 @@ def fit(
         Per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy, sparsity, lr,
         seconds.
     """
-    x, y = train[0].to(device), train[1].to(device)
-    batches = Batches(x, y, phase.batch_size, shuffle=True, generator=generator)
-    distributed.check_shards(len(y), phase.batch_size, phase.name)
+    n = size_of(train)
+    if not isinstance(train, ImageSplit):  # moved once, sliced every epoch
+        train = (train[0].to(device), train[1].to(device))
+    distributed.check_shards(n, phase.batch_size, phase.name)
     net = accelerate.prepare(model, distributed.wrap)  # by default the model itself
     optimizer = optimizer or make_optimizer(model.parameters(), phase.optim)
-    scheduler = make_scheduler(optimizer, phase.optim, phase.epochs, len(batches))
+    scheduler = make_scheduler(optimizer, phase.optim, phase.epochs, -(-n // phase.batch_size))
     show = sys.stderr.isatty() if progress is None else progress
     curves, step, start_epoch = [], 0, 1
     saved = resume.checkpoint.take(resume.tag) if resume is not None else None
@@ -167,16 +203,19 @@ def fit(
         curves, step, start_epoch = list(saved["curves"]), saved["step"], saved["epoch"] + 1
     for epoch in range(start_epoch, phase.epochs + 1):
         start = time.perf_counter()
+        batches = batches_of(train, phase.batch_size, device=device, generator=generator,
+                             shuffle=True, augment=augment)
         loss_sum, correct, step = _train_epoch(
-            model, net, _progress(batches, show, f"{phase.name} {epoch}/{phase.epochs}"),
-            optimizer, scheduler, step, device=device, generator=generator, augment=augment,
+            model, net, _progress(batches, show, f"{phase.name} {epoch}/{phase.epochs}",
+                                  -(-n // phase.batch_size)),
+            optimizer, scheduler, step, device=device,
             after_backward=after_backward, after_step=after_step)
         seconds = time.perf_counter() - start
-        val_loss, val_acc = evaluate(model, val[0], val[1], device=device)
+        val_loss, val_acc = evaluate(model, val, device=device)
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum.item() / len(y),
-            "train_accuracy": correct.item() / len(y),
+            "train_loss": loss_sum.item() / n,
+            "train_accuracy": correct.item() / n,
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "sparsity": sparsity_summary(model)["sparsity"],
@@ -198,21 +237,16 @@ def fit(
     return curves
 
 
-def _train_epoch(model: nn.Module, net: nn.Module, batches: Iterable,
+def _train_epoch(model: nn.Module, net: nn.Module, batches: Iterable[Batch],
                  optimizer: torch.optim.Optimizer, scheduler: Any, step: int, *,
-                 device: torch.device, generator: torch.Generator, augment: Augment | None,
-                 after_backward: Callable[[], None] | None,
+                 device: torch.device, after_backward: Callable[[], None] | None,
                  after_step: StepHook | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One pass over ``batches``: (summed loss, correct predictions, the global step after
-    it), summed over torchrun's ranks."""
+    """One pass over ``batches`` (`batches_of`): (summed loss, correct predictions, the global
+    step after it), summed over torchrun's ranks."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for xb, yb in batches:
-        if augment is not None:
-            xb = augment(xb, generator)
-        if distributed.active():  # this rank's share of the global batch
-            xb, yb, batch = *distributed.shard(xb, yb), len(yb)
+    for xb, yb, batch in batches:
         with accelerate.autocast(device):  # by default no change
             logits = net(accelerate.batch(xb))
             loss = (distributed.local_loss(logits, yb, batch) if distributed.active()
@@ -235,9 +269,9 @@ def _train_epoch(model: nn.Module, net: nn.Module, batches: Iterable,
     return distributed.all_sum(loss_sum), distributed.all_sum(correct), step
 
 
-def _progress(batches: Batches, show: bool, desc: str):
+def _progress(batches: Iterable[Batch], show: bool, desc: str, total: int):
     if not show:
         return batches
     from tqdm import tqdm
 
-    return tqdm(batches, desc=desc, leave=False, file=sys.stderr)
+    return tqdm(batches, desc=desc, total=total, leave=False, file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -12,8 +13,10 @@ import numpy as np
 import torch
 
 from sparsebench.data.files import one_line
+from sparsebench.data.folders import IMAGENET_MEAN, IMAGENET_STD, Folder
 from sparsebench.data.formats import load_raw
 from sparsebench.data.registry import DATASETS, get_spec
+from sparsebench.data.stream import ImageSplit, Split
 from sparsebench.util.canonical import safetensors_bytes
 from sparsebench.util.errors import UsageError, unknown_name
 from sparsebench.util.paths import atomic_write
@@ -191,6 +194,51 @@ def save_splits(
     atomic_write(Path(path), safetensors_bytes(tensors, metadata))
 
 
+def save_image_splits(folder: Folder, manifest: tuple[list[int], list[bytes]], path: Path, *,
+                      dataset: str, directory: str, seed: int, val_size: int,
+                      limit: int | None, crop: int, resize: int,
+                      scale: tuple[float, float]) -> None:
+    """Write the splits of an image folder: its manifest and each split's file indices and
+    labels (no pixels), atomically, in the format `load_splits` reads.
+
+    Args:
+        folder: the scanned folder (`sparsebench.data.folders.scan`).
+        manifest: (sizes, SHA-256 digests) of `Folder.files` (`folders.manifest`).
+        directory: ``data.dir`` as given (relative paths resolve where the stage runs).
+        seed, val_size, limit: as `build_splits`: the validation split is carved from
+            ``train/`` by `split_indices`; ``val/`` is the test split; ``limit`` keeps the first
+            training and test samples.
+        crop, resize, scale: the transforms' sizes (`sparsebench.data.stream.ImageSplit`).
+    """
+    n_train = len(folder.train)
+    train_i, val_i = split_indices(n_train, val_size, seed)
+    test_i = torch.arange(n_train, n_train + len(folder.val))
+    if limit is not None:
+        train_i, test_i = train_i[:limit], test_i[:limit]
+    labels = torch.tensor([label for _, label in folder.train + folder.val], dtype=torch.int64)
+    sizes, digests = manifest
+    names = "\n".join(folder.files()).encode()
+    tensors = {
+        "files": torch.frombuffer(bytearray(names), dtype=torch.uint8),
+        "file_bytes": torch.tensor(sizes, dtype=torch.int64),
+        "file_sha256": torch.frombuffer(bytearray(b"".join(digests)),
+                                        dtype=torch.uint8).view(-1, 32),
+    }
+    for split, index in zip(SPLIT_NAMES, (train_i, val_i, test_i), strict=True):
+        tensors[f"{split}_i"], tensors[f"{split}_y"] = index.contiguous(), labels[index]
+    whole = hashlib.sha256(names + tensors["file_bytes"].numpy().tobytes() + b"".join(digests))
+    metadata = {
+        "format": SPLITS_FORMAT, "dataset": dataset, "seed": str(int(seed)),
+        "val_size": str(int(val_size)), "limit": json.dumps(limit),
+        "num_classes": str(len(folder.classes)), "shape": json.dumps([3, crop, crop]),
+        "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
+        "raw_sha256": json.dumps({"manifest": whole.hexdigest()}),
+        "images": json.dumps({"dir": directory, "classes": list(folder.classes), "crop": crop,
+                              "resize": resize, "scale": list(scale)}),
+    }
+    atomic_write(Path(path), safetensors_bytes(tensors, metadata))
+
+
 @contextlib.contextmanager
 def _open_splits(path: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
     """Open a splits file; yield (safe_open handle, typed metadata)."""
@@ -220,6 +268,7 @@ def _open_splits(path: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
                 "mean": tuple(json.loads(raw["mean"])),
                 "std": tuple(json.loads(raw["std"])),
                 "raw_sha256": json.loads(raw["raw_sha256"]),
+                "images": json.loads(raw.get("images", "null")),
             }
         except (KeyError, ValueError, TypeError) as exc:
             raise UsageError(
@@ -230,11 +279,12 @@ def _open_splits(path: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
 
 def load_splits(
     path: Path, names: Sequence[str] = ("train", "val")
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+) -> dict[str, Split]:
     """Load the requested splits as normalised float32 images and int64 labels.
 
     Only the requested tensors are read from disk: the test split is loaded only when asked for
-    (by evaluation).
+    (by evaluation). An image folder's splits come back as `ImageSplit` objects, streamed from
+    the folder by a `DataLoader` (normalised the same way, batch by batch).
 
     Args:
         path: A file written by `save_splits`.
@@ -252,11 +302,29 @@ def load_splits(
             raise unknown_name("splits", name, SPLIT_NAMES)
     out = {}
     with _open_splits(path) as (handle, meta):
+        if meta["images"] is not None:
+            return _image_splits(handle, meta, names)
         mean = torch.tensor(meta["mean"], dtype=torch.float32).view(-1, 1, 1)
         std = torch.tensor(meta["std"], dtype=torch.float32).view(-1, 1, 1)
         for name in names:
             x = handle.get_tensor(f"{name}_x").to(torch.float32).div_(255).sub_(mean).div_(std)
             out[name] = (x, handle.get_tensor(f"{name}_y"))
+    return out
+
+
+def _image_splits(handle: Any, meta: dict[str, Any], names: Sequence[str]
+                  ) -> dict[str, ImageSplit]:
+    """The named splits of an image folder's splits file, streamed (`ImageSplit`)."""
+    images = meta["images"]
+    files = bytes(handle.get_tensor("files").numpy()).decode().split("\n")
+    out = {}
+    for name in names:
+        index = handle.get_tensor(f"{name}_i").tolist()
+        out[name] = ImageSplit(
+            Path(images["dir"]).expanduser(), tuple(files[i] for i in index),
+            handle.get_tensor(f"{name}_y"), train=name == "train", crop=images["crop"],
+            resize=images["resize"], scale=tuple(images["scale"]), mean=meta["mean"],
+            std=meta["std"])
     return out
 
 

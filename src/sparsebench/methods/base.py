@@ -20,6 +20,7 @@ from sparsebench.core.checkpoints import EpochCheckpoint, Resume
 from sparsebench.core.metrics import prunable_modules
 from sparsebench.core.schema import OptimizerParams, Strict
 from sparsebench.data.augment import Augment
+from sparsebench.data.stream import Split
 from sparsebench.util.errors import UsageError
 
 
@@ -92,8 +93,8 @@ class Context:
     batches' augmentation (`sparsebench.data.augment`; None: ``data.augment: none``), which
     every training batch a method draws goes through (`train.fit`'s ``augment``)."""
 
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
+    train: Split  # (images, labels) in memory, or an `ImageSplit` streamed from disk
+    val: Split
     device: torch.device
     generator: torch.Generator
     seed: int

@@ -16,7 +16,7 @@ from torch import nn
 
 from sparsebench.core.sparsity import agp_sparsity, apply_masks, magnitude_masks
 from sparsebench.core.train import Phase, fit, make_optimizer
-from sparsebench.data import Batches
+from sparsebench.data.stream import size_of
 from sparsebench.methods.base import Context, Method, OptimizerPhaseParams
 
 
@@ -47,7 +47,7 @@ class GMP(Method):
 
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
         p = self.params
-        steps = len(Batches(*ctx.train, p.batch_size, shuffle=False))
+        steps = -(-size_of(ctx.train) // p.batch_size)  # batches an epoch
         t0 = round(p.start_epoch * steps)
         n = max(1, round((p.end_epoch - p.start_epoch) * steps) // p.frequency)
         final = p.targets(model, self.key)

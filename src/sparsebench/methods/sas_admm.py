@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -42,7 +43,7 @@ from sparsebench.core.checkpoints import restore_training, training_state
 from sparsebench.core.metrics import prunable_modules
 from sparsebench.core.sparsity import apply_masks, keep_count, topk_mask
 from sparsebench.core.train import evaluate
-from sparsebench.data import Batches
+from sparsebench.data.stream import ImageSplit, size_of
 from sparsebench.methods.base import Context, Method, SparsityParams
 
 GOLDEN = (1 + math.sqrt(5)) / 2
@@ -217,44 +218,56 @@ class SASADMMParams(SparsityParams):
 class _Minibatches:
     """An endless stream of minibatches: drawn independently with replacement (the released
     code), or shuffled passes over the data (a new order per pass, as `Batches` draws it),
-    whose position can be saved and restored between two SAS-ADMM iterations. Each batch goes
-    through ``ctx.augment`` (drawing from the same generator, after its indices) when set."""
+    whose position can be saved and restored between two SAS-ADMM iterations. In memory, each
+    batch goes through ``ctx.augment`` (drawing from the same generator, after its indices) when
+    set; an `ImageSplit` draws an iteration's indices, then its augmentation seed, and decodes
+    them in its loader's workers."""
 
     def __init__(self, ctx: Context, batch_size: int, device: torch.device,
                  replacement: bool = True):
-        self.x, self.y = ctx.train[0].to(device), ctx.train[1].to(device)
+        self.data = ctx.train
+        if not isinstance(self.data, ImageSplit):
+            self.data = (ctx.train[0].to(device), ctx.train[1].to(device))
+        self.n, self.device = size_of(ctx.train), device
         self.batch_size, self.generator = batch_size, ctx.generator
         self.replacement, self.augment = replacement, ctx.augment
-        self.batches = len(Batches(self.x, self.y, batch_size, shuffle=False))
+        self.batches = -(-self.n // batch_size)
         self.order: torch.Tensor | None = None
         self.position = 0
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._draw()
-        if self.augment is not None:
-            x = self.augment(x, self.generator)
-        return x, y
+    def iteration(self, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """``steps`` batches: (images, labels, global batch size), this rank's share of each."""
+        share = distributed.share if distributed.active() else None
+        if isinstance(self.data, ImageSplit):
+            index = [self._index() for _ in range(steps)]
+            seed = int(torch.randint(1 << 62, (), generator=self.generator))
+            yield from self.data.load(index, seed, self.device, share)
+            return
+        x, y = self.data
+        for _ in range(steps):
+            index = self._index().to(self.device)
+            xb, yb = x[index], y[index]
+            if self.augment is not None:
+                xb = self.augment(xb, self.generator)
+            start, length = share(len(yb)) if share is not None else (0, len(yb))
+            yield xb[start : start + length], yb[start : start + length], len(yb)
 
-    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _index(self) -> torch.Tensor:
         if self.replacement:
-            index = torch.randint(len(self.x), (self.batch_size,), generator=self.generator)
-            index = index.to(self.x.device)
-            return self.x[index], self.y[index]
+            return torch.randint(self.n, (self.batch_size,), generator=self.generator)
         if self.order is None or self.position == self.batches:
-            self.order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+            self.order = torch.randperm(self.n, generator=self.generator)
             self.position = 0
         start = self.position * self.batch_size
-        index = self.order[start : start + self.batch_size]
         self.position += 1
-        return self.x[index], self.y[index]
+        return self.order[start : start + self.batch_size]
 
     def state_dict(self) -> dict:
-        return {"order": None if self.order is None else self.order.cpu(),
-                "position": self.position}
+        return {"order": self.order, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         order = state["order"]
-        self.order = None if order is None else order.to(self.x.device)
+        self.order = None if order is None else order.cpu()
         self.position = state["position"]
 
 
@@ -286,7 +299,7 @@ class SASADMMPruning(Method):
         sas = SASADMM(coupled, free, beta=p.beta, lam=p.lam, r=p.r, s=p.s, z_init=p.z_init)
         replacement = p.sampling == "with_replacement"  # then every batch is whole
         batches = _Minibatches(ctx, p.batch_size, ctx.device, replacement=replacement)
-        distributed.check_shards(p.batch_size if replacement else len(ctx.train[1]),
+        distributed.check_shards(p.batch_size if replacement else size_of(ctx.train),
                                  p.batch_size, f"methods.{self.key}")
         net = accelerate.prepare(model, distributed.wrap)  # by default the model itself
         curves, first = [], 1
@@ -302,12 +315,9 @@ class SASADMMPruning(Method):
             started = time.perf_counter()
             model.train()
             parts = torch.zeros((), device=ctx.device)  # DDP: this rank's part of the losses
-            for t in range(1, Mk + 1):
-                x, y = next(batches)
+            for t, (x, y, batch) in enumerate(batches.iteration(Mk), 1):
                 sas.set_md(t)
                 model.zero_grad(set_to_none=True)
-                if distributed.active():  # this rank's share of the global batch
-                    x, y, batch = *distributed.shard(x, y), len(y)
                 with accelerate.autocast(ctx.device):  # by default no change
                     logits = net(accelerate.batch(x))
                     loss = (distributed.local_loss(logits, y, batch) if distributed.active()
@@ -327,7 +337,7 @@ class SASADMMPruning(Method):
                                          f"at iteration {k}; lower beta or raise v ({p.v})")
             if k >= p.last:
                 sas.accumulate()
-            row["val_loss"], row["val_accuracy"] = evaluate(model, *ctx.val, device=ctx.device)
+            row["val_loss"], row["val_accuracy"] = evaluate(model, ctx.val, device=ctx.device)
             row["sparsity"] = row["z_sparsity"]
             curves.append(row)
             if ctx.checkpoint is not None:

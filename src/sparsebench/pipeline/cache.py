@@ -24,7 +24,7 @@ from typing import Any
 from sparsebench.core import distributed
 from sparsebench.core.checkpoints import RESUME_SUFFIX, EpochCheckpoint
 from sparsebench.suite.params import Params
-from sparsebench.suite.plan import DATA_FILE, Planned, pretrained_file
+from sparsebench.suite.plan import Planned, input_files
 from sparsebench.util.paths import atomic_dir, swap_in
 
 FINGERPRINT = "FINGERPRINT"
@@ -181,7 +181,7 @@ def run_fingerprint(params: Params, planned: Planned) -> str:
     config = {"run": run, **numerics_config(params),
               "evaluate": params.evaluate.model_dump(mode="json"), "budget": planned.budget}
     return fingerprint(stage="run", config=config,
-                       inputs=[DATA_FILE, *pretrained_file(planned.spec)])
+                       inputs=input_files(planned.spec))
 
 
 #: what a run's method parameters hold about its level alone (and its retrain)
@@ -196,7 +196,7 @@ def shared_fingerprint(params: Params, planned: Planned) -> str:
     for key in ("level", "point", "retrain"):
         run.pop(key)
     return fingerprint(stage="shared_prune", config={"run": run, **numerics_config(params)},
-                       inputs=[DATA_FILE, *pretrained_file(planned.spec)])
+                       inputs=input_files(planned.spec))
 
 
 def numerics_config(params: Params) -> dict[str, Any]:

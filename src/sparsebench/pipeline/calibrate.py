@@ -252,7 +252,8 @@ def calibrate(params: Params, methods: dict[str, MethodParams], key: str, *, rou
     """Search the strength of ``methods.<key>`` per seed and level, each round's runs side by
     side on this machine (``placement``: one worker by default); write
     ``calibrated/<key>.yaml``."""
-    placement = placement or Placement(1, params.execution.threads)
+    placement = placement or Placement(1, params.execution.threads,
+                                       loaders=params.data.loader_workers)
     method = methods[key]
     cls = method_class(key, method.model_dump())
     if cls.kind() != "regularised":

@@ -23,6 +23,7 @@ from sparsebench.core.accelerate import configure
 from sparsebench.core.numerics import flush_subnormals
 from sparsebench.pipeline import profile
 from sparsebench.pipeline.calibrate import calibrate
+from sparsebench.pipeline.cost import plan_lines
 from sparsebench.pipeline.devices import NVML_CHECK, placement_of
 from sparsebench.pipeline.prepare import prepare
 from sparsebench.pipeline.pretrain import pretrain
@@ -44,6 +45,7 @@ STAGES = {  # command -> its one line in --help
     "calibrate": "find a regularisation-driven method's strength for each level (offline)",
     "report": "the curves, tables and plots of every method",
     "check-params": "validate params.yaml without running anything",
+    "plan": "the runs a suite will train, their epochs and images, and the wall time",
     "export": "convert a model file: compressed, dense or torch.nn.utils.prune form",
     "inspect": "the per-layer table of a model file",
     "tune": "an Optuna study of one method's hyperparameters",
@@ -101,6 +103,12 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--method", required=True, help="a key under methods: in params")
         if stage == "tune":
             add_tune_arguments(s)
+        if stage == "plan":
+            s.add_argument("--images-per-second", type=float,
+                           help="training images a second of one run (default: measured "
+                                "here, a few steps of the suite's model)")
+            s.add_argument("--workers", type=int,
+                           help="runs side by side (default: as execution.workers here)")
         if stage == "calibrate":
             s.add_argument("--rounds", type=int, default=6,
                            help="search rounds at most (a run per missed seed and level "
@@ -197,6 +205,9 @@ def run(argv: list[str]) -> None:
         print(f"{args.params}: valid ({len(methods)} methods, seeds "
               f"{', '.join(map(str, params.seeds))}, {params.levels.unit} "
               f"{', '.join(f'{v:g}' for v in levels)})")
+    elif args.stage == "plan":
+        print("\n".join(plan_lines(params, methods, images_per_second=args.images_per_second,
+                                   workers=args.workers)))
     elif args.stage == "prepare":
         prepare(params)
     elif args.stage == "pretrain":

@@ -9,6 +9,7 @@ import warnings
 from dataclasses import replace
 
 import torch
+from torch import nn
 
 from sparsebench.core import distributed
 from sparsebench.core.models import MODELS
@@ -17,6 +18,7 @@ from sparsebench.pipeline import ray_pool
 from sparsebench.pipeline.tasks import Placement
 from sparsebench.pipeline.workers import check_workers, default_workers
 from sparsebench.suite.params import Params
+from sparsebench.suite.plan import model_spec
 from sparsebench.tracking.runs import tracking_uri
 from sparsebench.util.errors import UsageError
 
@@ -35,7 +37,8 @@ def placement_of(params: Params, *, tracked: bool = False, local: bool = False) 
     e = params.execution
     device = stage_device(params)
     if distributed.active():
-        return Placement(1, e.threads, in_process=True, deterministic=e.deterministic)
+        return Placement(1, e.threads, in_process=True, deterministic=e.deterministic,
+                         loaders=params.data.loader_workers)
     if e.backend == "ray" and not local:
         cluster = ray_pool.connect(e.address)
         if tracked:
@@ -43,13 +46,15 @@ def placement_of(params: Params, *, tracked: bool = False, local: bool = False) 
         gpus = int(cluster["resources"].get("GPU", 0)) if params.device in ("auto", "cuda") \
             else 0
         placement = Placement(1, e.threads, tuple(map(str, range(gpus))), e.runs_per_gpu,
-                              e.deterministic, backend="ray", address=e.address)
+                              e.deterministic, backend="ray", address=e.address,
+                              loaders=params.data.loader_workers)
         return replace(placement, workers=ray_pool.slots(cluster, placement))
     gpus = visible_gpus(device)
     workers = e.workers or default_workers(e.threads, len(gpus), e.runs_per_gpu)
     if text := check_workers(workers, e.threads, len(gpus), e.runs_per_gpu):
         warnings.warn(text, UserWarning, stacklevel=2)
-    return Placement(workers, e.threads, gpus, e.runs_per_gpu, e.deterministic)
+    return Placement(workers, e.threads, gpus, e.runs_per_gpu, e.deterministic,
+                     loaders=params.data.loader_workers)
 
 
 def visible_gpus(device: torch.device) -> tuple[str, ...]:
@@ -76,8 +81,16 @@ def check_distributed(params: Params, device: torch.device) -> None:
     """What cannot train over ranks, refused in one line: a model with batch norm on the CPU
     (its statistics over the global batch need SyncBatchNorm, which PyTorch runs on CUDA
     only; per-rank statistics would make another model than the single process trains)."""
-    if device.type == "cpu" and params.model.name.startswith("resnet"):
+    if device.type == "cpu" and _has_batch_norm(params):
         allowed = ", ".join(m for m in MODELS if not m.startswith("resnet"))
         raise UsageError(f"model.name: {params.model.name!r} has batch norm, which cannot "
                          "train under torchrun on the CPU (SyncBatchNorm is CUDA-only); "
-                         f"allowed there: {allowed}, or device: cuda")
+                         f"allowed there: a model without it ({allowed}), or device: cuda")
+
+
+def _has_batch_norm(params: Params) -> bool:
+    """Whether the suite's model (built on the meta device, without its weights) has a
+    batch-norm layer."""
+    with torch.device("meta"):
+        model = replace(model_spec(params), weights=None).build()
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparsebench.core import distributed
 from sparsebench.core.checkpoints import Resume
+from sparsebench.core.external import model_files
 from sparsebench.core.train import fit, seed_everything
 from sparsebench.pipeline import profile
 from sparsebench.pipeline.cache import StageWork, arithmetic, fingerprint
@@ -38,7 +39,7 @@ def pretrain(params: Params) -> None:
                if params.tracking.enabled and distributed.writer() else None)
     placement = placement_of(params, tracked=tracker is not None)
     key = fingerprint(stage="pretrain", config=pretrain_config(params, placement.threads),
-                      inputs=[DATA_FILE])
+                      inputs=pretrain_inputs(params))
     if StageWork(run_dir("pretrain"), key).finished([f"seed{s}" for s in params.seeds]):
         print(f"pretrain: {len(params.seeds)} seeds cached", flush=True)
         return
@@ -50,7 +51,7 @@ def pretrain(params: Params) -> None:
         live = {s: info if info is not None and tracker.wants(info) else None
                 for s, info in infos.items()}  # None: logged whole already
         tasks = [Task(f"pretrain seed {s}", lambda s=s, info=live[s]: seeds.train(s, info),
-                      writes=(work.dir / f"seed{s}",))
+                      reads=tuple(pretrain_inputs(params)[1:]), writes=(work.dir / f"seed{s}",))
                  for s in params.seeds if not work.done(f"seed{s}")]
         if tasks and placement.backend == "local":
             splits("train", "val")  # loaded once here; the forked workers inherit it
@@ -71,11 +72,17 @@ def pretrain(params: Params) -> None:
                    trained=len(tasks))
 
 
+def pretrain_inputs(params: Params) -> list[Path]:
+    """The files the pretrained models depend on: the prepared data, and the model's own (a
+    user's builder's source, ``model.weights``: `core.external.model_files`)."""
+    return [DATA_FILE, *model_files(params.model.name, params.model.weights)]
+
+
 def pretrain_config(params: Params, threads: int) -> dict[str, Any]:
     """What the pretrained models depend on: the sections pretrain reads, the threads and
     the arithmetic (`cache.arithmetic`)."""
-    shared = params.model_dump(include={"seeds", "device", "data", "model", "pretrain"})
-    return {**shared, "threads": threads, **arithmetic(params)}
+    shared = params.model_dump(include={"seeds", "device", "data", "pretrain"})
+    return {**shared, "model": params.model.keyed(), "threads": threads, **arithmetic(params)}
 
 
 class _Seeds:
@@ -95,7 +102,7 @@ class _Seeds:
                 "params_source": "default", "run_kind": "pretrain",
                 "fingerprint": f"{self.work.fingerprint}-seed{seed}"}
         run_params = {**flatten("pretrain", self.params.pretrain.model_dump(mode="json")),
-                      **flatten("model", self.params.model.model_dump(mode="json")),
+                      **flatten("model", self.params.model.keyed()),
                       **flatten("env", self.env), "seed": seed}
         return tracker.info(f"pretrain-seed{seed}", tags, run_params)
 

@@ -172,7 +172,7 @@ def run_on_ray(tasks: list[Task], placement: Placement,
             pending.remove(ready)
             if (job := ledger.job(ready)) is not None:
                 running[remote.remote(job, shipped.files(job), workspace, placement.threads,
-                                      placement.deterministic)] = ready
+                                      placement.deterministic, placement.loaders)] = ready
             continue
         if not running:  # none left, or only orphans
             break
@@ -239,7 +239,7 @@ class _Shipped:
 
 
 def _run_job(job: Job, files: dict[str, tuple[str, list]], workspace: str, threads: int,
-             deterministic: bool) -> dict[str, dict[str, bytes]]:
+             deterministic: bool, loaders: int = 2) -> dict[str, dict[str, bytes]]:
     """On a node: the inputs in its workspace, the job run there with its threads (and the GPU
     Ray gave it), the directories it wrote returned and removed."""
     import ray  # lazy: an optional engine
@@ -254,7 +254,7 @@ def _run_job(job: Job, files: dict[str, tuple[str, list]], workspace: str, threa
         os.environ[ASSIGNED_GPU] = ",".join(gpus)
     else:
         os.environ.pop(ASSIGNED_GPU, None)
-    setup_process(threads, None, deterministic)
+    setup_process(threads, None, deterministic, loaders)
     job.fn()
     written = {}
     for directory in map(Path, job.writes):

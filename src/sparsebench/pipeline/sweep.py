@@ -253,7 +253,8 @@ def _prune_task(name: str, p: Planned, fp: str, device: torch.device) -> Task:
     def fn() -> None:
         shared_prune(p.spec, splits(*SPLITS), here(device), p.spec.shared_prune, fingerprint=fp,
                      on_epoch=log_epoch(name))
-    return Task(name, fn, reads=tuple(pretrained_file(p.spec)), writes=(p.spec.shared_prune,))
+    return Task(name, fn, reads=(*pretrained_file(p.spec), *p.spec.model.files()),
+                writes=(p.spec.shared_prune,))
 
 
 def _run_task(params: Params, p: Planned, fp: str | None, device: torch.device,
@@ -291,7 +292,8 @@ def _run_task(params: Params, p: Planned, fp: str | None, device: torch.device,
                 if live is not None:
                     live.finish(run_records(p.out))
         shared = (p.spec.shared_prune,) if p.spec.shared_prune is not None else ()
-        return Job(fn, reads=(*pretrained_file(p.spec), *shared), writes=(p.out,))
+        return Job(fn, reads=(*pretrained_file(p.spec), *p.spec.model.files(), *shared),
+                   writes=(p.out,))
     return Task(p.name, after=after, start=start)
 
 

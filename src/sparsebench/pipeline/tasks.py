@@ -21,6 +21,7 @@ import torch
 
 from sparsebench.core.numerics import flush_subnormals
 from sparsebench.data import load_splits
+from sparsebench.data.stream import set_loader_workers
 from sparsebench.suite.plan import DATA_FILE
 from sparsebench.util.errors import Incomplete, UsageError
 
@@ -77,7 +78,8 @@ class Placement:
     """Where a stage's tasks run: ``workers`` side by side with ``threads`` torch threads
     each; ``gpus``: the visible GPUs (CUDA_VISIBLE_DEVICES entries) the workers share,
     ``runs_per_gpu`` on each; ``in_process``: one after another in the stage's process
-    (torchrun); ``backend`` ``local`` (forked pool) or ``ray`` (at ``address``)."""
+    (torchrun); ``backend`` ``local`` (forked pool) or ``ray`` (at ``address``); ``loaders``:
+    each run's `DataLoader` processes (``data.loader_workers``: streamed image folders)."""
     workers: int
     threads: int
     gpus: tuple[str, ...] = ()
@@ -86,6 +88,7 @@ class Placement:
     in_process: bool = False
     backend: str = "local"
     address: str = "auto"
+    loaders: int = 2
 
     def gpu_of(self, slot: int) -> str | None:
         """The GPU of worker slot ``slot``: ``runs_per_gpu`` consecutive slots share one, and
@@ -171,10 +174,14 @@ def deterministic_algorithms(on: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def setup_process(threads: int, gpu: str | None = None, deterministic: bool = False) -> None:
+def setup_process(threads: int, gpu: str | None = None, deterministic: bool = False,
+                  loaders: int | None = None) -> None:
     """What every training process sets first, before CUDA starts in it: its GPU, its thread
-    count, flushed subnormals, deterministic algorithms when asked."""
+    count, flushed subnormals, deterministic algorithms when asked, its runs' `DataLoader`
+    processes (None: as inherited)."""
     use_gpu(gpu)
+    if loaders is not None:
+        set_loader_workers(loaders)
     torch.set_num_threads(threads)
     flush_subnormals(True)
     deterministic_algorithms(deterministic)

@@ -153,7 +153,8 @@ class _Pool(Ledger):
 
     def run_here(self, tasks: list[Task]) -> dict[str, Failure]:
         """One task after another in this process (torchrun, or a single task)."""
-        setup_process(self.placement.threads, None, self.placement.deterministic)
+        setup_process(self.placement.threads, None, self.placement.deterministic,
+                      self.placement.loaders)
         for task in tasks:  # listed after its dependency: that one has ended
             if not self.fail_orphans([task]) or (job := self.job(task)) is None:
                 continue
@@ -187,10 +188,10 @@ class _Pool(Ledger):
     def start(self, task: Task, job: Job) -> int:
         p, slot = self.placement, self.free.pop(0)
         receive, send = self.context.Pipe(duplex=False)
-        setup = (p.threads, p.gpu_of(slot), p.deterministic)
+        setup = (p.threads, p.gpu_of(slot), p.deterministic, p.loaders)
         process = self.context.Process(target=_child,
                                        args=(job.fn, setup, send, os.getpid()),
-                                       name=task.name, daemon=True)
+                                       name=task.name, daemon=False)
         process.start()
         send.close()
         self.running[process.sentinel] = (task, process, receive, slot)

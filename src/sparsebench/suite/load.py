@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from sparsebench.core.accelerate import check as check_options
-from sparsebench.core.models import MODELS, build_model
+from sparsebench.core.external import load_weights
+from sparsebench.core.models import build_model
 from sparsebench.core.schema import merge_phase, validate
 from sparsebench.core.train import resolve_device
 from sparsebench.data import DATASETS, SYNTHETIC, get_spec
 from sparsebench.data.augment import CROP_FLIP_SHAPE
+from sparsebench.data.folders import FOLDER_DATASETS, IMAGENET_TRAIN_SIZE, scan
 from sparsebench.methods import build_method, method_params
 from sparsebench.suite.params import DataParams, LevelsParams, Params, check_name
 from sparsebench.suite.plan import check_budget
@@ -58,11 +60,10 @@ def load_params(path: str | Path = "params.yaml", *,
     for key in params.methods:
         check_name("methods", key)
     resolve_device(params.device)
-    n_train = _check_data(params.data)
-    if params.data.dataset not in (*DATASETS, SYNTHETIC):
-        raise unknown_name("data.dataset", params.data.dataset, (*DATASETS, SYNTHETIC))
-    if params.model.name not in MODELS:
-        raise unknown_name("model.name", params.model.name, MODELS)
+    n_train = check_data(params.data)
+    if params.data.dataset not in (*DATASETS, *FOLDER_DATASETS, SYNTHETIC):
+        raise unknown_name("data.dataset", params.data.dataset,
+                           (*DATASETS, *FOLDER_DATASETS, SYNTHETIC))
     model = _check_model_args(params)
 
     check_options(params.execution.options(), resolve_device(params.device), model)
@@ -82,17 +83,41 @@ def load_params(path: str | Path = "params.yaml", *,
     return params, methods
 
 
-def _check_data(data: DataParams) -> int:
+def check_data(data: DataParams) -> int:
     """``val_size`` against the data set's training set; return the training samples a run
     sees (after the validation split and ``limit``)."""
     _check_augment(data)
     if data.dataset == SYNTHETIC:
         return data.limit or 256  # the synthetic training set (`pipeline.prepare`)
-    pool = get_spec(data.dataset).train_size
+    if data.dataset in FOLDER_DATASETS:
+        pool = _check_folder(data)
+    elif data.dataset in DATASETS:
+        pool = get_spec(data.dataset).train_size
+    else:
+        return 0  # refused by its own rule
     if data.val_size >= pool:
         raise UsageError(f"data.val_size: {data.val_size} is not allowed; {data.dataset} has "
                          f"{pool} training samples; allowed: 1 .. {pool - 1}")
     return min(pool - data.val_size, data.limit or pool)
+
+
+def _check_folder(data: DataParams) -> int:
+    """An image folder's sizes and layout: its training images (ImageNet-1k's when an
+    ``imagenet`` folder is not here yet: the suite can be checked before the data arrive)."""
+    if data.crop > data.resize:
+        raise UsageError(f"data.crop: {data.crop} is larger than data.resize {data.resize}; "
+                         "allowed: crop <= resize (the centre crop is taken from the resized "
+                         "image)")
+    if data.augment != "none":
+        raise UsageError(f"data.augment: {data.augment!r} is not allowed for data.dataset "
+                         f"{data.dataset}; allowed: none (an image folder is augmented as it "
+                         "is decoded: data.crop, data.crop_scale)")
+    if data.dir is None:
+        raise UsageError(f"data.dir: null is not allowed for data.dataset {data.dataset}; "
+                         "allowed: the folder holding train/ and val/")
+    if data.dataset == "imagenet" and not Path(data.dir).expanduser().exists():
+        return IMAGENET_TRAIN_SIZE
+    return len(scan(data.dataset, Path(data.dir)).train)
 
 
 def _check_augment(data: DataParams) -> None:
@@ -175,9 +200,9 @@ def _with_tuned(key: str, cfg: dict[str, Any], handset: Any) -> Any:
 
 
 def _check_model_args(params: Params) -> nn.Module:
-    """Build the model on the meta device (no memory, no time) and return it: ``model.args``
-    (and each method's ``layer_sparsity`` names, in `load_params`) are checked before anything
-    runs (an unknown or invalid argument is a `UsageError`)."""
+    """Build the model on the meta device (no memory, no time) and return it: ``model.name``
+    and ``model.args``, ``model.exclude``, ``model.weights`` (and each method's
+    ``layer_sparsity`` names, in `load_params`) are checked before anything runs."""
     import torch
 
     shape = {}
@@ -185,8 +210,16 @@ def _check_model_args(params: Params) -> nn.Module:
         channels, *size = params.data.synthetic_shape
         shape = {"in_channels": channels, "image_size": size[0] if size else 1,
                  "num_classes": params.data.synthetic_classes}
+    elif params.data.dataset in DATASETS:
+        spec = DATASETS[params.data.dataset]
+        shape = {"in_channels": spec.shape[0], "image_size": spec.shape[1],
+                 "num_classes": spec.num_classes}
     with torch.device("meta"):
-        return build_model(params.model.name, **{**shape, **params.model.args})
+        model = build_model(params.model.name, exclude=params.model.exclude,
+                            **{**shape, **params.model.args})
+    if params.model.weights is not None:
+        load_weights(model, params.model.weights, params.model.name)  # on meta: checked only
+    return model
 
 
 def check_method(key: str, methods: dict) -> None:

@@ -41,7 +41,9 @@ def check_name(key: str, value: str) -> str:
 class DataParams(Strict):
     """The data set and its splits. ``augment`` is applied to training batches only
     (`sparsebench.data.augment`): ``none``, or ``crop_flip`` (4-pixel pad, random 32x32 crop,
-    horizontal flip; for 3x32x32 images, the SAS-ADMM authors' CIFAR-10 training)."""
+    horizontal flip; for 3x32x32 images, the SAS-ADMM authors' CIFAR-10 training). An image
+    folder (``imagefolder``, ``imagenet``: `sparsebench.data.folders`) is read from ``dir`` and
+    streamed, with its own augmentation (``crop``, ``resize``, ``crop_scale``)."""
 
     dataset: str = "mnist"
     dir: str | None = None
@@ -52,11 +54,55 @@ class DataParams(Strict):
     synthetic_shape: tuple[Annotated[int, Field(gt=0)], ...] = (1, 8, 8)
     synthetic_classes: int = Field(4, ge=2)
     augment: Literal["none", "crop_flip"] = "none"
+    # dataset: imagefolder or imagenet (`sparsebench.data.stream`): streamed from ``dir``
+    loader_workers: int = Field(2, ge=0)  # DataLoader processes per run (0: in the run's own)
+    crop: int = Field(224, gt=0)  # the square side the model sees (RandomResizedCrop, CenterCrop)
+    resize: int = Field(256, gt=0)  # evaluation images' shorter side before the centre crop
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] \
+        = (0.08, 1.0)  # RandomResizedCrop's area range
 
 
 class ModelParams(Strict):
+    """The architecture (`sparsebench.core.models.build_model`), shaped for the data
+    (``in_channels``, ``image_size``, ``num_classes``) and built with ``args``.
+
+    ``name``: a zoo model (``mlp``, ``lenet5``, ``convnet``, ``resnet20`` ...), a torchvision
+    classification model ``torchvision:<name>`` (``weights=None``: nothing is downloaded), or a
+    builder of your own, ``<module>:<callable>`` (a module importable from the suite's
+    directory or sys.path) or ``<file>.py:<callable>`` (a path relative to the suite's
+    directory); see `sparsebench.core.external`. The builder's source file keys every run and
+    pretrain, as the data file does: editing it retrains.
+
+    ``exclude``: layers (Linear/Conv names, or a module holding some) a paper keeps dense, e.g.
+    the first conv and the classifier. They are not prunable at all
+    (`sparsebench.core.metrics.prunable_modules`): no method masks them or regularises them
+    (but gRDA with ``scope: all``, which regularises every parameter), and the level (a
+    compression over the prunable weights) and the sparsity figures are over the other layers;
+    ``compression_all`` counts them as dense parameters, the FLOPs as dense layers. A
+    ``layer_sparsity`` of 0 in a method is another thing: that layer stays prunable and counts
+    in the level, as a relative keep ratio the per-layer rule scales with the others
+    (`sparsebench.core.levels`). ``levels.classifier_density`` is the floor of the classifier
+    (the last Linear/Conv layer); an excluded classifier stays dense and the floor applies to
+    no layer.
+
+    ``weights``: a local file, relative to the suite's directory (a torch state_dict
+    ``.pt``/``.pth``, read with ``weights_only``, or ``.safetensors``), loaded into the model
+    after it is built: it replaces the initialisation wherever the model is built, so the
+    pretrain stage starts from it (and so do the methods that train from their own
+    initialisation). It must fit the model as built, classifier included; its bytes key every
+    run and pretrain.
+    """
+
     name: str = "mlp"
     args: dict[str, Any] = Field(default_factory=dict)
+    exclude: list[str] = Field(default_factory=list)
+    weights: str | None = None
+
+    def keyed(self) -> dict[str, Any]:
+        """The section as a cache key: ``exclude`` and ``weights`` only when set, so the
+        pretrained models of a suite without them keep their key."""
+        unset = {k for k in ("exclude", "weights") if not getattr(self, k)}
+        return self.model_dump(mode="json", exclude=unset)
 
 
 class EvaluateParams(Strict):

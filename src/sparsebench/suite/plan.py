@@ -4,14 +4,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sparsebench.core.levels import layer_targets, level_name
-from sparsebench.core.metrics import prunable_modules
+from sparsebench.core.metrics import is_excluded, linear_conv_modules
 from sparsebench.core.schema import PhaseParams, merge_phase
 from sparsebench.data import dataset_info
 from sparsebench.data.augment import Augment
@@ -30,7 +30,7 @@ def model_spec(params: Params, data_file: Path = DATA_FILE) -> ModelSpec:
     info = dataset_info(data_file)
     shape = info["shape"]
     return ModelSpec(params.model.name, dict(params.model.args), shape[0], shape[1],
-                     info["num_classes"])
+                     info["num_classes"], tuple(params.model.exclude), params.model.weights)
 
 
 def augment_of(params: Params, data_file: Path = DATA_FILE) -> Augment | None:
@@ -52,9 +52,23 @@ def levels_of(params: Params, key: str, method: MethodParams) -> list[float | No
 
 
 def layer_sizes(spec: ModelSpec) -> dict[str, int]:
+    """The weight size of every Linear/Conv layer in model order, ``model.exclude``'s
+    included (`at_level` leaves them out: it needs to know whether the last is the
+    classifier)."""
     with torch.device("meta"):
-        model = spec.build()
-    return {name: m.weight.numel() for name, m in prunable_modules(model)}
+        model = replace(spec, weights=None).build()
+    return {name: m.weight.numel() for name, m in linear_conv_modules(model)}
+
+
+def level_layers(params: Params, sizes: dict[str, int]) -> tuple[dict[str, int], float]:
+    """The layers a level is spread over (``model.exclude`` left out) and the classifier floor
+    (``levels.classifier_density``, or 0 when the classifier itself is excluded: it stays
+    dense)."""
+    exclude = params.model.exclude
+    kept = {n: size for n, size in sizes.items() if not is_excluded(n, exclude)}
+    classifier = list(sizes)[-1] if sizes else None
+    floor = params.levels.classifier_density if classifier in kept else 0.0
+    return kept, floor
 
 
 def at_level(params: Params, key: str, method: MethodParams, level: float | None,
@@ -68,12 +82,13 @@ def at_level(params: Params, key: str, method: MethodParams, level: float | None
         return [("", method)]
     raw = method.model_dump(exclude_none=True)
     if cls.kind() == "target":
+        kept, floor = level_layers(params, sizes)
         profile = None
         if method.layer_sparsity:
             profile = {n: 1.0 - method.layer_sparsity.get(n, method.target_sparsity)
-                       for n in sizes}
-        targets = layer_targets(sizes, level, profile=profile, key="levels",
-                                classifier_density=params.levels.classifier_density)
+                       for n in kept}
+        targets = layer_targets(kept, level, profile=profile, key="levels",
+                                classifier_density=floor)
         raw.update(target_sparsity=1.0 - 1.0 / level, layer_sparsity=targets, scope="layer")
         return [("", method_params(key, raw))]
     if calibration is None:
@@ -174,3 +189,9 @@ def series_budget(before: dict[str, int], step: dict[str, int]) -> dict[str, int
 
 def pretrained_file(spec: RunSpec) -> list[Path]:
     return [] if spec.pretrained is None else [spec.pretrained / MODEL]
+
+
+def input_files(spec: RunSpec) -> list[Path]:
+    """The files a run's fingerprint covers: the prepared data, the model's own (a user's
+    builder's source, ``model.weights``: `ModelSpec.files`) and the pretrained model."""
+    return [DATA_FILE, *spec.model.files(), *pretrained_file(spec)]

@@ -58,6 +58,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from sparsebench.checkpoint import load
 from sparsebench.core.levels import level_name
 from sparsebench.data import dataset_info, load_splits
+from sparsebench.data.stream import head_of
 from sparsebench.run import CHECKPOINT, RESULT, read_result
 from sparsebench.tracking.runs import client_for, log_batches
 from sparsebench.util.flatten import flatten
@@ -75,7 +76,8 @@ class SparseCheckpointModel(PythonModel):
     """A pruned network rebuilt from its compressed sparse checkpoint (see the module doc)."""
 
     def load_context(self, context) -> None:
-        self.model = load(context.artifacts[CHECKPOINT_ARTIFACT]).eval()
+        # the model this pyfunc was logged with (a user's builder must be importable here)
+        self.model = load(context.artifacts[CHECKPOINT_ARTIFACT], trust_code=True).eval()
         self.shape = input_shape(self.model.arch)
 
     def predict(self, context, model_input: np.ndarray,
@@ -149,7 +151,7 @@ def log_run_model(client: Any, experiment_id: str, run_id: str, run_dir: Path,
     FAILED and is raised."""
 
     checkpoint = Path(run_dir) / CHECKPOINT
-    arch = load(checkpoint).arch
+    arch = load(checkpoint, trust_code=True).arch  # a run of this suite's: its model's code
     sha256 = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     tags = {KIND_TAG: KIND, "fingerprint": result["fingerprint"], "method": result["method"],
             "method_key": result["key"], "level": str(result["level"]),
@@ -301,7 +303,7 @@ def publish_models(uri: str, experiment: str, suite: str, rows: list[dict[str, A
     example, data = None, None
     if data_file is not None and Path(data_file).exists():
         data = dataset_info(data_file)
-        example = load_splits(data_file, ("val",))["val"][0][:1].numpy()
+        example = head_of(load_splits(data_file, ("val",))["val"], 1).numpy()
     chosen: dict[tuple[str, float, int], tuple[str, str]] = {}
     logged, seconds, missing = 0, 0.0, []
     with _quiet():

@@ -605,7 +605,11 @@ def dataset_input(path: Path, info: dict[str, Any], origin: str) -> Any:
               "raw_sha256": info.get("raw_sha256", {})}
     profile = {"sizes": info["sizes"], "num_classes": info["num_classes"],
                "shape": list(info["shape"]), "split_seed": info["seed"], "sha256": sha}
+    schema = {"x": ["uint8", *info["shape"]], "y": "int64"}
+    if info.get("images"):  # an image folder: files decoded and cropped to shape
+        source["dir"] = info["images"]["dir"]
+        schema = {"x": ["image file", *info["shape"]], "y": "int64"}
     dataset = Dataset(name=name, digest=sha[:32], source_type="local",
                       source=json.dumps(source), profile=json.dumps(profile),
-                      schema=json.dumps({"x": ["uint8", *info["shape"]], "y": "int64"}))
+                      schema=json.dumps(schema))
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
