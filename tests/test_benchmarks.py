@@ -42,6 +42,7 @@ SMOKE: dict[str, Smoke] = {
     "checkpoint_size.py": Smoke(("--models", "mlp", "--sparsities", "0.5", "0.99")),
     "ddp_scaling.py": Smoke(("--rounds", "1", "--samples", "256"), slow=True),
     "epoch_speed.py": Smoke(EPOCH),
+    "image_throughput.py": Smoke(("--toy",)),
     "late_epochs.py": Smoke(("--params", "params.yaml", "--level", "8"), suite=True),
     "latency.py": Smoke(("--repeats-1", "1", "--repeats-256", "1")),
     "masked_epoch.py": Smoke(EPOCH),
@@ -122,3 +123,23 @@ def test_benchmark_runs_to_its_end(script, request, tmp_path):
     assert done.returncode == 0, f"exit {done.returncode}:\n{output[-4000:]}"
     assert "Traceback (most recent call last)" not in output, output[-4000:]
     assert done.stdout.strip(), "the script printed no figures"
+
+
+def test_image_throughput_toy_runs_without_the_suites_dependencies(tmp_path):
+    """benchmarks/image_throughput.py --toy prints the machine, both rates and a positive
+    ratio in a process that cannot import what a bare GPU machine lacks (it has torch,
+    torchvision, numpy, Pillow, safetensors, scipy, pyyaml, filelock): the script is run there."""
+    script = str(BENCHMARKS / "image_throughput.py")
+    code = ("import runpy, sys\n"
+            "sys.modules.update(dict.fromkeys(('pydantic', 'mlflow', 'optuna', 'dvc', 'ray')))\n"
+            f"sys.argv = [{script!r}, '--toy']\n"
+            f"runpy.run_path({script!r}, run_name='__main__')\n")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    lines = done.stdout.splitlines()
+    for prefix in ("machine: ", "synthetic: ", "streamed: ", "ratio streamed/synthetic: "):
+        assert sum(line.startswith(prefix) for line in lines) == 1, (prefix, lines)
+    ratio = next(line for line in lines if line.startswith("ratio streamed/synthetic: "))
+    assert float(ratio.split()[2]) > 0, ratio
