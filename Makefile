@@ -5,13 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test lint ui install clean-runs postgres
+.PHONY: repro test lint docs ui install clean-runs postgres
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,14 +20,20 @@ repro: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	@echo "Results: reports/curves.md (dvc metrics show); plots: reports/plots/; MLflow: make ui"
 
-test: lint postgres
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+test: lint docs postgres
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --durations=30
 
 # The layers contract (pyproject.toml [tool.importlinter]: imports point down, no circles) and
 # the linter; `make test` runs both first, so a layer break or a lint error fails CI.
 lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check .
+
+# The documentation site (mkdocs.yml, docs/) into site/: --strict fails on a broken link or
+# anchor, a page left out of the nav, a snippet whose file is gone, or a docstring that
+# mkdocstrings cannot render. `make test` builds it before the tests.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The tuning tests start a PostgreSQL server of their own (initdb, pg_ctl): install Debian's
 # package when it is missing. Without it (no apt-get, no root) those tests skip and say why.

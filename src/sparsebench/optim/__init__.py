@@ -58,10 +58,20 @@ def build_optimizer(name: str, params: Iterable[Any], **kwargs: Any) -> torch.op
         params: Parameters or parameter groups.
         **kwargs: The optimizer's hyperparameters.
 
+    Returns:
+        The optimizer, an instance of ``OPTIMIZERS[name]``.
+
     Raises:
         sparsebench.util.errors.UsageError: For an unknown name (a ``ValueError`` listing the
             known ones).
         ValueError: For a bad hyperparameter.
+
+    Examples:
+        >>> import torch
+        >>> from sparsebench.optim import build_optimizer
+        >>> model = torch.nn.Linear(4, 2)
+        >>> build_optimizer("grda", model.parameters(), lr=0.1, c=0.005, mu=0.55).defaults
+        {'lr': 0.1, 'c': 0.005, 'mu': 0.55}
     """
     if name not in OPTIMIZERS:
         raise unknown_name("optimizer.name", name, OPTIMIZERS)

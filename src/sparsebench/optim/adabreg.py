@@ -45,10 +45,9 @@ class AdaBreg(CheckedOptimizer):
     Two paths compute the same update: the single-tensor path (Adam's single-tensor
     operations, then the prox) and the fused path, which runs Adam's fused kernel
     (``torch._fused_adam_``, one pass per tensor for both moments and the step) on ``v``
-    and then the prox. On LeNet-300-100 (CPU, one thread, the optimizer step alone) the
-    fused path takes the step from about 0.5-0.7 ms to 0.3 ms, about the cost of
-    ``torch.optim.Adam(fused=True)``. The two paths differ by rounding only (a few ulp after
-    50 steps, tested), and their state dicts are interchangeable.
+    and then the prox (the faster of the two: ``benchmarks/optim_step.py``). The two paths
+    differ by rounding only (a few ulp after 50 steps, tested), and their state dicts are
+    interchangeable.
 
     Args:
         params: Parameters or parameter groups; groups may override every argument below.
@@ -64,6 +63,30 @@ class AdaBreg(CheckedOptimizer):
             (default) for fused wherever the parameters allow it (floating tensors on a
             device with Adam's fused kernel: CPU since torch 2.4, CUDA, ...). Resolved per
             group when the group is added. Keyword-only.
+
+    Raises:
+        ValueError: For a hyperparameter out of its range, or a group ``reg`` on a tensor
+            without such groups, naming it.
+
+    Examples:
+        Row sparsity: the group norm over each row of a linear weight (``l12_row``) zeroes
+        whole rows, i.e. whole units of the layer before it.
+
+        >>> import torch
+        >>> from sparsebench.optim import AdaBreg, param_groups, sparse_init
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(16, 2))
+        >>> sparse_init(model, 0.1)
+        >>> opt = AdaBreg(param_groups(model, lam=0.5, reg_linear="l12_row"), lr=0.01)
+        >>> x, y = torch.randn(64, 20), torch.randint(0, 2, (64,))
+        >>> for _ in range(100):
+        ...     opt.zero_grad()
+        ...     torch.nn.functional.cross_entropy(model(x), y).backward()
+        ...     opt.step()
+        >>> rows = model[0].weight.abs().sum(dim=1)  # one norm per unit of the first layer
+        >>> bool((rows == 0).any()), bool((rows != 0).any())
+        (True, True)
     """
 
     hparams = _HPARAMS

@@ -32,9 +32,21 @@ def prunable_parameters(
     ``model.named_modules()`` / ``model.parameters()`` order. A module pruned with
     ``torch.nn.utils.prune`` contributes its ``weight_orig``.
 
+    Args:
+        model: Any model.
+
     Returns:
         ``(linear_weights, conv_weights, others)``. For gRDA, which has no ``reg``, use e.g.
         ``GRDA([{"params": lin + conv}, {"params": others, "c": 0.0}], lr, c, mu)``.
+
+    Examples:
+        >>> import torch
+        >>> from sparsebench.optim import prunable_parameters
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+        ...                             torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
+        >>> linear, conv, others = prunable_parameters(model)
+        >>> [tuple(p.shape) for p in linear], [tuple(p.shape) for p in conv], len(others)
+        ([(10, 2704)], [(4, 1, 3, 3)], 4)
     """
     seen: set[int] = set()
     linear: list[nn.Parameter] = []
@@ -75,6 +87,16 @@ def param_groups(
         Up to three groups, empty ones left out: linear weights, conv weights (each with
         ``lam``, its ``reg`` and ``kwargs``), and the rest with ``lam = 0``,
         ``reg = "none"``, ``delta = 1`` (`ProxSGD` ignores ``delta``).
+
+    Examples:
+        >>> import torch
+        >>> from sparsebench.optim import LinBreg, param_groups
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(),
+        ...                             torch.nn.Linear(4 * 26 * 26, 10))
+        >>> groups = param_groups(model, lam=0.5, reg_conv="l12_kernel")
+        >>> [(len(g["params"]), g["lam"], g["reg"]) for g in groups]
+        [(1, 0.5, 'l1'), (1, 0.5, 'l12_kernel'), (2, 0.0, 'none')]
+        >>> opt = LinBreg(groups, lr=0.1)
     """
     linear, conv, others = prunable_parameters(model)
     groups = [

@@ -50,6 +50,18 @@ def sparse_init(model: nn.Module, p: float, *, generator: torch.Generator | None
 
     Raises:
         ValueError: If ``p`` is not in (0, 1].
+
+    Examples:
+        >>> import torch
+        >>> from sparsebench.optim import sparse_init
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 20, 5), torch.nn.Flatten(),
+        ...                             torch.nn.Linear(20 * 24 * 24, 10))
+        >>> sparse_init(model, 0.1, generator=torch.Generator().manual_seed(0))
+        >>> conv, linear = model[0].weight, model[2].weight
+        >>> int((conv.flatten(1).abs().sum(1) != 0).sum())   # ceil(0.1 * 20 * 1) kernels
+        2
+        >>> 0.09 < float((linear != 0).float().mean()) < 0.11   # each entry kept with p
+        True
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise ValueError(f"Invalid p: {p!r} (must be in (0, 1])")
