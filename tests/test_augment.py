@@ -145,10 +145,11 @@ def test_sas_admm_minibatches_are_augmented_after_they_are_drawn(tiny_data):
                       augment=spy)
         plain = Context(train=tiny_data["train"], val=tiny_data["val"],
                         device=torch.device("cpu"), generator=seed_everything(0), seed=0)
-        ours = _Minibatches(ctx, 32, torch.device("cpu"), replacement=replacement)
-        theirs = _Minibatches(plain, 32, torch.device("cpu"), replacement=replacement)
+        ours = _Minibatches(ctx, 32, torch.device("cpu"), replacement=replacement).iteration(10)
+        theirs = _Minibatches(plain, 32, torch.device("cpu"), replacement=replacement
+                              ).iteration(10)
         for _ in range(10):  # past one pass (8 batches) without replacement
-            x, _ = next(ours)
+            x, _, _ = next(ours)
             assert torch.equal(x, spy.seen[-1])
             assert torch.equal(x, next(theirs)[0])  # a spy draws nothing: the same batches
         assert len(spy.seen) == 10

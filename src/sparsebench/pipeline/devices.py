@@ -18,7 +18,6 @@ from sparsebench.pipeline import ray_pool
 from sparsebench.pipeline.tasks import Placement
 from sparsebench.pipeline.workers import check_workers, default_workers
 from sparsebench.suite.params import Params
-from sparsebench.suite.plan import model_spec
 from sparsebench.tracking.runs import tracking_uri
 from sparsebench.util.errors import UsageError
 
@@ -91,6 +90,9 @@ def check_distributed(params: Params, device: torch.device) -> None:
 def _has_batch_norm(params: Params) -> bool:
     """Whether the suite's model (built on the meta device, without its weights) has a
     batch-norm layer."""
+    from sparsebench.pipeline.cost import data_shape, model_spec_for
+
+    shape, classes, _, _ = data_shape(params)  # the prepared file's, or the params'
     with torch.device("meta"):
-        model = replace(model_spec(params), weights=None).build()
+        model = replace(model_spec_for(params, shape, classes), weights=None).build()
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
