@@ -209,3 +209,10 @@ def workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEBENCH_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Ray tests last: a Ray driver leaves gRPC threads in this process, and a worker the
+    forked pool starts after them may wait forever on a lock one of them held at the fork (the
+    likely cause of a shared-prune worker seen asleep on a futex after tests/test_ray.py)."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_ray.py"))
