@@ -29,7 +29,7 @@ from sparsebench.data import DATASETS, SYNTHETIC, dataset_info
 from sparsebench.data.folders import FOLDER_DATASETS, scan
 from sparsebench.methods import MethodParams, build_method
 from sparsebench.pipeline.workers import default_workers
-from sparsebench.run import ModelSpec
+from sparsebench.run import ModelSpec, _cpu_model
 from sparsebench.suite.load import check_data
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE, epoch_budget, levels_of, seeds_of
@@ -125,16 +125,6 @@ def model_spec_for(params: Params, shape: tuple[int, int, int], classes: int) ->
     m = params.model
     return ModelSpec(m.name, dict(m.args), shape[0], shape[1], classes, tuple(m.exclude),
                      m.weights)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "this CPU"
 
 
 def makespan(durations: list[float], workers: int) -> float:
