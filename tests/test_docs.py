@@ -1,5 +1,6 @@
 """The documentation site (mkdocs.yml, docs/): it builds with --strict, its pages render in a
-browser, a broken anchor fails the build, and the examples of `sparsebench.optim` run.
+browser, a broken anchor fails the build, and the docstrings' examples of `sparsebench.optim`,
+`sparsebench.methods`, `sparsebench.checkpoint` and `sparsebench.run` run as doctests.
 
 `make test` builds the site before the tests (`make docs`); here it is built again into a
 temporary folder, so that the test sees what the working tree makes. The screenshots of the
@@ -218,25 +219,32 @@ def test_the_pages_render_in_chromium_with_title_and_navigation(served, tmp_path
             browser.close()
 
 
+def public_modules(name: str) -> list[str]:
+    """The public modules of a package: the package and each module not starting with an
+    underscore; a plain module is its own list."""
+    package = importlib.import_module(name)
+    if not hasattr(package, "__path__"):
+        return [name]
+    return [name] + [f"{name}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+                     if not m.name.startswith("_")]
+
+
 def optim_modules() -> list[str]:
     """The public modules of `sparsebench.optim`: the package and each module not starting
     with an underscore."""
-    import sparsebench.optim as package
-
-    return [package.__name__] + [f"{package.__name__}.{m.name}" for m in
-                                 pkgutil.iter_modules(package.__path__)
-                                 if not m.name.startswith("_")]
+    return public_modules("sparsebench.optim")
 
 
-def test_the_examples_of_the_optimizers_docstrings_run():
-    """Every public module of `sparsebench.optim` has examples, and they pass as doctests."""
+def run_doctests(names: list[str]) -> dict[str, int]:
+    """Run the docstrings' examples of the modules ``names`` on one torch thread; assert that
+    none fails and return the examples run per module."""
     import torch
 
     attempted = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: a second thread only waits for a busy core
     try:
-        for name in optim_modules():
+        for name in names:
             module = importlib.import_module(name)
             result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE,
                                      verbose=False, report=True)
@@ -244,5 +252,32 @@ def test_the_examples_of_the_optimizers_docstrings_run():
             attempted[name] = result.attempted
     finally:
         torch.set_num_threads(threads)
+    return attempted
+
+
+def test_the_examples_of_the_optimizers_docstrings_run():
+    """Every public module of `sparsebench.optim` has examples, and they pass as doctests."""
+    attempted = run_doctests(optim_modules())
     assert all(attempted.values()), attempted  # no public module without an example
     assert sum(attempted.values()) >= 60, attempted
+
+
+#: per package: the modules that must have examples (every public one of `sparsebench.methods`:
+#: each method and `build_method` and `masked_retrain` has one; the checkpoint API's `save`,
+#: `load`, `verify`, `inspect`), and the fewest examples the package may have in all
+DOCTESTS = {
+    "sparsebench.methods": (None, 200),
+    "sparsebench.checkpoint": (("sparsebench.checkpoint.reader",
+                                "sparsebench.checkpoint.writer"), 60),
+    "sparsebench.run": (("sparsebench.run",), 10),
+}
+
+
+@pytest.mark.parametrize("package", sorted(DOCTESTS))
+def test_the_doctests_of_the_methods_checkpoint_and_run_pass(package):
+    """The docstrings' examples of the package's public modules pass as doctests."""
+    required, least = DOCTESTS[package]
+    attempted = run_doctests(public_modules(package))
+    for name in required or attempted:
+        assert attempted[name], f"{name} has no example"
+    assert sum(attempted.values()) >= least, attempted

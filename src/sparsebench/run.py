@@ -57,9 +57,20 @@ TRAJECTORY = "trajectory.json"  # a shared prune phase's record (`shared_prune`)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The suite's architecture, shaped for its data (``model`` in params.yaml,
-    `sparsebench.suite.params.ModelParams`): ``exclude`` names the layers kept dense,
-    ``weights`` a local file of weights that replace the initialisation."""
+    """The suite's architecture, shaped for its data.
+
+    ``model`` in params.yaml (`sparsebench.suite.params.ModelParams`).
+
+    Attributes:
+        name: The architecture: a key of the model registry, ``torchvision:<name>`` or
+            ``<module>:<callable>`` (`sparsebench.core.models.build_model`).
+        args: The builder's own arguments.
+        in_channels: Image channels of the data.
+        image_size: Image side length of the data.
+        num_classes: Number of classes of the data.
+        exclude: The layers kept dense (not prunable).
+        weights: A local file of weights that replace the initialisation; None: none.
+    """
     name: str
     args: dict[str, Any]
     in_channels: int
@@ -69,6 +80,11 @@ class ModelSpec:
     weights: str | None = None
 
     def build(self) -> nn.Module:
+        """A freshly initialised model (with ``weights`` loaded when set).
+
+        Returns:
+            The model, carrying ``model.arch``.
+        """
         model = build_model(self.name, exclude=self.exclude, in_channels=self.in_channels,
                             image_size=self.image_size, num_classes=self.num_classes,
                             **self.args)
@@ -77,16 +93,26 @@ class ModelSpec:
         return model
 
     def config(self) -> dict[str, Any]:
-        """What a run is keyed by (the weights' bytes and the builder's source are input
-        files, `files`); ``exclude`` and ``weights`` only when set, as keyed before them."""
+        """What a run is keyed by.
+
+        The weights' bytes and the builder's source are input files (`files`), not part of
+        it; ``exclude`` and ``weights`` appear only when set.
+
+        Returns:
+            The JSON-able fields.
+        """
         return {"name": self.name, "args": self.args, "in_channels": self.in_channels,
                 "image_size": self.image_size, "num_classes": self.num_classes,
                 **({"exclude": list(self.exclude)} if self.exclude else {}),
                 **({"weights": self.weights} if self.weights is not None else {})}
 
     def files(self) -> list[Path]:
-        """The input files of the model: its builder's source and its weights
-        (`core.external.model_files`)."""
+        """The input files of the model: its builder's source and its weights.
+
+        Returns:
+            The files (`sparsebench.core.external.model_files`); empty for a registry or
+            torchvision model without ``weights``.
+        """
         return model_files(self.name, self.weights)
 
 
@@ -94,18 +120,19 @@ class ModelSpec:
 class RunSpec:
     """Everything one run depends on.
 
-    Args:
-        key: the entry under ``methods:``.
-        method: its parameters at this level (target or calibrated strength applied).
-        level: the nominal compression ratio; None for dense.
-        seed: the run's seed (initialisation, batch order, random masks).
-        retrain: the masked retrain phase (shared section with the method's overrides).
-        model: the architecture.
-        pretrained: the dense model this run starts from; None to start from a fresh init.
-        point: which measured point of the level this is ("" for the level itself, or the
+    Attributes:
+        key: The entry under ``methods:``.
+        method: Its parameters at this level (target or calibrated strength applied).
+        level: The nominal compression ratio; None for dense.
+        seed: The run's seed (initialisation, batch order, random masks).
+        retrain: The masked retrain phase (shared section with the method's overrides).
+        model: The architecture.
+        pretrained: The directory of the dense model this run starts from (`save_run_model`);
+            None to start from a fresh init.
+        point: Which measured point of the level this is ("" for the level itself, or the
             "low" / "high" bracket of an interpolated level).
-        augment: the training batches' augmentation (``data.augment``; None: none).
-        shared_prune: the directory of this seed's prune trajectory (`shared_prune`) when the
+        augment: The training batches' augmentation (``data.augment``; None: none).
+        shared_prune: The directory of this seed's prune trajectory (`shared_prune`) when the
             method's prune phase is shared across levels; the run then finishes it at its level
             instead of training it. Not part of `config`: a run is the same either way.
     """
@@ -121,7 +148,11 @@ class RunSpec:
     shared_prune: Path | None = None
 
     def config(self) -> dict[str, Any]:
-        """The resolved configuration (JSON-able): what a cached run is keyed by."""
+        """The resolved configuration: what a cached run is keyed by.
+
+        Returns:
+            The JSON-able configuration (``shared_prune`` and ``pretrained`` left out).
+        """
         return {"key": self.key, "method": self.method.model_dump(mode="json"),
                 "level": self.level, "seed": self.seed, "point": self.point,
                 "retrain": self.retrain.model_dump(mode="json"),
@@ -131,21 +162,44 @@ class RunSpec:
 
 @dataclass
 class Outcome:
-    """What `run` returns: the model with its masks applied, curves and seconds per phase
-    (``shared``: the epoch seconds of a prune trajectory trained once for every level and
-    counted in `train_seconds`, as the run's own cost)."""
+    """What `run` returns: the model with its masks applied, curves and seconds per phase.
+
+    Attributes:
+        model: The trained model, its masks applied.
+        curves: Phase (``prune``, ``retrain``) -> its rows of figures, one per epoch (or
+            iteration).
+        seconds: Wall seconds per phase (``prune``, ``retrain``), and ``shared``: the epoch
+            seconds of a prune trajectory trained once for every level and counted in
+            `train_seconds`, as the run's own cost.
+    """
     model: nn.Module
     curves: dict[str, list[dict]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
 
     @property
     def train_seconds(self) -> float:
-        """The epochs' own seconds (training steps, without the per-epoch validation)."""
+        """The epochs' own seconds (training steps, without the per-epoch validation).
+
+        Returns:
+            The sum of the ``seconds`` of every row of `curves`.
+        """
         return sum(row.get("seconds", 0.0) for rows in self.curves.values() for row in rows)
 
 
 def load_run_model(path: Path, device: torch.device, *, masked: bool = True) -> nn.Module:
-    """The model written under ``path`` (with its masks applied when ``masked``)."""
+    """The model written under ``path`` by `save_run_model`.
+
+    Args:
+        path: The directory holding ``model.safetensors`` (and ``masks.safetensors``).
+        device: Where to put the model.
+        masked: Apply the saved masks, where there are any.
+
+    Returns:
+        The model.
+
+    Raises:
+        sparsebench.util.errors.UsageError: If there is no model file under ``path``.
+    """
     if not (path / MODEL).exists():
         raise UsageError(f"input: {str(path / MODEL)!r} does not exist; run the stage before "
                          "this one first (dvc repro)")
@@ -156,7 +210,13 @@ def load_run_model(path: Path, device: torch.device, *, masked: bool = True) -> 
 
 
 def save_run_model(path: Path, model: nn.Module, curves: list[dict] | dict) -> None:
-    """Write a model (masks folded in), its masks and curves into the directory ``path``."""
+    """Write a model (masks folded in), its masks and curves into the directory ``path``.
+
+    Args:
+        path: The directory, created if missing.
+        model: The model; its masks are folded in (``make_permanent``), so it changes.
+        curves: The curves, written as JSON.
+    """
     path.mkdir(parents=True, exist_ok=True)
     save_masks(get_masks(model), path / MASKS)
     make_permanent(model)
@@ -166,8 +226,17 @@ def save_run_model(path: Path, model: nn.Module, curves: list[dict] | dict) -> N
 
 @contextmanager
 def diverged(where: str, hyper: dict[str, BaseModel]):
-    """A NaN or infinite loss becomes one line (`Diverged`): where, the epoch and the
-    hyperparameters."""
+    """A context in which a NaN or infinite loss becomes one line (`Diverged`).
+
+    Args:
+        where: What diverged (stage, method, seed), at the start of the line.
+        hyper: Section name -> its parameters, listed in the line (their ``retrain``,
+            ``method`` and ``levels`` left out).
+
+    Raises:
+        sparsebench.util.errors.Diverged: For a ``FloatingPointError`` in the block, naming
+            where, the epoch and the hyperparameters.
+    """
     try:
         yield
     except FloatingPointError as exc:
@@ -195,14 +264,45 @@ def run(spec: RunSpec, data: dict[str, Split],
     """Prune and retrain one (method, level, seed) on the training split.
 
     Args:
-        spec: the run.
-        data: the ``train`` and ``val`` splits (the test split is never needed here).
-        device: where to train.
-        work: a directory for the run's resume state (created; None: not resumable).
-        on_epoch: called with (phase, row) after every epoch (or ADMM iteration).
+        spec: The run.
+        data: The ``train`` and ``val`` splits (the test split is never needed here).
+        device: Where to train.
+        work: A directory for the run's resume state (created; None: not resumable).
+        on_epoch: Called with (phase, row) after every epoch (or ADMM iteration).
 
     Returns:
         The trained model with its masks applied, the curves and seconds of both phases.
+
+    Raises:
+        sparsebench.util.errors.Diverged: For a NaN or infinite loss.
+        sparsebench.util.errors.UsageError: For a method that starts from the pretrained
+            model when ``spec.pretrained`` is None.
+
+    Examples:
+        gRDA from a fresh initialisation, then one epoch of masked retrain; the retrain keeps
+        the sparsity the prune phase reached, and the same spec gives the same model:
+
+        >>> import torch
+        >>> from sparsebench.core.schema import PhaseParams
+        >>> from sparsebench.methods import method_params
+        >>> from sparsebench.run import ModelSpec, RunSpec, run
+        >>> _ = torch.manual_seed(0)
+        >>> x, y = torch.randn(64, 1, 4, 4), torch.randint(0, 3, (64,))
+        >>> spec = RunSpec(
+        ...     key="grda", method=method_params("grda", {"c": 0.5, "epochs": 2,
+        ...                                                "batch_size": 16}),
+        ...     level=None, seed=0, retrain=PhaseParams(epochs=1, batch_size=16),
+        ...     model=ModelSpec("mlp", {"widths": [32]}, in_channels=1, image_size=4,
+        ...                     num_classes=3))
+        >>> data = {"train": (x, y), "val": (x, y)}
+        >>> outcome = run(spec, data, torch.device("cpu"))
+        >>> {phase: len(rows) for phase, rows in outcome.curves.items()}
+        {'prune': 2, 'retrain': 1}
+        >>> outcome.curves["retrain"][-1]["sparsity"] == outcome.curves["prune"][-1]["sparsity"]
+        True
+        >>> again = run(spec, data, torch.device("cpu"))
+        >>> torch.equal(again.model.layers[1].weight, outcome.model.layers[1].weight)
+        True
     """
     pruned = work / "prune" if work is not None else None
     outcome = Outcome(model=nn.Identity())
@@ -292,6 +392,21 @@ def shared_prune(spec: RunSpec, data: dict[str, Split],
     ``trajectory.json`` (seconds, fingerprint); each level's run then loads it and applies its
     own masks (`run` with ``spec.shared_prune``), with the weights of a run that trained it
     itself, bit for bit. Resumable as a run's prune phase (state in ``.<name>.work``).
+
+    Args:
+        spec: The run of any one level (its level is not read).
+        data: The ``train`` and ``val`` splits.
+        device: Where to train.
+        out: The directory to write, whole (rank 0 under torchrun).
+        fingerprint: The trajectory's fingerprint, kept in ``trajectory.json`` (`cached`).
+        on_epoch: Called with (``prune``, row) after every epoch (or iteration).
+
+    Returns:
+        The record of ``trajectory.json``: key, seed, epochs, seconds and fingerprint.
+
+    Raises:
+        sparsebench.util.errors.UsageError: If ``spec.pretrained`` is None.
+        sparsebench.util.errors.Diverged: For a NaN or infinite loss.
     """
     method = build_method(spec.key, spec.method)
     if spec.pretrained is None:
@@ -328,8 +443,18 @@ def _checkpoint(work: Path | None, phase: str) -> EpochCheckpoint | None:
 
 def validation_figures(model: nn.Module, val: Split,
                        device: torch.device) -> dict[str, float]:
-    """Validation accuracy and loss, sparsity and compression of a run's model (the tuner's and
-    the calibration's figures)."""
+    """Validation accuracy and loss, sparsity and compression of a run's model.
+
+    The tuner's and the calibration's figures.
+
+    Args:
+        model: The model, its masks applied.
+        val: The validation split.
+        device: Where to evaluate.
+
+    Returns:
+        ``val_accuracy``, ``val_loss``, ``sparsity`` and ``compression``.
+    """
     loss, acc = evaluate(model, val, device=device)
     summary = sparsity_summary(model)
     return {"val_accuracy": acc, "val_loss": loss, "sparsity": summary["sparsity"],
@@ -337,9 +462,20 @@ def validation_figures(model: nn.Module, val: Split,
 
 
 def environment(device: torch.device, threads: int, workers: int) -> dict[str, Any]:
-    """What a speed figure needs to be read later, and what decides a run's arithmetic: the
-    CPU (its model string and family/model/stepping from /proc/cpuinfo, the instruction set
-    torch dispatches to), the torch build, the threads and `numerics.arithmetic_digest`."""
+    """What a speed figure needs to be read later, and what decides a run's arithmetic.
+
+    The CPU (its model string and family/model/stepping from /proc/cpuinfo, the instruction
+    set torch dispatches to), the torch build, the threads and
+    `sparsebench.core.numerics.arithmetic_digest`.
+
+    Args:
+        device: The device the runs train on.
+        threads: The torch threads per run.
+        workers: The runs in parallel.
+
+    Returns:
+        The environment, JSON-able.
+    """
     return {"torch": torch.__version__, "torch_git": torch.version.git_version,
             "cpu": _cpu_model(), "cpu_id": _cpu_id(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
@@ -378,6 +514,26 @@ def execute(spec: RunSpec, data: dict[str, Split],
     curves and ``result.json`` (a `RunResult`: figures, budget, seconds, environment,
     fingerprint). Its resume state lives in ``.<name>.work`` beside it and is deleted once
     ``out`` is in place.
+
+    Args:
+        spec: The run.
+        data: The ``train``, ``val`` and ``test`` splits.
+        device: Where to train.
+        out: The run's directory, written whole (rank 0 under torchrun).
+        fingerprint: The run's fingerprint, kept in ``result.json`` (`cached`).
+        budget: The run's epoch budget, recorded as ``epochs``.
+        shape: The input shape of one sample, for the FLOP figures.
+        env: The `environment`, recorded.
+        on_epoch: Called with (phase, row) after every epoch (or iteration).
+        latency: (batch sizes, repeats) of the dense and sparse latency figures; None or no
+            batch sizes: none.
+
+    Returns:
+        The run's record, as written to ``result.json``.
+
+    Raises:
+        sparsebench.util.errors.Diverged: For a NaN or infinite training loss.
+        FloatingPointError: For a test loss that is not finite.
     """
     work = out.with_name(f".{out.name}.work")
     wall = time.perf_counter()
@@ -432,10 +588,23 @@ def _latency_figures(model: nn.Module, shape: tuple[int, ...], batch_sizes: tupl
 
 
 class Figures(BaseModel):
-    """A run's final figures, under the one name each keeps from here to the report and
-    MLflow. Records written before these names are read by their old ones
-    (``compression_ratio``, ``compression_ratio_all``, ``theoretical_speedup``); any further
-    figure (a latency, a density per layer kind) is kept as it is."""
+    """A run's final figures, under the one name each keeps from here to the report and MLflow.
+
+    ``compression``, ``compression_all`` and ``flop_speedup`` are also read under the aliases
+    ``compression_ratio``, ``compression_ratio_all`` and ``theoretical_speedup``; any further
+    figure (a latency, a density per layer kind) is kept as it is.
+
+    Attributes:
+        test_accuracy: Accuracy on the test split.
+        test_loss: Mean cross-entropy on the test split.
+        val_accuracy: Accuracy on the validation split.
+        sparsity: Zeros over the prunable weights.
+        compression: Prunable weights over their nonzeros.
+        compression_all: All parameters over their nonzeros.
+        flop_speedup: FLOPs of one forward pass over those left with the zero weights skipped
+            (`sparsebench.core.metrics.count_flops`).
+        checkpoint_bytes: Size of the compressed checkpoint.
+    """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -453,8 +622,24 @@ class Figures(BaseModel):
 
 
 class RunResult(BaseModel):
-    """A run's record, ``result.json``: what `execute` writes and every later stage reads
-    (`read_result`), the summaries' and the report's rows included."""
+    """A run's record, ``result.json``: what `execute` writes and every later stage reads.
+
+    Read by `read_result`, the summaries' and the report's rows included.
+
+    Attributes:
+        key: The entry under ``methods:``.
+        method: The registered method's name.
+        level: The nominal compression ratio; None for dense.
+        point: Which measured point of the level ("", "low" or "high").
+        seed: The run's seed.
+        figures: The final figures.
+        layers: Per-layer figures (`sparsebench.core.metrics.evaluate_model_metrics`).
+        epochs: The epoch budget of each phase.
+        seconds: Seconds per phase, and of the whole run.
+        params: The method's parameters.
+        environment: The `environment` the run ran in.
+        fingerprint: The run's fingerprint (`cached`); None: none.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -472,20 +657,42 @@ class RunResult(BaseModel):
     fingerprint: str | None = None
 
     def record(self) -> dict[str, Any]:
-        """The record as JSON-ready data (floats as they are: an all-zero model's infinite
-        compression stays ``Infinity``)."""
+        """The record as JSON-ready data.
+
+        Returns:
+            The fields as plain data; floats as they are (an all-zero model's infinite
+            compression stays ``Infinity``).
+        """
         return self.model_dump(exclude_none=False)
 
 
 def read_result(data: dict[str, Any]) -> dict[str, Any]:
-    """A stored run record (``result.json``, or a run of ``evaluation/<key>.json``) checked
-    and under today's figure names."""
+    """A stored run record, checked, with its figures under the names of `Figures`.
+
+    Args:
+        data: A run record: ``result.json``, or a run of ``evaluation/<key>.json``.
+
+    Returns:
+        The record (`RunResult.record`).
+
+    Raises:
+        pydantic.ValidationError: For a record that lacks a field or has a wrong type.
+    """
     return RunResult.model_validate(data).record()
 
 
 def cached(out: Path, fingerprint: str, name: str = RESULT) -> dict[str, Any] | None:
-    """The result of a finished run at ``out`` made from the same spec, inputs and code (or,
-    with ``name`` `TRAJECTORY`, of a shared prune trajectory)."""
+    """The result of a finished run at ``out`` made from the same spec, inputs and code.
+
+    Args:
+        out: The run's directory.
+        fingerprint: The fingerprint the result must carry.
+        name: The record's file: `RESULT`, or `TRAJECTORY` for a shared prune trajectory.
+
+    Returns:
+        The record (a run's through `read_result`), or None if there is none, it cannot be
+        read, or its fingerprint differs.
+    """
     try:
         result = json.loads((out / name).read_text())
     except (OSError, ValueError):

@@ -32,20 +32,52 @@ _DICT_MIN, _DICT_MAX = 4096, 1 << 24
 
 
 def dict_size(raw_bytes: int) -> int:
-    """The LZMA2 dictionary for a blob: its whole length (so every match is in reach), within
-    4 KiB (liblzma's minimum) and 16 MiB (to bound the writer's and the reader's memory)."""
+    """The LZMA2 dictionary size for a blob.
+
+    Its whole length (so every match is in reach), within 4 KiB (liblzma's minimum) and
+    16 MiB (to bound the writer's and the reader's memory).
+
+    Args:
+        raw_bytes: The blob's length before coding.
+
+    Returns:
+        The dictionary size in bytes.
+    """
     return min(max(raw_bytes, _DICT_MIN), _DICT_MAX)
 
 
 def shuffle(raw: bytes, itemsize: int) -> bytes:
-    """Byte planes: byte 0 of every element, then byte 1, ... (``raw`` whole elements)."""
+    """Byte planes: byte 0 of every element, then byte 1, ...
+
+    Args:
+        raw: Whole elements of ``itemsize`` bytes each.
+        itemsize: The element size in bytes.
+
+    Returns:
+        The shuffled bytes, as long as ``raw`` (``raw`` itself for 1-byte elements).
+
+    Examples:
+        >>> from sparsebench.checkpoint.codec import shuffle, unshuffle
+        >>> shuffle(b"AaBbCc", 2)
+        b'ABCabc'
+        >>> unshuffle(shuffle(b"AaBbCc", 2), 2)
+        b'AaBbCc'
+    """
     if itemsize == 1:
         return raw
     return np.frombuffer(raw, np.uint8).reshape(-1, itemsize).T.tobytes()
 
 
 def unshuffle(planes: bytes, itemsize: int) -> bytes:
-    """The inverse of `shuffle`."""
+    """The inverse of `shuffle`.
+
+    Args:
+        planes: The byte planes `shuffle` made.
+        itemsize: The element size in bytes.
+
+    Returns:
+        The elements' bytes in their own order.
+    """
     if itemsize == 1:
         return planes
     return np.frombuffer(planes, np.uint8).reshape(itemsize, -1).T.tobytes()
@@ -76,9 +108,30 @@ _SAMPLE = 1 << 20
 def candidates(raw: bytes, itemsize: int) -> dict[str, bytes]:
     """Every codec's output for a blob of ``itemsize``-byte elements (shortest per codec).
 
-    A blob over `LARGE` bytes (a large model's dense layer: LZMA2 at its extreme preset codes
-    about 0.3 MB a second) gets the codec that is shortest on its first `_SAMPLE` bytes alone,
-    and LZMA2 at preset 6 (the format is the same: the reader needs no preset)."""
+    A blob over `LARGE` bytes (a large model's dense layer, where LZMA2 at its extreme preset
+    is slow) gets only the codec that is shortest on its first `_SAMPLE` bytes, and LZMA2 at
+    preset 6 (the format is the same: the reader needs no preset).
+
+    Args:
+        raw: The blob's bytes, whole elements.
+        itemsize: The element size in bytes; the shuffled codecs only for ``itemsize > 1``.
+
+    Returns:
+        Codec name -> its output, in `CODECS` order (one entry for a blob over `LARGE`).
+
+    Examples:
+        A blob of zeros codes to a few bytes; `decompress` gives it back:
+
+        >>> from sparsebench.checkpoint.codec import candidates, decompress
+        >>> raw = bytes(4096)
+        >>> coded = candidates(raw, 4)
+        >>> list(coded)
+        ['zlib', 'zlib+shuffle', 'lzma', 'lzma+shuffle']
+        >>> all(len(out) < 100 for out in coded.values())
+        True
+        >>> all(decompress(codec, out, len(raw), 4) == raw for codec, out in coded.items())
+        True
+    """
     if len(raw) <= LARGE:
         return _all(raw, itemsize)
     sample = _all(raw[: _SAMPLE - _SAMPLE % itemsize], itemsize)
@@ -124,9 +177,32 @@ def decompress(codec: str, data: bytes, raw_bytes: int, itemsize: int) -> bytes:
     Memory stays within ``raw_bytes`` (and the LZMA2 dictionary, `dict_size` of it) whatever
     ``data`` holds.
 
+    Args:
+        codec: One of `CODECS`.
+        data: The coded blob (possibly from an untrusted file).
+        raw_bytes: The length it must decompress to, a positive number of elements.
+        itemsize: The element size in bytes (for the byte shuffle).
+
+    Returns:
+        The ``raw_bytes`` bytes of the blob.
+
     Raises:
         ValueError: One line, for an unknown codec, a corrupt stream, one that ends early or
             holds more than ``raw_bytes`` (a decompression bomb), or bytes after its end.
+
+    Examples:
+        A stream that holds more than the length declared is refused, however much more:
+
+        >>> import zlib
+        >>> from sparsebench.checkpoint.codec import decompress
+        >>> bomb = zlib.compress(bytes(1 << 20), 9)
+        >>> len(bomb) < 2000
+        True
+        >>> decompress("zlib", bomb, 4096, 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: zlib: decompresses to more than the 4096 bytes declared; refused (a
+        decompression bomb?)
     """
     if codec not in CODECS:
         raise ValueError(f"codec {codec!r} is unknown; allowed: {', '.join(CODECS)}")

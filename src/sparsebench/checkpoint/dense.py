@@ -3,7 +3,7 @@
 A model file holds the plain ``state_dict`` (masks folded in) and, in its metadata, the
 architecture name and arguments, so `load_model` rebuilds the model by itself. The pipeline's
 stages keep their models in this form; the compressed sparse form of DESIGN.md ("Compressed
-checkpoint") is in `sparsebench.checkpoint.compressed`.
+checkpoint") is `sparsebench.checkpoint.save` / `sparsebench.checkpoint.load`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,35 @@ FORMAT = "sparsebench-model/1"
 def save_model(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> None:
     """Write the model's weights and architecture; the file appears complete or not at all.
 
-    The model must carry no masks (see `sparsity.make_permanent`).
+    The model must carry no masks (see `sparsebench.core.sparsity.make_permanent`).
+
+    Args:
+        model: A model from `build_model` (it carries ``model.arch``), on any device.
+        path: The output file.
+        meta: JSON-able data stored beside the weights (`load_model` returns it).
+
+    Raises:
+        ValueError: If the model still carries ``torch.nn.utils.prune`` masks.
+        OSError: If the file cannot be written.
+
+    Examples:
+        A round trip gives the same tensors and the ``meta``:
+
+        >>> import pathlib, tempfile
+        >>> import torch
+        >>> from sparsebench.checkpoint import load_model, save_model
+        >>> from sparsebench.core.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model("mlp", widths=(32,), in_channels=1, image_size=4, num_classes=3)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = pathlib.Path(tmp) / "model.safetensors"
+        ...     save_model(model, path, {"epochs": 2})
+        ...     loaded, meta = load_model(path)
+        >>> meta, loaded.arch["name"]
+        ({'epochs': 2}, 'mlp')
+        >>> all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+        ...                                       loaded.state_dict().values()))
+        True
     """
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if any(k.endswith("_mask") or k.endswith("_orig") for k in state):
@@ -40,8 +68,19 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", *,
                trust_code: bool = False) -> tuple[nn.Module, dict]:
     """Rebuild the model written by `save_model`; return it with the saved ``meta``.
 
-    ``trust_code``: rebuild a user's model (``<module>:<callable>``), which runs its code
-    (`sparsebench.core.models.from_arch`); for files you trust, as the pipeline's own."""
+    Args:
+        path: A file written by `save_model`.
+        device: Where to put the model.
+        trust_code: Rebuild a user's model (``<module>:<callable>``), which runs its code
+            (`sparsebench.core.models.from_arch`); for files you trust, as the pipeline's own.
+
+    Returns:
+        The model (carrying ``model.arch``) and the ``meta`` it was saved with.
+
+    Raises:
+        sparsebench.util.errors.UsageError: One line, for a missing or unreadable file, one of
+            another format, or an architecture that cannot be rebuilt.
+    """
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

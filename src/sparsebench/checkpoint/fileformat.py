@@ -24,8 +24,8 @@ tensor of the same name, recorded in ``codecs``. String metadata, each value JSO
   ``{"dtypes": [[dtype, count], ...], "layout": digest}``; their names and shapes are the
   architecture's, ``dtypes`` gives their dtypes in canonical order as runs, and ``layout`` is the
   first 16 hex digits of the SHA-256 of ``"name:d0,d1,...\\n"`` over them, so a changed model
-  definition is refused rather than filled wrongly. Naming each of them would cost more than a
-  ResNet-32's whole sparse payload at 99.9% sparsity.
+  definition is refused rather than filled wrongly, without naming each of them in the
+  metadata.
 * ``codecs``: ``{payload: [codec, raw_bytes], ...}`` for the coded payloads only (raw ones
   are not named). ``raw_bytes`` is the length of the payload before coding; the reader checks
   it against the length the other metadata implies (exactly for data and bitmask payloads;
@@ -68,28 +68,71 @@ Layout = dict[str, tuple[int, ...]]
 
 
 def blob_dtype(name: str) -> torch.dtype | None:
-    """The dtype of a raw payload tensor of this name, or None if no payload has this name."""
+    """The dtype of a raw payload tensor of this name.
+
+    Args:
+        name: A payload tensor's name, ``data.<DT>`` or ``index.<encoding>``.
+
+    Returns:
+        Its dtype before any codec, or None if no payload has this name.
+
+    Examples:
+        >>> from sparsebench.checkpoint.fileformat import blob_dtype
+        >>> blob_dtype("data.BF16"), blob_dtype("index.delta-u16"), blob_dtype("data.X")
+        (torch.bfloat16, torch.uint16, None)
+    """
     if name.startswith("index."):
         return INDEX_BLOBS.get(name)
     return DTYPES.get(name.removeprefix("data.")) if name.startswith("data.") else None
 
 
 def compact_json(value: Any) -> str:
+    """JSON without spaces, as the metadata stores it.
+
+    Args:
+        value: JSON-able data.
+
+    Returns:
+        The JSON text, separators ``,`` and ``:``.
+    """
     return json.dumps(value, separators=(",", ":"))
 
 
 def index_blob(encoding: str) -> str:
+    """The name of the payload tensor holding the index parts of an encoding.
+
+    Args:
+        encoding: A sparse encoding of `sparsebench.checkpoint.encoding.ENCODINGS`.
+
+    Returns:
+        ``index.<encoding>``.
+    """
     return f"index.{encoding}"
 
 
 def rest_digest(layout: Layout, names: list[str]) -> str:
-    """The ``rest.layout`` digest: names and shapes of the dense rest, in order."""
+    """The ``rest.layout`` digest: names and shapes of the dense rest, in order.
+
+    Args:
+        layout: The architecture's state_dict names -> shapes.
+        names: The names of the tensors stored dense as the rest, in canonical order.
+
+    Returns:
+        The first 16 hex digits of the SHA-256 of ``"name:d0,d1,...\\n"`` over ``names``.
+    """
     text = "".join(f"{n}:{','.join(map(str, layout[n]))}\n" for n in names)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def payload_sha256(blobs: dict[str, torch.Tensor]) -> str:
-    """The ``sha256`` metadata value: see the module docstring for the byte order."""
+    """The ``sha256`` metadata value: see the module docstring for the byte order.
+
+    Args:
+        blobs: The payload tensors as stored (a coded payload as its codec's output).
+
+    Returns:
+        The hex SHA-256.
+    """
     digest = hashlib.sha256()
     for name in sorted(blobs):
         raw = blobs[name].contiguous().view(torch.uint8).numpy()
@@ -102,9 +145,18 @@ def arch_layout(arch: dict[str, Any], where: str, *,
                 trust_code: bool = False) -> tuple[nn.Module, Layout]:
     """Build ``arch``: the model and its layout (state_dict names and shapes, in order).
 
-    The model is built on the CPU: the registry's models cost milliseconds to initialise, while
-    the meta device would import ``torch._dynamo`` (seconds) for ``kaiming_normal_``. A user's
-    builder (``<module>:<callable>``) is code: it is run with ``trust_code`` only.
+    The model is built on the CPU, not on the meta device (which would import
+    ``torch._dynamo`` for ``kaiming_normal_``). A user's builder (``<module>:<callable>``) is
+    code: it is run with ``trust_code`` only.
+
+    Args:
+        arch: ``{"name": ..., "args": {...}}`` and optionally ``"exclude": [...]``, as
+            ``model.arch`` (`sparsebench.core.models.build_model`).
+        where: The prefix of every error message (which file or object).
+        trust_code: Run a user's builder.
+
+    Returns:
+        The model and its layout: state_dict name -> shape, in state_dict order.
 
     Raises:
         UsageError: For an unknown name or bad arguments; the message starts with ``where``.

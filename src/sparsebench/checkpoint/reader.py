@@ -43,6 +43,12 @@ def _one_line(exc: BaseException) -> str:
 def read_file(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Metadata and payload tensors of a ``sparsebench-ckpt/1`` file (nothing decoded yet).
 
+    Args:
+        path: The file.
+
+    Returns:
+        The string metadata and the payload tensors by name, as stored.
+
     Raises:
         UsageError: If the file is missing, not safetensors (e.g. a pickle, which is never
             unpickled), or of another format.
@@ -258,8 +264,23 @@ def decode_state(
     metadata: dict[str, str], blobs: dict[str, torch.Tensor], layout: Layout, where: str,
     codecs: dict[str, tuple[str, int]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Decompress the coded payloads (``codecs``, from `_check_blobs`) and decode every tensor;
-    also return one inspection row per tensor (see `inspect`)."""
+    """Decompress the coded payloads and decode every tensor, checking it all.
+
+    Args:
+        metadata: The file's string metadata (`read_file`).
+        blobs: Its payload tensors, as stored.
+        layout: The architecture's state_dict names -> shapes (`arch_layout`).
+        where: The prefix of every error message.
+        codecs: The checked ``codecs`` entries (payload name -> (codec, raw bytes)); None or
+            empty: every payload raw.
+
+    Returns:
+        The state_dict, and one inspection row per tensor (see `inspect`).
+
+    Raises:
+        sparsebench.util.errors.UsageError: One line, for metadata that does not match the
+            architecture or the payloads, or a payload that does not decode.
+    """
     entries = _json(metadata, "tensors", dict, where)
     rest_meta = _json(metadata, "rest", dict, where)
     checked = {n: _entry(n, e, layout, where) for n, e in entries.items()}
@@ -308,8 +329,36 @@ def _read(path: str | Path, trust_code: bool = False
 def verify(path: str | Path) -> None:
     """Check a checkpoint completely: checksum, metadata, architecture and every tensor.
 
+    Args:
+        path: A file written by `save`.
+
     Raises:
         UsageError: One line naming the file and what is wrong.
+
+    Examples:
+        A file written by `save` passes; one flipped bit fails the checksum:
+
+        >>> import pathlib, tempfile
+        >>> import torch
+        >>> from sparsebench.checkpoint import save, verify
+        >>> from sparsebench.core.models import build_model
+        >>> from sparsebench.core.sparsity import apply_masks, magnitude_masks
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model("mlp", widths=(32,), in_channels=1, image_size=4, num_classes=3)
+        >>> apply_masks(model, magnitude_masks(model, 0.9))
+        >>> from sparsebench.util.errors import UsageError
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = pathlib.Path(tmp) / "model.sparse.safetensors"
+        ...     save(model, path)
+        ...     verify(path)  # nothing raised
+        ...     data = bytearray(path.read_bytes())
+        ...     data[-1] ^= 1
+        ...     _ = path.write_bytes(data)
+        ...     try:
+        ...         verify(path)
+        ...     except UsageError as exc:
+        ...         print(str(exc).split(": ", 1)[1])
+        checksum mismatch (sha256); the file is damaged or edited
     """
     _read(path)
 
@@ -333,6 +382,31 @@ def load(path: str | Path, device: torch.device | str = "cpu", *,
 
     Raises:
         UsageError: One line, for a missing, truncated, damaged, edited or foreign file.
+
+    Examples:
+        A round trip of a pruned model: the same weights (the masks folded in), the same
+        outputs, the same sparsity:
+
+        >>> import pathlib, tempfile
+        >>> import torch
+        >>> from sparsebench.checkpoint import load, save
+        >>> from sparsebench.core.models import build_model
+        >>> from sparsebench.core.sparsity import apply_masks, magnitude_masks
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model("mlp", widths=(32,), in_channels=1, image_size=4, num_classes=3)
+        >>> apply_masks(model, magnitude_masks(model, 0.9))
+        >>> from sparsebench.core.metrics import sparsity_summary
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = pathlib.Path(tmp) / "model.sparse.safetensors"
+        ...     save(model, path)
+        ...     loaded = load(path)
+        >>> all(torch.equal(loaded.layers[i].weight, model.layers[i].weight) for i in (1, 3))
+        True
+        >>> x = torch.randn(5, 1, 4, 4)
+        >>> torch.equal(loaded(x), model(x))
+        True
+        >>> sparsity_summary(loaded)["sparsity"] == sparsity_summary(model)["sparsity"]
+        True
     """
     model, state, _, _ = _read(path, trust_code)
     model.load_state_dict(state, assign=True)  # takes the stored tensors and their dtypes
@@ -342,10 +416,35 @@ def load(path: str | Path, device: torch.device | str = "cpu", *,
 def inspect(path: str | Path) -> list[dict[str, Any]]:
     """One row per tensor of a checkpoint, in canonical order, after verifying it.
 
+    Args:
+        path: A file written by `save`.
+
     Returns:
         Dicts with ``name``, ``shape``, ``dtype``, ``numel``, ``nonzeros``, ``encoding``,
         ``bytes`` (its encoded payload, before the codec stage: see `inspect_all`),
         ``dense_bytes`` and ``prunable``.
+
+    Raises:
+        UsageError: One line, as `verify`.
+
+    Examples:
+        The pruned weights take a sparse encoding, the biases are stored dense:
+
+        >>> import pathlib, tempfile
+        >>> import torch
+        >>> from sparsebench.checkpoint import inspect, save
+        >>> from sparsebench.core.models import build_model
+        >>> from sparsebench.core.sparsity import apply_masks, magnitude_masks
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model("mlp", widths=(32,), in_channels=1, image_size=4, num_classes=3)
+        >>> apply_masks(model, magnitude_masks(model, 0.9))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = pathlib.Path(tmp) / "model.sparse.safetensors"
+        ...     save(model, path)
+        ...     rows = inspect(path)
+        >>> [(r["name"], r["encoding"], r["nonzeros"], r["numel"]) for r in rows]
+        [('layers.1.weight', 'delta-u8', 51, 512), ('layers.1.bias', 'dense', 32, 32),
+         ('layers.3.weight', 'delta-u8', 10, 96), ('layers.3.bias', 'dense', 3, 3)]
     """
     return _read(path)[2]
 
@@ -353,9 +452,15 @@ def inspect(path: str | Path) -> list[dict[str, Any]]:
 def inspect_all(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows of `inspect`, and one row per payload tensor in name order, after verifying.
 
+    Args:
+        path: A file written by `save`.
+
     Returns:
         The tensor rows, and the payload rows: dicts with ``name``, ``codec`` (``raw`` or one
         of `codec.CODECS`), ``raw_bytes`` (before the codec stage) and ``stored_bytes``.
+
+    Raises:
+        UsageError: One line, as `verify`.
     """
     _, _, rows, payloads = _read(path)
     return rows, payloads

@@ -26,6 +26,12 @@ FORMATS = (fileformat.FORMAT, dense.FORMAT)
 def file_format(path: str | Path) -> str:
     """The ``format`` of a model file, one of `FORMATS`.
 
+    Args:
+        path: A dense model file or a compressed checkpoint.
+
+    Returns:
+        ``sparsebench-ckpt/1`` or ``sparsebench-model/1``.
+
     Raises:
         UsageError: If the file cannot be read as safetensors or is of another format.
     """
@@ -42,7 +48,18 @@ def file_format(path: str | Path) -> str:
 
 
 def load_any(path: str | Path) -> nn.Module:
-    """Load a dense model file or a compressed checkpoint, whichever ``path`` is."""
+    """Load a dense model file or a compressed checkpoint, whichever ``path`` is.
+
+    Args:
+        path: A file of `save_model` or of `save`.
+
+    Returns:
+        The model, carrying ``model.arch``.
+
+    Raises:
+        sparsebench.util.errors.UsageError: One line, for an unreadable, damaged or foreign
+            file.
+    """
     if file_format(path) == fileformat.FORMAT:
         return reader.load(path)
     return dense.load_model(path)[0]
@@ -55,6 +72,14 @@ def save_pruned(model: nn.Module, path: str | Path) -> None:
     ``prune.custom_from_mask(module, "weight", state[f"{name}.weight_mask"])`` to each layer of
     a fresh ``build_model(arch["name"], **arch["args"])``, then ``load_state_dict(state)``.
     Changes ``model``.
+
+    Args:
+        model: A model from `build_model` (it carries ``model.arch``); its masks are set to
+            its nonzero patterns.
+        path: The output file; it appears complete or not at all.
+
+    Raises:
+        sparsebench.util.errors.UsageError: If the file cannot be written.
     """
     apply_masks(model, {name: m.weight != 0 for name, m in prunable_modules(model)})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -89,7 +114,18 @@ def export(model_file: str | Path, out: str | Path, to: str) -> None:
 
 
 def inspect(path: str | Path) -> list[dict[str, Any]]:
-    """One row per tensor (see `reader.inspect`); a dense model file shows all dense."""
+    """One row per tensor (see `reader.inspect`); a dense model file shows all dense.
+
+    Args:
+        path: A dense model file or a compressed checkpoint.
+
+    Returns:
+        The rows of `reader.inspect`.
+
+    Raises:
+        sparsebench.util.errors.UsageError: One line, for an unreadable, damaged or foreign
+            file.
+    """
     return _inspect_all(path)[0]
 
 
@@ -114,9 +150,22 @@ def _fmt_row(name: str, shape: str, nonzeros: str, density: str, enc: str, size:
 
 
 def inspect_table(path: str | Path) -> str:
-    """The ``sparsebench inspect`` report: prunable layers, the dense rest, what the codec stage
-    saves per coded payload (negative bytes), header, totals. The tensors' bytes are their
-    encoded payloads before the codec stage; all the bytes column adds up to the file size."""
+    """The ``sparsebench inspect`` report of a model file.
+
+    Prunable layers, the dense rest, what the codec stage saves per coded payload (negative
+    bytes), header, totals. The tensors' bytes are their encoded payloads before the codec
+    stage; all the bytes column adds up to the file size.
+
+    Args:
+        path: A dense model file or a compressed checkpoint.
+
+    Returns:
+        The report, lines of aligned columns.
+
+    Raises:
+        sparsebench.util.errors.UsageError: One line, for an unreadable, damaged or foreign
+            file.
+    """
     rows, payloads = _inspect_all(path)
     lines = [_fmt_row("name", "shape", "nonzeros", "density", "encoding", "bytes")]
     for r in (r for r in rows if r["prunable"]):

@@ -21,6 +21,17 @@ from sparsebench.methods.base import Context, Method, OptimizerPhaseParams
 
 
 class GMPParams(OptimizerPhaseParams):
+    """The schedule of gradual magnitude pruning; plus the keys of `OptimizerPhaseParams`.
+
+    Rule: ``start_epoch < end_epoch <= epochs``.
+
+    Attributes:
+        initial_sparsity: s_i, the sparsity the schedule starts from.
+        start_epoch: t0 in epochs (fractions allowed): the first re-pruning.
+        end_epoch: The epoch (fractions allowed) by which the target s_f is reached.
+        frequency: dt, optimizer steps between two re-prunings.
+    """
+
     initial_sparsity: float = Field(0.0, ge=0, lt=1)
     start_epoch: float = Field(0.0, ge=0)
     end_epoch: float = Field(7.0, gt=0)
@@ -37,15 +48,70 @@ class GMPParams(OptimizerPhaseParams):
 
 
 class GMP(Method):
-    """Gradual magnitude pruning (AGP) while training."""
+    """Gradual magnitude pruning (AGP) while training.
+
+    Zhu and Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
+    compression", 2017 (arXiv:1710.01878): every ``frequency`` steps between ``start_epoch``
+    and ``end_epoch`` the weights are pruned by magnitude to the sparsity of the cubic
+    schedule s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3, then training goes on with the
+    final mask.
+
+    Args:
+        params: The schedule, the target and the training phase (`GMPParams`).
+        key: Its entry under ``methods:``; None: ``gmp``.
+
+    Examples:
+        Three epochs of 4 steps, the target reached at the end of epoch 2; the sparsity grows
+        along the schedule, and the final masks are applied:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from sparsebench.methods import Context
+        >>> from sparsebench.methods.gmp import GMP
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+        >>> ctx = Context(train=(x, y), val=(x, y), device=torch.device("cpu"),
+        ...               generator=torch.Generator().manual_seed(0), seed=0)
+        >>> method = GMP(GMP.Params(target_sparsity=0.75, epochs=3, end_epoch=2, frequency=2,
+        ...                         batch_size=16))
+        >>> method.prune_epochs(64)
+        3
+        >>> curves = method.prune(model, ctx)
+        >>> [round(row["sparsity"], 2) for row in curves]
+        [0.66, 0.75, 0.75]
+        >>> kept = model[0].weight_mask.bool()
+        >>> bool((model[0].weight_orig[~kept] == 0).all())
+        True
+    """
 
     name = "gmp"
     Params = GMPParams
 
     def prune_epochs(self, n_train: int) -> int:
+        """The prune phase's epochs.
+
+        Args:
+            n_train: The number of training samples (not needed: the phase is in epochs).
+
+        Returns:
+            ``epochs``.
+        """
         return self.params.epochs
 
     def prune(self, model: nn.Module, ctx: Context) -> list[dict]:
+        """Train ``model`` while pruning it along the schedule; leave the final masks applied.
+
+        Each re-pruning also zeroes the optimizer state of the masked entries, so they stay
+        exactly zero.
+
+        Args:
+            model: The pretrained model, trained and pruned in place.
+            ctx: Data, device and seeded generator of the run.
+
+        Returns:
+            One row of figures per epoch (`sparsebench.core.train.fit`).
+        """
         p = self.params
         steps = -(-size_of(ctx.train) // p.batch_size)  # batches an epoch
         t0 = round(p.start_epoch * steps)

@@ -51,19 +51,75 @@ REGION = "r in (-1, 1), s in (0, (1 + sqrt 5) / 2), r + s > 0 and |r| < 1 + s - 
 
 
 def check_region(r: float, s: float) -> None:
-    """Refuse (r, s) outside the convergence region of symmetric ADMM."""
+    """Refuse (r, s) outside the convergence region of symmetric ADMM.
+
+    The region `REGION` of He, Ma and Yuan, "Convergence study on the symmetric version of
+    ADMM with larger step sizes", SIAM J. Imaging Sciences 9(3), 2016, which SAS-ADMM (Yuan
+    et al. 2024) requires of its dual step factors.
+
+    Args:
+        r: The dual step factor before the Z-step.
+        s: The dual step factor after the Z-step.
+
+    Raises:
+        ValueError: For (r, s) outside the region, naming it.
+
+    Examples:
+        >>> from sparsebench.methods.sas_admm import check_region
+        >>> check_region(0.9, 1.09)  # the released values: nothing raised
+        >>> check_region(0.9, 1.7)
+        Traceback (most recent call last):
+        ...
+        ValueError: (r, s) = (0.9, 1.7) is outside the convergence region of symmetric ADMM;
+        allowed: r in (-1, 1), s in (0, (1 + sqrt 5) / 2), r + s > 0 and |r| < 1 + s - s^2
+    """
     if not (-1 < r < 1 and 0 < s < GOLDEN and r + s > 0 and abs(r) < 1 + s - s * s):
         raise ValueError(f"(r, s) = ({r}, {s}) is outside the convergence region of symmetric "
                          f"ADMM; allowed: {REGION}")
 
 
 def inner_steps(k: int, M: int, k0: int, q: float) -> int:
-    """M_k: M before k0, then growing as ceil(c k^q) with c = M / k0^q."""
+    """M_k, the inner steps of SAS-ADMM's iteration k (Yuan et al. 2024).
+
+    M before k0, then growing as ceil(c k^q) with c = M / k0^q.
+
+    Args:
+        k: The outer iteration, from 1.
+        M: The inner steps before ``k0``.
+        k0: The first iteration whose inner steps grow.
+        q: The growth exponent.
+
+    Returns:
+        The number of inner steps (minibatches) of iteration ``k``.
+
+    Examples:
+        >>> from sparsebench.methods.sas_admm import inner_steps
+        >>> [inner_steps(k, M=50, k0=50, q=1.1) for k in (1, 49, 50, 51, 100, 190)]
+        [50, 50, 50, 52, 108, 218]
+    """
     return M if k < k0 else math.ceil(M / k0**q * k**q)
 
 
 def step_size(k: int, M: int, k0: int, q: float, v: float) -> float:
-    """eta_k: 1 / v before k0, then M (M + 1) / (v M_k (M_k + 1))."""
+    """eta_k, the step size of SAS-ADMM's iteration k (Yuan et al. 2024).
+
+    1 / v before k0, then M (M + 1) / (v M_k (M_k + 1)), with M_k from `inner_steps`.
+
+    Args:
+        k: The outer iteration, from 1.
+        M: The inner steps before ``k0``.
+        k0: The first iteration whose inner steps grow.
+        q: The growth exponent of the inner steps.
+        v: The inverse of the initial step size.
+
+    Returns:
+        The step size eta_k.
+
+    Examples:
+        >>> from sparsebench.methods.sas_admm import step_size
+        >>> step_size(1, M=50, k0=50, q=1.1, v=25.0), step_size(50, M=50, k0=50, q=1.1, v=25.0)
+        (0.04, 0.04)
+    """
     if k < k0:
         return 1 / v
     Mk = inner_steps(k, M, k0, q)
@@ -73,13 +129,59 @@ def step_size(k: int, M: int, k0: int, q: float, v: float) -> float:
 class SASADMM:
     """The SAS-ADMM state for a model: W, Wb, Z, U per coupled weight; W, Wb for the rest.
 
+    Symmetric accelerated stochastic ADMM (Yuan, Bai, Jiang and Du, Neurocomputing
+    575:127327, 2024) for ``min f(W) + lambda ||Z||_1 s.t. W = Z``. One outer iteration k is
+    `begin`, then for t = 1..M_k a minibatch gradient at the point `set_md` puts into the
+    network and an `inner_step`, then `dual_step` (the module docstring gives the rules);
+    `accumulate` and `write_average` make the ergodic average of W. At the start W = Wb =
+    the parameters, U = 0 and Z = W (or ``S_{lambda / beta}(W)``).
+
     Args:
-        coupled: parameters in the l1-constrained problem (the prunable weights).
-        free: the other trained parameters (biases, normalisation).
-        beta: penalty beta (= rho of the linearisation).
-        lam: lambda of the l1 term.
-        r, s: the symmetric dual step factors.
+        coupled: Parameters in the l1-constrained problem (the prunable weights).
+        free: The other trained parameters (biases, normalisation); they take the same
+            accelerated steps on f alone.
+        beta: Penalty beta, ``> 0`` (= rho of the linearisation).
+        lam: Lambda of the l1 term, ``>= 0``.
+        r: The symmetric dual step factor before the Z-step (see `check_region`).
+        s: The symmetric dual step factor after the Z-step (see `check_region`).
         z_init: ``w`` (Z0 = W, the released code) or ``soft_threshold`` (Z0 = S(W)).
+
+    Raises:
+        ValueError: For ``beta <= 0``, ``lam < 0`` or (r, s) outside the convergence region.
+
+    Examples:
+        Five outer iterations on the two weights of a small net, the last three averaged.
+        The inner steps grow after k0 = 3, the Z-step leaves exact zeros in Z, and the
+        network ends with the ergodic average of W:
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from torch import nn
+        >>> from sparsebench.methods.sas_admm import SASADMM, inner_steps, step_size
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+        >>> sas = SASADMM([model[0].weight, model[2].weight], [], beta=0.5, lam=0.05,
+        ...               r=0.9, s=1.09)
+        >>> steps = []
+        >>> for k in range(1, 6):
+        ...     h, eta = sas.begin(), step_size(k, M=4, k0=3, q=1.1, v=25.0)
+        ...     steps.append(inner_steps(k, M=4, k0=3, q=1.1))
+        ...     for t in range(1, steps[-1] + 1):
+        ...         sas.set_md(t)
+        ...         model.zero_grad()
+        ...         F.cross_entropy(model(x), y).backward()
+        ...         sas.inner_step(t, eta, h)
+        ...     residuals = sas.dual_step()
+        ...     if k >= 3:
+        ...         sas.accumulate()
+        >>> steps, sas.averaged
+        ([4, 4, 4, 6, 8], 3)
+        >>> [bool((z == 0).any()) for z in sas.Z], residuals["z_sparsity"] > 0
+        ([True, True], True)
+        >>> sas.write_average()
+        >>> torch.equal(model[0].weight, sas.sums[0] / 3)
+        True
     """
 
     def __init__(self, coupled: list[nn.Parameter], free: list[nn.Parameter], *, beta: float,
@@ -102,25 +204,49 @@ class SASADMM:
 
     @property
     def params(self) -> list[nn.Parameter]:
+        """The coupled parameters, then the free ones (the order of ``W`` and ``Wb``)."""
         return self.coupled + self.free
 
     @torch.no_grad()
     def begin(self) -> list[torch.Tensor]:
-        """h = rho W^k + U^k - beta (W^k - Z^k) (rho = beta) for each parameter."""
+        """Start an outer iteration: h = rho W^k + U^k - beta (W^k - Z^k), with rho = beta.
+
+        The linearised W-step of Yuan et al. 2024.
+
+        Returns:
+            h for each parameter, in `params` order (rho W^k for a free parameter).
+        """
         beta, n = self.beta, len(self.coupled)
         return [beta * self.Z[i] + self.U[i] if i < n else beta * w
                 for i, w in enumerate(self.W)]
 
     @torch.no_grad()
     def set_md(self, t: int) -> None:
-        """Put W_md = b_t Wb + (1 - b_t) W into the network for the gradient of step t."""
+        """Put W_md = b_t Wb + (1 - b_t) W into the network, b_t = 2 / (t + 1).
+
+        The minibatch gradient of inner step ``t`` is taken there (the accelerated
+        stochastic W-step of Yuan et al. 2024).
+
+        Args:
+            t: The inner step, from 1.
+        """
         b = 2 / (t + 1)
         for p, w, wb in zip(self.params, self.W, self.Wb, strict=True):
             p.copy_(wb).mul_(b).add_(w, alpha=1 - b)
 
     @torch.no_grad()
     def inner_step(self, t: int, eta: float, h: list[torch.Tensor]) -> None:
-        """Wb = (g_t Wb + h - d) / (g_t + rho); W = b_t Wb + (1 - b_t) W, d at W_md."""
+        """One accelerated step: Wb = (g_t Wb + h - d) / (g_t + rho), W = b_t Wb + (1 - b_t) W.
+
+        With b_t = 2 / (t + 1), g_t = 2 / (eta t), rho = beta and d the gradient the
+        parameters hold (taken at W_md, `set_md`; zero where none); the accelerated
+        stochastic W-step of Yuan et al. 2024.
+
+        Args:
+            t: The inner step, from 1.
+            eta: The iteration's step size (`step_size`).
+            h: What `begin` returned for this iteration.
+        """
         b, g, rho = 2 / (t + 1), 2 / (eta * t), self.beta
         for p, w, wb, hi in zip(self.params, self.W, self.Wb, h, strict=True):
             d = p.grad if p.grad is not None else torch.zeros_like(p)
@@ -129,7 +255,15 @@ class SASADMM:
 
     @torch.no_grad()
     def dual_step(self) -> dict[str, float]:
-        """The symmetric updates U_half, Z, U; W goes back into the network."""
+        """The symmetric dual updates around the Z-step; W goes back into the network.
+
+        U_half = U - r beta (W - Z); Z = S_{lambda / beta}(W - U_half / beta);
+        U = U_half - s beta (W - Z) (Yuan et al. 2024).
+
+        Returns:
+            ``primal_residual`` ||W - Z|| / ||W||, ``dual_residual`` beta ||Z - Z_prev|| /
+            ||W|| and ``z_sparsity`` (the sparsity Z gives), over the coupled weights.
+        """
         beta, r, s = self.beta, self.r, self.s
         primal_sq = dual_sq = w_sq = 0.0
         zeros = numel = 0
@@ -160,13 +294,25 @@ class SASADMM:
         self.averaged += 1
 
     def state_dict(self) -> dict:
-        """W, Wb, Z, U and the ergodic sums: what an interrupted run needs to resume."""
+        """W, Wb, Z, U and the ergodic sums: what an interrupted run needs to resume.
+
+        Returns:
+            A dict of copies, for `load_state_dict`.
+        """
         return {"W": [w.clone() for w in self.W], "Wb": [w.clone() for w in self.Wb],
                 "Z": [z.clone() for z in self.Z], "U": [u.clone() for u in self.U],
                 "sums": None if self.sums is None else [a.clone() for a in self.sums],
                 "averaged": self.averaged}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved, on the device of the current state.
+
+        Args:
+            state: A `state_dict` of a SAS-ADMM state over parameters of the same shapes.
+
+        Raises:
+            KeyError: If ``state`` is for other parameter shapes.
+        """
         if [tuple(w.shape) for w in state["W"]] != [tuple(w.shape) for w in self.W]:
             raise KeyError("SAS-ADMM state is for other parameter shapes")
         device = self.W[0].device
@@ -185,9 +331,30 @@ class SASADMM:
 
 
 class SASADMMParams(SparsityParams):
-    """The released defaults (ResNet-32 CIFAR-10) unless stated otherwise.
+    """SAS-ADMM's settings: the released defaults (ResNet-32 CIFAR-10) unless stated otherwise.
 
-    Rules: (r, s) in the convergence region of symmetric ADMM; ``last`` <= ``iterations``.
+    Rules: (r, s) in the convergence region of symmetric ADMM (`check_region`); ``last`` <=
+    ``iterations``. Plus the keys of `SparsityParams`.
+
+    Attributes:
+        beta: Penalty beta (= rho of the linearised W-step).
+        lam: Lambda of the l1 term.
+        M: Inner steps per iteration before ``k0`` (`inner_steps`).
+        k0: The first iteration whose inner steps grow.
+        q: The growth exponent of the inner steps.
+        v: The inverse of the initial step size (`step_size`).
+        iterations: The outer iterations (the released code's ``maxIter``).
+        last: W is averaged over the iterations k >= ``last``.
+        r: The dual step factor before the Z-step.
+        s: The dual step factor after the Z-step.
+        batch_size: The minibatch size of an inner step.
+        layer_types: Which layers the final magnitude prune hits: ``all``, ``conv`` or
+            ``linear`` (the others stay dense).
+        z_init: ``w`` (Z0 = W, the released code) or ``soft_threshold`` (Z0 = S(W)).
+        train_non_weights: Train the parameters outside the l1 coupling too (biases, batch
+            norm); false: frozen, as the released code.
+        sampling: ``with_replacement`` (every minibatch drawn independently, the released
+            code) or ``without_replacement`` (shuffled passes over the training set).
     """
 
     beta: float = Field(0.04, gt=0)
@@ -272,25 +439,91 @@ class _Minibatches:
 
 
 class SASADMMPruning(Method):
-    """SAS-ADMM, then a per-layer magnitude prune to the target (Yuan et al. 2024)."""
+    """SAS-ADMM, then a per-layer magnitude prune to the target (Yuan et al. 2024).
+
+    Yuan, Bai, Jiang and Du, Neurocomputing 575:127327, 2024: the SAS-ADMM iterations of
+    `SASADMM` from the pretrained model, the ergodic average of W written into the network,
+    then each chosen layer pruned by magnitude to the target.
+
+    Args:
+        params: The SAS-ADMM settings and the target (`SASADMMParams`).
+        key: Its entry under ``methods:``; None: ``sas_admm``.
+
+    Examples:
+        Four iterations, the inner steps growing from k0 = 3; the target is read only by the
+        final prune:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from sparsebench.core.metrics import sparsity_summary
+        >>> from sparsebench.methods import Context
+        >>> from sparsebench.methods.sas_admm import SASADMMPruning
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+        >>> ctx = Context(train=(x, y), val=(x, y), device=torch.device("cpu"),
+        ...               generator=torch.Generator().manual_seed(0), seed=0)
+        >>> method = SASADMMPruning(SASADMMPruning.Params(
+        ...     target_sparsity=0.75, iterations=4, M=4, k0=3, last=3, batch_size=16,
+        ...     beta=0.5, lam=0.01))
+        >>> method.total_steps(), method.prune_epochs(64), method.shares_prune()
+        (18, 5, True)
+        >>> curves = method.prune(model, ctx)
+        >>> [row["inner_steps"] for row in curves]
+        [4, 4, 4, 6]
+        >>> sparsity_summary(model)["sparsity"]
+        0.75
+    """
 
     name = "sas_admm"
     Params = SASADMMParams
 
     def total_steps(self) -> int:
+        """The inner steps (minibatches) of all iterations: the sum of `inner_steps`.
+
+        Returns:
+            The number of minibatch gradients the prune phase takes.
+        """
         p = self.params
         return sum(inner_steps(k, p.M, p.k0, p.q) for k in range(1, p.iterations + 1))
 
     def prune_epochs(self, n_train: int) -> int:
-        """Epochs' worth of minibatches, rounded up (the exact steps are in the curves)."""
+        """Epochs' worth of minibatches, rounded up (the exact steps are in the curves).
+
+        Args:
+            n_train: The number of training samples.
+
+        Returns:
+            ``ceil(total_steps * batch_size / n_train)``, at least 1.
+        """
         return max(1, math.ceil(self.total_steps() * self.params.batch_size / n_train))
 
     def shares_prune(self) -> bool:
-        """The l1 Z-step never reads the target: the level enters only in `finish`."""
+        """Whether the prune phase is shared by the levels.
+
+        The l1 Z-step never reads the target: the level enters only in `finish`.
+
+        Returns:
+            True.
+        """
         return True
 
     def trajectory(self, model: nn.Module, ctx: Context) -> list[dict]:
-        """The SAS-ADMM iterations, ending with the ergodic average written into the model."""
+        """The SAS-ADMM iterations, ending with the ergodic average written into the model.
+
+        Args:
+            model: The pretrained model, trained in place and left unmasked.
+            ctx: Data, device and seeded generator of the run; with ``ctx.checkpoint`` the
+                iterations resume where a killed run stopped.
+
+        Returns:
+            One row per iteration: train loss, inner steps, eta, the residuals of
+            `SASADMM.dual_step`, seconds, validation loss and accuracy, and the sparsity Z
+            gives.
+
+        Raises:
+            FloatingPointError: For a training loss that is not finite.
+        """
         p = self.params
         coupled = [m.weight for _, m in prunable_modules(model)]
         ids = {id(w) for w in coupled}
@@ -350,6 +583,11 @@ class SASADMMPruning(Method):
         return curves
 
     def finish(self, model: nn.Module) -> None:
+        """Prune each chosen layer of the model `trajectory` left by magnitude to the target.
+
+        Args:
+            model: The model as `trajectory` left it; its masks are applied in place.
+        """
         apply_masks(model, self._masks(model))
 
     def _masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
