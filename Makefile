@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test lint docs ui install clean-runs postgres
+.PHONY: repro test lint docs ui install clean-runs postgres chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ repro: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	@echo "Results: reports/curves.md (dvc metrics show); plots: reports/plots/; MLflow: make ui"
 
-test: lint docs postgres
+test: lint docs postgres chromium
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --durations=30
 
 # The layers contract (pyproject.toml [tool.importlinter]: imports point down, no circles) and
@@ -43,6 +43,14 @@ postgres:
 	  { $(SUDO) apt-get update -qq && \
 	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "PostgreSQL could not be installed: its tests will be skipped"
+
+# The site's rendering test opens the built pages in headless Chromium (driven by Playwright):
+# install Debian's package when no Chromium is found; without it that test skips and says why.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "Chromium could not be installed: the site's rendering test will be skipped"
 
 # The MLflow UI over the pipeline's store: `make ui PORT=5001` for another port. One web worker
 # and no GenAI job runner (it starts a queue consumer and workers of its own): enough for one

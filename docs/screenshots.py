@@ -269,7 +269,7 @@ def _chart_card(page) -> Any:
     return page.locator("[data-component-id='fullscreen_button_chartcard']").last
 
 
-#: The clicks, from the experiment's runs table (the experiment's page as the README's link
+#: The clicks, from the experiment's runs table (the experiment's page as `make ui`'s address
 #: opens it; a fresh browser profile needs no "Model training" click first: the experiment's
 #: kind opens it on its training runs), to the two pages of the UI that answer the suite's
 #: question: the report's plot and the methods compared run by run (the report stage's saved

@@ -321,8 +321,8 @@ def comparisons(rows: Iterable[dict[str, Any]], level: float,
     Why paired tests corrected by Holm, not a pooled block design (Tukey's HSD): the seed-to-
     seed spread differs by a factor of 5-20 between methods at the highest levels (random), so
     a pooled variance is too wide for the methods that share their pretraining and too narrow
-    for random; each pair's own variance needs no such assumption (see the README's
-    replication figures for the seed count this takes).
+    for random; each pair's own variance needs no such assumption (see the
+    replication figures in docs/benchmarks.md for the seed count this takes).
     """
     measured = [r for r in validate_rows(rows) if not r["interpolated"]
                 and r["method"] != DENSE and float(r["level"]) == float(level)]
