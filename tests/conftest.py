@@ -14,6 +14,13 @@ from sparsebench.core.checkpoints import EpochCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# One intra-op thread in this process, before any test runs a tensor operation: a parallel
+# operation starts GNU OpenMP's thread pool, and a process forked after that (the pipeline's
+# workers, forked by the stages the tests call in-process) hangs at its own first parallel
+# operation, as a stage's workers would if the stage computed on several threads. The
+# workers set their own thread counts; what needs several threads here runs in a child.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _gradual_underflow():
@@ -213,6 +220,5 @@ def workspace(tmp_path, monkeypatch):
 
 def pytest_collection_modifyitems(config, items):
     """The Ray tests last: a Ray driver leaves gRPC threads in this process, and a worker the
-    forked pool starts after them may wait forever on a lock one of them held at the fork (the
-    likely cause of a shared-prune worker seen asleep on a futex after tests/test_ray.py)."""
+    forked pool starts after them could wait forever on a lock one of them held at the fork."""
     items.sort(key=lambda item: item.nodeid.startswith("tests/test_ray.py"))

@@ -16,6 +16,11 @@ does not change a result beyond the last bits of values that are already negligi
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 PROBE = 1 << 18  # entries: enough for every intra-op thread to take a share (grain 32768)
@@ -56,13 +61,43 @@ def flush_enabled() -> bool:
     return _FLUSH
 
 
+@functools.cache
 def arithmetic_digest(threads: int) -> str:
     """A digest of the bits of a fixed float32 computation on the CPU with ``threads`` intra-op
     threads: a linear layer's and a convolution's weight gradients over a batch (the BLAS and
     oneDNN kernels training runs, whose reductions split by thread) and a long sum. Two
     processes whose digests differ round differently (another CPU model or instruction set,
     torch build or thread count), so their runs match only to within the seed-to-seed noise;
-    equal digests make bit-equal runs likely, not certain."""
+    equal digests make bit-equal runs likely, not certain.
+
+    One thread computes here. More are computed in a new interpreter (with this process's
+    subnormal setting): a parallel operation starts GNU OpenMP's thread pool, and a process
+    forked after that hangs at its own first parallel operation, so a stage, which forks its
+    workers, computes on one thread alone. The value is kept for the process (and the workers
+    it forks).
+
+    Args:
+        threads: The intra-op thread count the digest is of.
+
+    Returns:
+        The first 12 hex digits of the SHA-256 of the computation's bits.
+    """
+    if threads == 1:
+        return _digest(1)
+    package = Path(__file__).resolve().parents[2]  # the folder holding sparsebench
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from sparsebench.core import numerics as n; "
+            "n.flush_subnormals(sys.argv[3] == '1'); print(n._digest(int(sys.argv[2])))")
+    done = subprocess.run([sys.executable, "-c", code, str(package), str(threads),
+                           "1" if _FLUSH else "0"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise RuntimeError(f"arithmetic digest of {threads} threads: {lines[-1]}")
+    return done.stdout.strip()
+
+
+def _digest(threads: int) -> str:
+    """`arithmetic_digest` computed in this process."""
     import hashlib
 
     before = torch.get_num_threads()

@@ -46,7 +46,6 @@ from sparsebench.methods import MethodParams, build_method, method_class, method
 from sparsebench.pipeline.cache import run_fingerprint
 from sparsebench.pipeline.executor import run_tasks
 from sparsebench.pipeline.tasks import Placement, Task
-from sparsebench.pipeline.workers import in_child
 from sparsebench.run import RESULT, RunSpec, cached, environment, execute, run, validation_figures
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import (
@@ -437,7 +436,7 @@ class _Round:
         self.device, self.placement = device, placement
         self.data = load_splits(DATA_FILE, ("train", "val", "test"))
         self.shape = tuple(dataset_info(DATA_FILE)["shape"])
-        self.env = in_child(environment, device, placement.threads, placement.workers)
+        self.env = environment(device, placement.threads, placement.workers)
         self.failure: Any = None
 
     def planned(self, seed: int, value: float, level: float) -> tuple[Planned, str]:

@@ -19,7 +19,6 @@ from sparsebench.pipeline.executor import run_tasks
 from sparsebench.pipeline.hooks import chain_hooks, live_epochs, log_epoch
 from sparsebench.pipeline.tasks import Task, here, raise_failures, splits
 from sparsebench.pipeline.tracker import StageTracker
-from sparsebench.pipeline.workers import in_child
 from sparsebench.run import ModelSpec, diverged, environment, save_run_model
 from sparsebench.suite.params import Params
 from sparsebench.suite.plan import DATA_FILE, augment_of, model_spec
@@ -44,7 +43,7 @@ def pretrain(params: Params) -> None:
         print(f"pretrain: {len(params.seeds)} seeds cached", flush=True)
         return
     with StageWork(run_dir("pretrain"), key) as work:
-        env = in_child(environment, device, placement.threads, placement.workers)
+        env = environment(device, placement.threads, placement.workers)
         seeds = _Seeds(params, work, device, env)
         infos = {s: seeds.info(tracker, s) if tracker is not None else None
                  for s in params.seeds}

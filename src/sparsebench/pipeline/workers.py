@@ -24,7 +24,6 @@ import sys
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import wait
-from typing import Any, TypeVar
 
 from sparsebench.pipeline.tasks import (
     Failure,
@@ -36,8 +35,6 @@ from sparsebench.pipeline.tasks import (
     setup_process,
 )
 from sparsebench.util.errors import UsageError
-
-T = TypeVar("T")
 
 
 def default_workers(threads: int, gpus: int = 0, runs_per_gpu: int = 1) -> int:
@@ -60,36 +57,6 @@ def check_workers(workers: int, threads: int, gpus: int = 0, runs_per_gpu: int =
         return (f"execution.workers: {workers} workers x {threads} threads exceed the {cores} "
                 "cores here; the runs will share cores (same results, slower)")
     return None
-
-
-def in_child(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` computed in a forked child and sent back. Once a process has run a torch
-    op on several threads, OpenMP's thread pool is started in it, and a worker it forks hangs
-    at its own first multi-threaded op (GNU OpenMP does not survive a fork): so a stage's own
-    process computes on one thread (`sparsebench.pipeline.cli`) and leaves what needs more,
-    such as the arithmetic digest of ``threads > 1``, to a child."""
-    context = mp.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_send, args=(fn, args, send), daemon=True)
-    process.start()
-    send.close()
-    try:
-        value = receive.recv()
-    finally:
-        receive.close()
-        process.join()
-    if isinstance(value, BaseException):
-        raise value
-    return value
-
-
-def _send(fn: Callable[..., Any], args: tuple, conn) -> None:
-    try:
-        conn.send(fn(*args))
-    except BaseException as exc:  # the parent raises it
-        conn.send(exc)
-    conn.close()
-    os._exit(0)
 
 
 def _warm_up() -> None:
