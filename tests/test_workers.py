@@ -199,33 +199,36 @@ def test_workers_of_two_threads_each_do_not_hang_after_the_stage_computed(tmp_pa
     assert result["environment"]["threads"] == 2
 
 
-def test_a_stage_called_after_parallel_work_in_its_process_does_not_hang(tmp_path):
-    """`main` called in a process whose OpenMP pool has started (a notebook's, a test
-    session's): the digest of 2 threads comes from a new interpreter, not from a child forked
-    off that process, which would hang at its first two-thread op; the one seed's pretrain
-    then runs in the process itself; the digest is a fresh process's."""
+def test_stages_of_two_threads_called_in_one_process_do_not_hang(tmp_path):
+    """prepare, pretrain and run called in one Python process (a notebook, a script), on 2
+    threads a run: the single pretrain is forked too, so the process never starts OpenMP's
+    pool, and the run stage's forked workers (two levels) do not hang at their first
+    two-thread op; the arithmetic digest of 2 threads comes from a new interpreter."""
     import subprocess
     import sys
 
     path = small_params(tmp_path, tracking={"enabled": False})
     raw = yaml.safe_load(path.read_text())
     raw["seeds"] = [0]
+    raw["levels"]["compression"] = [8, 16]
     raw["data"]["limit"] = 500
+    raw["methods"] = {"magnitude": raw["methods"]["magnitude"]}
+    raw["tune"]["spaces"] = {}
     raw["execution"] = {"threads": 2, "workers": 1}
     path.write_text(yaml.safe_dump(raw))
-    code = ("import torch; torch.set_num_threads(2); torch.randn(1 << 20).mul(2.0).sum(); "
-            "from sparsebench.pipeline.cli import main; "
-            "assert main(['prepare']) == 0 and main(['pretrain']) == 0; "
-            "from sparsebench.core.numerics import arithmetic_digest; "
-            "print(arithmetic_digest(2))")
+    code = ("from sparsebench.pipeline.cli import main\n"
+            "for stage in (['prepare'], ['pretrain'], ['run', '--method', 'magnitude']):\n"
+            "    assert main(stage) == 0, stage\n")
     env = {**os.environ, "SPARSEBENCH_ROOT": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "runs/pretrain/seed0/model.safetensors").is_file()
     from sparsebench.core.numerics import arithmetic_digest
 
-    assert done.stdout.split()[-1] == arithmetic_digest(2) != arithmetic_digest(1)
+    for level in ("c8", "c16"):
+        result = json.loads((tmp_path / f"runs/magnitude/{level}/seed0/result.json").read_text())
+        assert result["environment"]["threads"] == 2
+        assert result["environment"]["arithmetic"] == arithmetic_digest(2) != arithmetic_digest(1)
 
 
 def test_more_workers_than_gpus_times_runs_per_gpu_are_warned():

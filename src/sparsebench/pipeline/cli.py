@@ -173,8 +173,11 @@ def run_file_tool(args: argparse.Namespace) -> None:
 def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     os.environ.setdefault(NVML_CHECK, "1")  # this process never starts CUDA: its workers do
-    if args.stage in TRAINING:  # before any tensor operation starts PyTorch's threads
-        torch.set_num_threads(1)  # this process forks workers: it never starts OpenMP's pool
+    # Before any tensor operation: one intra-op thread in this process, so it never starts
+    # OpenMP's pool, and the workers it forks (now, or for a later stage called in the same
+    # process) can start their own; the runs set their threads in their workers
+    torch.set_num_threads(1)
+    if args.stage in TRAINING:
         flush_subnormals()
     if args.stage in FILE_TOOLS:
         return run_file_tool(args)

@@ -99,11 +99,17 @@ def _child(fn: Callable[[], None], setup: tuple, conn, parent: int) -> None:
 def run_local(tasks: list[Task], placement: Placement,
               on_done: Callable[[Task], None] | None = None) -> dict[str, Failure]:
     """Run every task, at most ``placement.workers`` at a time, each in a forked worker (one
-    after another in this process under torchrun, or for a single task on one worker);
-    ``on_done`` is called here after each task that succeeded. Returns name -> failure."""
+    after another in this process under torchrun, or for a single task on one worker of one
+    thread on the CPU); ``on_done`` is called here after each task that succeeded. Returns
+    name -> failure.
+
+    A task on several threads is never run here: its first parallel operation would start GNU
+    OpenMP's thread pool in this process, and every worker forked from it afterwards (the
+    next stage called in the same process, a second sweep) would hang at its own first
+    parallel operation."""
     pool = _Pool(placement, on_done)
     if placement.in_process or (placement.workers == 1 and len(tasks) <= 1
-                                and not placement.gpus):
+                                and not placement.gpus and placement.threads == 1):
         return pool.run_here(tasks)
     return pool.run_forked(tasks)
 
