@@ -39,6 +39,7 @@ EPOCH = ("--rounds", "1", "--samples", "256")  # the options of benchmarks/epoch
 SMOKE: dict[str, Smoke] = {
     "admm_overhead.py": Smoke(EPOCH),
     "checkpoint_overhead.py": Smoke(EPOCH),
+    "checkpoint_large.py": Smoke(("--models", "torchvision:resnet18", "--sparsities", "0.9")),
     "checkpoint_size.py": Smoke(("--models", "mlp", "--sparsities", "0.5", "0.99")),
     "ddp_scaling.py": Smoke(("--rounds", "1", "--samples", "256"), slow=True),
     "epoch_speed.py": Smoke(EPOCH),

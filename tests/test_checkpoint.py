@@ -225,6 +225,26 @@ def test_every_codec_round_trips_bit_for_bit(itemsize, data):
         assert codec.decompress(method, stored, len(raw), itemsize) == raw, method
 
 
+def test_a_blob_over_large_is_coded_by_zlib_alone_shuffled_as_its_sample_codes_shorter():
+    """Each blob over `LARGE` gets one codec, zlib at level 6, shuffled when its first MiB
+    codes shorter so (float weights: their exponent bytes repeat), never for single bytes;
+    it round-trips."""
+    g = torch.Generator().manual_seed(0)
+    weights = (torch.randn(codec.LARGE // 4 + 1024, generator=g) * 0.01).numpy().tobytes()
+    counts = torch.randint(0, 7, (codec.LARGE // 2 + 4096,), generator=g, dtype=torch.int16)
+    for raw, itemsize in ((weights, 4), (counts.numpy().tobytes(), 2), (weights, 1)):
+        assert len(raw) > codec.LARGE
+        (name, stored), = codec.candidates(raw, itemsize).items()
+        sample = raw[:codec._SAMPLE]
+        shorter = (itemsize > 1 and len(zlib.compress(codec.shuffle(sample, itemsize), 6))
+                   < len(zlib.compress(sample, 6)))
+        assert name == ("zlib+shuffle" if shorter else "zlib")
+        plain = codec.shuffle(raw, itemsize) if shorter else raw
+        assert stored == zlib.compress(plain, 6)
+        assert codec.decompress(name, stored, len(raw), itemsize) == raw
+    assert next(iter(codec.candidates(weights, 4))) == "zlib+shuffle"
+
+
 @pytest.mark.parametrize("method", codec.CODECS)
 def test_codec_output_never_exceeds_the_declared_length(method):
     huge = bytes(64 << 20)  # 64 MiB of zeros: a few KiB coded
