@@ -66,6 +66,7 @@ def _smoke(params: dict, tmp_path: Path) -> dict:
     params["evaluate"] = {"latency_batch_sizes": []}
     params["tracking"] = {"enabled": False}
     params["budget"] = None
+    params["execution"] = {**params.get("execution", {}), "threads": 1}  # 4 on 2 cores: 4x slower
     return params
 
 
